@@ -1,0 +1,202 @@
+"""Recurrent cells written from their equations, shaped like torch.nn.GRU / torch.nn.RNN.
+
+Notation (SPEC §1): x is one step's input (B×I), h the previous state (B×H).
+
+GRU, gates in the order r, z, n (as torch.nn.GRU lays them out):
+
+    r  = σ(x W_ir + b_ir + h W_hr + b_hr)            reset gate
+    z  = σ(x W_iz + b_iz + h W_hz + b_hz)            update gate
+    n  = tanh(x W_in + b_in + (r ⊙ h) W_hn + b_hn)   reset BEFORE the product (lecture, Cho et al. 2014)
+    n  = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn))   reset AFTER the product (torch.nn.GRU, cuDNN)
+    h' = z ⊙ h + (1 − z) ⊙ n
+
+z = 1 copies the old state (and its gradient) straight through; r = 0 makes the candidate
+ignore the old state, which is what detaching does by hand.
+
+Plain RNN: h' = tanh(x W_ih + b_ih + h W_hh + b_hh).
+
+The sequence modules compute the input projections of a whole window in one matrix product
+(they do not depend on h) and then step through time with only the recurrent products left.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CELLS = ("gru", "rnn")
+
+
+def gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool) -> Tensor:
+    """One GRU step given gi = x W_ih + b_ih (B×3H, already projected) and h (B×H)."""
+    H = h.shape[-1]
+    i_r, i_z, i_n = gi[..., :H], gi[..., H : 2 * H], gi[..., 2 * H :]
+    b_rz = None if b_hh is None else b_hh[: 2 * H]
+    b_n = None if b_hh is None else b_hh[2 * H :]
+    if reset_after:
+        gh = F.linear(h, w_hh, b_hh)
+        r = torch.sigmoid(i_r + gh[..., :H])
+        z = torch.sigmoid(i_z + gh[..., H : 2 * H])
+        n = torch.tanh(i_n + r * gh[..., 2 * H :])
+    else:
+        gh_rz = F.linear(h, w_hh[: 2 * H], b_rz)
+        r = torch.sigmoid(i_r + gh_rz[..., :H])
+        z = torch.sigmoid(i_z + gh_rz[..., H:])
+        n = torch.tanh(i_n + F.linear(r * h, w_hh[2 * H :], b_n))
+    return torch.lerp(n, h, z)  # z ⊙ h + (1 − z) ⊙ n
+
+
+def rnn_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+    """One plain RNN step given gi = x W_ih + b_ih (B×H) and h (B×H)."""
+    return torch.tanh(gi + F.linear(h, w_hh, b_hh))
+
+
+def _init_uniform(module: nn.Module, hidden_size: int) -> None:
+    """PyTorch's initialisation for recurrent layers: every parameter uniform in ±1/√H."""
+    bound = 1.0 / math.sqrt(hidden_size)
+    for p in module.parameters():
+        nn.init.uniform_(p, -bound, bound)
+
+
+class _CellBase(nn.Module):
+    gates = 1
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        G = self.gates
+        self.weight_ih = nn.Parameter(torch.empty(G * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(G * hidden_size, hidden_size))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(G * hidden_size))
+            self.bias_hh = nn.Parameter(torch.empty(G * hidden_size))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        _init_uniform(self, hidden_size)
+
+    def _zeros(self, x: Tensor) -> Tensor:
+        return x.new_zeros(*x.shape[:-1], self.hidden_size)
+
+
+class GRUCell(_CellBase):
+    """A single GRU step, parameters laid out as torch.nn.GRUCell (r, z, n)."""
+
+    gates = 3
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, reset_after: bool = False) -> None:
+        super().__init__(input_size, hidden_size, bias)
+        self.reset_after = reset_after
+
+    def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:
+        h = self._zeros(x) if h is None else h
+        gi = F.linear(x, self.weight_ih, self.bias_ih)
+        return gru_step(gi, h, self.weight_hh, self.bias_hh, self.reset_after)
+
+
+class RNNCell(_CellBase):
+    """A single tanh RNN step, parameters laid out as torch.nn.RNNCell."""
+
+    gates = 1
+
+    def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:
+        h = self._zeros(x) if h is None else h
+        return rnn_step(F.linear(x, self.weight_ih, self.bias_ih), h, self.weight_hh, self.bias_hh)
+
+
+class _Stack(nn.Module):
+    """Stacked recurrent layers, time-major, with parameters named as torch.nn.GRU/RNN."""
+
+    gates = 1
+
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError("num_layers must be at least 1")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.dropout = bias, dropout
+        G, H = self.gates, hidden_size
+        for k in range(num_layers):
+            in_k = input_size if k == 0 else H
+            setattr(self, f"weight_ih_l{k}", nn.Parameter(torch.empty(G * H, in_k)))
+            setattr(self, f"weight_hh_l{k}", nn.Parameter(torch.empty(G * H, H)))
+            if bias:
+                setattr(self, f"bias_ih_l{k}", nn.Parameter(torch.empty(G * H)))
+                setattr(self, f"bias_hh_l{k}", nn.Parameter(torch.empty(G * H)))
+            else:
+                self.register_parameter(f"bias_ih_l{k}", None)
+                self.register_parameter(f"bias_hh_l{k}", None)
+        _init_uniform(self, hidden_size)
+
+    def layer_weights(self, k: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        return (
+            getattr(self, f"weight_ih_l{k}"),
+            getattr(self, f"weight_hh_l{k}"),
+            getattr(self, f"bias_ih_l{k}"),
+            getattr(self, f"bias_hh_l{k}"),
+        )
+
+    def step(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def run_layer(self, k: int, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Layer k over a whole window: x is T×B×I, h is B×H; returns (T×B×H, B×H)."""
+        w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
+        gi = F.linear(x, w_ih, b_ih)  # all T input projections in one matrix product
+        outs = []
+        for t in range(x.shape[0]):
+            h = self.step(gi[t], h, w_hh, b_hh)
+            outs.append(h)
+        return torch.stack(outs), h
+
+    def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x: T×B×I, h0: L×B×H (zeros when None) -> (out: T×B×H, h_n: L×B×H)."""
+        if h0 is None:
+            h0 = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
+        finals = []
+        for k in range(self.num_layers):
+            if k > 0 and self.dropout > 0 and self.training:
+                x = F.dropout(x, self.dropout, training=True)
+            x, h_k = self.run_layer(k, x, h0[k])
+            finals.append(h_k)
+        return x, torch.stack(finals)
+
+
+class GRU(_Stack):
+    """Multi-layer GRU, time-major, interface and parameter names of torch.nn.GRU."""
+
+    gates = 3
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        reset_after: bool = False,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, dropout)
+        self.reset_after = reset_after
+
+    def step(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+        return gru_step(gi, h, w_hh, b_hh, self.reset_after)
+
+
+class RNN(_Stack):
+    """Multi-layer tanh RNN, time-major, interface and parameter names of torch.nn.RNN."""
+
+    gates = 1
+
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, bias: bool = True
+    ) -> None:
+        super().__init__(input_size, hidden_size, num_layers, bias, dropout)
+
+    def step(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+        return rnn_step(gi, h, w_hh, b_hh)

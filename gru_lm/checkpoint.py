@@ -1,0 +1,93 @@
+"""Checkpoints: one weights_only-loadable file, written atomically (SPEC §4)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UserError
+
+FORMAT = "gru-lm"
+VERSION = 1
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(file) on a temporary file in the same folder, fsync it, then os.replace it over path.
+
+    A process killed at any moment leaves either the old file or the new one, never a mix.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def save(path: str | Path, state: dict[str, Any]) -> None:
+    """Save a checkpoint dict (tensors and plain values only) atomically, stamped with format and version."""
+    state = {"format": FORMAT, "version": VERSION, **state}
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+    except OSError as e:
+        raise UserError(f"{path}: could not write checkpoint ({e.strerror or e}); the previous one is kept") from None
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with weights_only=True (never runs code from the file), or raise UserError."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such checkpoint")
+    if p.is_dir():
+        raise UserError(f"{p}: is a directory, not a checkpoint")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise UserError(f"{p}: refused: not a plain gru-lm checkpoint ({first[:200]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError) as e:
+        raise UserError(f"{p}: not a readable checkpoint (corrupt or truncated: {type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{p}: not a gru-lm checkpoint")
+    if state.get("version") != VERSION:
+        raise UserError(f"{p}: checkpoint format version {state.get('version')!r} is not supported (this gru-lm reads {VERSION})")
+    for key in ("model_config", "vocab", "model"):
+        if key not in state:
+            raise UserError(f"{p}: checkpoint is incomplete (no '{key}')")
+    return state
+
+
+def build_model(state: dict[str, Any]):
+    """The CharModel a checkpoint describes, with its weights loaded, in eval mode."""
+    from .model import CharModel, ModelConfig
+
+    try:
+        model = CharModel(ModelConfig(**state["model_config"]))
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        raise UserError(f"checkpoint does not describe a valid model ({type(e).__name__}: {str(e)[:200]})") from None
+    return model.eval()

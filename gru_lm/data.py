@@ -1,0 +1,162 @@
+"""Reading text, the character vocabulary, the validation split and the TBPTT batcher (SPEC §2)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .errors import UserError
+
+_CHUNK = 1 << 20  # characters encoded at a time, so encoding never holds 8 bytes per character of the corpus
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """Read a text file as UTF-8 (BOM dropped; UTF-16 with a BOM is decoded too), or raise UserError."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such file")
+    if p.is_dir():
+        raise UserError(f"{p}: is a directory, not a text file")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise UserError(f"{p}: cannot read ({e.strerror})") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            text = raw.decode("utf-16")
+        except UnicodeDecodeError:
+            raise UserError(f"{p}: starts with a UTF-16 byte-order mark but is not valid UTF-16") from None
+    else:
+        if b"\x00" in raw:
+            raise UserError(f"{p}: looks like a binary file (it contains NUL bytes), not UTF-8 text")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{p}: is not UTF-8 text (invalid byte at offset {e.start})") from None
+    if not text:
+        raise UserError(f"{p}: is empty")
+    return text
+
+
+def _storage_dtype(vocab_size: int) -> torch.dtype:
+    """1 byte per character where the vocabulary fits, else the smallest signed type that does."""
+    if vocab_size <= 256:
+        return torch.uint8
+    if vocab_size <= 32767:
+        return torch.int16
+    return torch.int32
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """The characters of the training text, sorted by code point; id = position in `chars`."""
+
+    chars: str
+
+    @classmethod
+    def from_text(cls, text: str) -> "Vocab":
+        return cls("".join(sorted(set(text))))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def _codes(self) -> Tensor:
+        return torch.tensor([ord(c) for c in self.chars], dtype=torch.int32)
+
+    def unknown(self, text: str) -> str:
+        """The distinct characters of text that are not in the vocabulary, in order of appearance."""
+        known = set(self.chars)
+        return "".join(dict.fromkeys(c for c in text if c not in known))
+
+    def encode(self, text: str, drop_unknown: bool = False) -> tuple[Tensor, int]:
+        """Text -> compact 1-D id tensor, and the number of unknown characters dropped.
+
+        Unknown characters raise ValueError unless drop_unknown is set. Works in chunks of
+        code points (searchsorted over the sorted vocabulary), never a Python list per character.
+        """
+        codes = self._codes()
+        dtype = _storage_dtype(len(self))
+        parts, dropped = [], 0
+        for start in range(0, len(text), _CHUNK):
+            piece = text[start : start + _CHUNK]
+            cps = torch.frombuffer(bytearray(piece.encode("utf-32-le")), dtype=torch.int32)
+            idx = torch.searchsorted(codes, cps).clamp_(max=len(codes) - 1)
+            ok = codes[idx] == cps
+            if not bool(ok.all()):
+                if not drop_unknown:
+                    bad = self.unknown(piece)
+                    raise ValueError(f"characters not in the vocabulary: {bad!r}")
+                dropped += int((~ok).sum())
+                idx = idx[ok]
+            parts.append(idx.to(dtype))
+        ids = torch.cat(parts) if parts else torch.empty(0, dtype=dtype)
+        return ids, dropped
+
+    def decode(self, ids) -> str:
+        chars = self.chars
+        return "".join(chars[int(i)] for i in ids)
+
+
+def split_validation(text: str, val_fraction: float) -> tuple[str, str, int]:
+    """Last val_fraction of the characters is validation; returns (train, val, index where val starts).
+
+    The cut is int(n * (1 - f)), as nanoGPT's: Tiny Shakespeare keeps its last 111,540 characters.
+    """
+    cut = int(len(text) * (1.0 - val_fraction))
+    return text[:cut], text[cut:], cut
+
+
+def min_train_chars(batch_size: int, seq_len: int) -> int:
+    """The fewest training characters that give every one of the B streams one window plus its target."""
+    return batch_size * (seq_len + 1)
+
+
+@dataclass
+class StreamBatcher:
+    """Cuts the training ids into B contiguous streams and serves windows of T characters.
+
+    Epoch e starts the streams at offset o_e in [0, T) drawn from (seed, e), so the position
+    in the data is just (epoch, window) and resuming needs no RNG state. Window k of an epoch is
+    x = streams[:, kT : kT+T], y = streams[:, kT+1 : kT+T+1] (time-major when served); windows never
+    cross a stream boundary, and the hidden state of stream b carries from window k to k+1.
+    """
+
+    data: Tensor
+    batch_size: int
+    seq_len: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        need = min_train_chars(self.batch_size, self.seq_len)
+        if len(self.data) < need:
+            raise UserError(
+                f"the training text has {len(self.data):,} characters, fewer than the {need:,} that batch size "
+                f"{self.batch_size} and window {self.seq_len} need; lower --batch-size or --seq-len"
+            )
+
+    def offset(self, epoch: int) -> int:
+        slack = len(self.data) - min_train_chars(self.batch_size, self.seq_len)
+        high = min(self.seq_len - 1, slack)
+        if epoch == 0 or high <= 0:
+            return 0
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return int(torch.randint(0, high + 1, (1,), generator=g))
+
+    def _streams(self, epoch: int) -> Tensor:
+        o = self.offset(epoch)
+        L = (len(self.data) - o) // self.batch_size
+        return self.data[o : o + self.batch_size * L].view(self.batch_size, L)
+
+    def windows(self, epoch: int) -> int:
+        """Number of windows in epoch (the same for every epoch up to the offset)."""
+        return (self._streams(epoch).shape[1] - 1) // self.seq_len
+
+    def get(self, epoch: int, k: int) -> tuple[Tensor, Tensor]:
+        """Window k of epoch as (x, y), each T×B long."""
+        s, T = self._streams(epoch), self.seq_len
+        chunk = s[:, k * T : k * T + T + 1].long()
+        return chunk[:, :-1].t(), chunk[:, 1:].t()

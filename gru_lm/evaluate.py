@@ -1,0 +1,87 @@
+"""Loss, perplexity and bits per character of a model on a text (SPEC §3, `perplexity`)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import checkpoint
+from .data import Vocab, read_text
+from .errors import UserError
+
+
+@torch.no_grad()
+def nll(model, ids: Tensor, num_streams: int = 1, chunk: int = 256, device: torch.device | str = "cpu") -> tuple[float, int]:
+    """Summed negative log-likelihood (nats) of ids[1:], and how many characters that is.
+
+    ids is cut into num_streams contiguous pieces; each piece starts from a zero state and carries
+    it through all of its characters. num_streams=1 is the exact definition: every character given
+    all the characters before it. More streams run faster with a small error at each piece's start.
+    """
+    n = len(ids) - 1
+    if n < 1:
+        return 0.0, 0
+    S = max(1, min(num_streams, n))
+    L = math.ceil(n / S)
+    x = torch.zeros(S * L, dtype=torch.long)
+    y = torch.full((S * L,), -100, dtype=torch.long)
+    x[:n], y[:n] = ids[:-1], ids[1:]
+    x, y = x.view(S, L).t().to(device), y.view(S, L).t().to(device)
+    was_training = model.training
+    model.eval()
+    h, total = None, 0.0
+    for t in range(0, L, chunk):
+        logits, h = model(x[t : t + chunk], h)
+        total += float(F.cross_entropy(logits.flatten(0, 1).float(), y[t : t + chunk].flatten(), ignore_index=-100, reduction="sum"))
+    model.train(was_training)
+    return total, n
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def validation_text(state: dict) -> tuple[str, str]:
+    """The validation split a checkpoint was trained with, re-read from disk: (label, text)."""
+    data = state.get("data") or {}
+    if data.get("val_file"):
+        return data["val_file"], read_text(data["val_file"])
+    path = data.get("train_file")
+    if not path:
+        raise UserError("the checkpoint records no validation data; pass --file")
+    if not Path(path).exists():
+        raise UserError(f"{path}: the training file recorded in the checkpoint is gone; pass --file")
+    text = read_text(path)
+    if text_sha256(text) != data.get("text_sha256"):
+        raise UserError(f"{path}: changed since the checkpoint was trained; pass --file")
+    return f"{path} [validation split]", text[data["val_start"] :]
+
+
+def measure(ckpt_path: str | Path, file: str | Path | None = None, device: str = "cpu") -> dict:
+    """Score one checkpoint on a file (or on its own validation split): one row of the perplexity table."""
+    state = checkpoint.load(ckpt_path)
+    model = checkpoint.build_model(state).to(device)
+    vocab = Vocab(state["vocab"])
+    label, text = (str(file), read_text(file)) if file else validation_text(state)
+    ids, unknown = vocab.encode(text, drop_unknown=True)
+    total, n = nll(model, ids, num_streams=1, device=device)
+    if n == 0:
+        raise UserError(f"{label}: needs at least two characters of the model's vocabulary to score")
+    loss = total / n
+    return {
+        "checkpoint": str(ckpt_path),
+        "file": label,
+        "cell": model.cfg.cell + ("" if model.cfg.cell != "gru" or not model.cfg.reset_after else " (reset-after)"),
+        "params": model.num_params(),
+        "chars": n,
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bpc": loss / math.log(2),
+        "unknown": unknown,
+        "unknown_chars": vocab.unknown(text) if unknown else "",
+    }

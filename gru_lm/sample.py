@@ -1,0 +1,85 @@
+"""Generating text from a trained model: prime, temperature (0 = greedy), top-k, top-p, seed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from .data import Vocab
+from .errors import UserError
+
+
+def check_options(temperature: float, top_k: int | None, top_p: float | None, length: int) -> None:
+    if not temperature >= 0:
+        raise UserError(f"--temperature must be 0 (greedy) or more, not {temperature}")
+    if top_k is not None and top_k < 1:
+        raise UserError(f"--top-k must be at least 1, not {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], not {top_p}")
+    if length < 0:
+        raise UserError(f"--length must be 0 or more, not {length}")
+
+
+def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
+    """Keep the top_k most likely characters, then the smallest set whose probability reaches top_p."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a character when the ones more likely than it already reach top_p
+        drop = probs.cumsum(-1) - probs >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def default_prime(vocab: Vocab) -> str:
+    return "\n" if "\n" in vocab.chars else vocab.chars[0]
+
+
+def generate(
+    model,
+    vocab: Vocab,
+    prime: str,
+    length: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[str]:
+    """Yield `length` new characters one at a time, after reading the prime through the model.
+
+    The prime is checked here, before the first character is asked for, so a bad prime fails
+    before anything is printed.
+    """
+    if not prime:
+        raise UserError("the prime must not be empty")
+    bad = vocab.unknown(prime)
+    if bad:
+        raise UserError(f"the prime has characters the model has never seen: {bad!r}")
+    return _generate(model, vocab, prime, length, temperature, top_k, top_p, generator)
+
+
+@torch.no_grad()
+def _generate(model, vocab: Vocab, prime: str, length: int, temperature: float, top_k, top_p, generator) -> Iterator[str]:
+    model.eval()
+    device = next(model.parameters()).device
+    ids, _ = vocab.encode(prime)
+    ids = ids.long().to(device)
+    h = None
+    if len(ids) > 1:
+        _, h = model(ids[:-1].view(-1, 1), h)
+    last = ids[-1:].view(1, 1)
+    for _ in range(length):
+        logits, h = model(last, h)
+        logits = logits[0, 0].float()
+        if temperature == 0:
+            nxt = int(logits.argmax())
+        else:
+            probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+            nxt = int(torch.multinomial(probs.cpu(), 1, generator=generator))
+        last = torch.tensor([[nxt]], device=device)
+        yield vocab.chars[nxt]

@@ -1,0 +1,309 @@
+"""The training loop: TBPTT over B contiguous streams, AdamW, clipping, warm-up + cosine, evals, checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import Settings, to_toml
+from .data import StreamBatcher, Vocab, read_text, split_validation
+from .device import pick_device, rng_state, set_rng_state
+from .errors import UserError
+from .evaluate import nll, text_sha256
+from .model import CharModel, ModelConfig
+
+#: Settings a resumed run must share with the run it continues (they shape the model, data or RNG).
+LOCKED_ON_RESUME = ("cell", "reset_after", "hidden_size", "layers", "embed_size", "batch_size", "seq_len",
+                    "val_fraction", "val_file", "seed")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int
+    chars: int
+    elapsed_s: float
+    val_loss: float
+    best_val_loss: float
+    interrupted: bool = False
+
+
+@dataclass
+class Corpus:
+    vocab: Vocab
+    train_ids: torch.Tensor
+    val_ids: torch.Tensor
+    record: dict  # what the checkpoint keeps so `perplexity` can find the validation split again
+
+
+def load_corpus(file: str | Path, s: Settings, vocab: Vocab | None = None) -> Corpus:
+    """Read the training file, split off validation, build (or reuse) the vocabulary and encode both parts."""
+    text = read_text(file)
+    record = {"train_file": str(Path(file).resolve()), "text_sha256": text_sha256(text), "val_file": "", "val_start": 0}
+    if s.val_file:
+        train_text, val_text = text, read_text(s.val_file)
+        record["val_file"] = str(Path(s.val_file).resolve())
+    else:
+        train_text, val_text, record["val_start"] = split_validation(text, s.val_fraction)
+    if len(val_text) < 2:
+        raise UserError(f"{file}: the validation split has {len(val_text)} characters; it needs at least 2")
+    vocab = vocab or Vocab.from_text(train_text)
+    try:
+        train_ids, _ = vocab.encode(train_text)
+    except ValueError as e:
+        raise UserError(f"{file}: {e} (the checkpoint's vocabulary was built from another text)") from None
+    val_ids, dropped = vocab.encode(val_text, drop_unknown=True)
+    if dropped:
+        tqdm.write(f"note: {dropped} validation characters not seen in training are left out of val_loss")
+    return Corpus(vocab, train_ids, val_ids, record)
+
+
+def learning_rate(s: Settings, step: int, elapsed_s: float) -> float:
+    """Linear warm-up over warmup_steps, then cosine decay from lr to min_lr over the budget.
+
+    Progress through the budget is the larger of step/max_steps and elapsed/max_time, so a
+    time-budgeted run still ends its decay at the deadline. Runs bounded only by max_steps
+    follow the same schedule every time (what exact resume and --seed reproducibility rely on).
+    """
+    warm = min(1.0, (step + 1) / s.warmup_steps) if s.warmup_steps else 1.0
+    progress = budget_progress(s, step, elapsed_s)
+    return warm * (s.min_lr + (s.lr - s.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path):
+    """Hold an exclusive lock on out_dir/.lock so two trainings cannot write the same folder."""
+    fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{out_dir}: another training is writing to this folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def catch_sigint():
+    """Turn the first Ctrl-C into a flag checked between steps (so last.pt is saved); a second one aborts."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UserError(f"{out_dir}: the output folder is not writable")
+    last = out_dir / "last.pt"
+    if resume and not last.exists():
+        raise UserError(f"{last}: no checkpoint to resume from; train without --resume first")
+    if not resume and last.exists() and not overwrite:
+        raise UserError(f"{out_dir}: already holds a run; use --resume to continue it, --overwrite to replace it, or another --out")
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop metric lines written after the checkpoint, so the log reads as one run."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    checkpoint.atomic_write(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
+
+
+def train(
+    file: str | Path,
+    s: Settings,
+    out_dir: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    should_stop: Callable[[int], bool] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or continue) a character model on file into out_dir; returns where it stopped.
+
+    should_stop(step) is checked after every step: tests use it to interrupt a run exactly as
+    Ctrl-C does (save last.pt, no final evaluation).
+    """
+    out_dir = Path(out_dir)
+    prepare_out_dir(out_dir, resume, overwrite)
+    with run_lock(out_dir), catch_sigint() as sigint:
+        return _train(file, s, out_dir, resume, should_stop, sigint, progress)
+
+
+def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, progress: bool) -> TrainResult:
+    device = pick_device(s.device)
+    state = checkpoint.load(out_dir / "last.pt") if resume else None
+    corpus = load_corpus(file, s, Vocab(state["vocab"]) if state else None)
+    if state and state["data"]["text_sha256"] != corpus.record["text_sha256"]:
+        raise UserError(f"{file}: is not the text the run in {out_dir} was trained on")
+
+    torch.manual_seed(s.seed)
+    cfg = ModelConfig(len(corpus.vocab), s.cell, s.hidden_size, s.layers, s.embed_size, s.dropout, s.reset_after)
+    model = CharModel(cfg).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("embed")]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=s.lr, betas=(0.9, 0.99),
+    )
+    batcher = StreamBatcher(corpus.train_ids, s.batch_size, s.seq_len, s.seed)
+    step = epoch = window = chars = 0
+    elapsed0, best, val_loss = 0.0, math.inf, math.nan
+    h = model.init_state(s.batch_size, device)
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, epoch, window, chars = state["step"], state["epoch"], state["window"], state["chars"]
+        elapsed0, best, val_loss = state["elapsed_s"], state["best_val_loss"], state["val_loss"]
+        h = state["hidden"].to(device)
+        set_rng_state(state["rng"], device)
+    (out_dir / "config.toml").write_text(f"# resolved settings of this run\nfile = \"{Path(file)}\"\n" + to_toml(s.to_dict()))
+    metrics_path = out_dir / "metrics.jsonl"
+    if state:
+        _trim_metrics(metrics_path, step)
+    elif metrics_path.exists():
+        metrics_path.unlink()
+
+    def snapshot() -> dict:
+        return {
+            "model_config": cfg.to_dict(), "settings": s.to_dict(), "vocab": corpus.vocab.chars,
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "step": step, "epoch": epoch, "window": window, "chars": chars,
+            "elapsed_s": elapsed_now(), "val_loss": val_loss, "best_val_loss": best,
+            "rng": rng_state(device), "hidden": h.detach().cpu(), "data": corpus.record,
+        }
+
+    t0, chars0 = time.perf_counter(), chars
+    elapsed_now = lambda: elapsed0 + time.perf_counter() - t0  # noqa: E731
+    budget_over = lambda: (s.max_steps and step >= s.max_steps) or (s.max_time and elapsed_now() >= s.max_time)  # noqa: E731
+
+    def evaluate_and_save(log: dict) -> None:
+        nonlocal val_loss, best
+        total, n = nll(model, corpus.val_ids, s.eval_streams, device=device)
+        val_loss = total / n
+        log["val_loss"] = val_loss
+        improved = val_loss < best
+        best = min(best, val_loss)
+        snap = snapshot()
+        checkpoint.save(out_dir / "last.pt", snap)
+        if improved:
+            checkpoint.save(out_dir / "best.pt", snap)
+
+    bar = tqdm(total=1.0, disable=not progress, dynamic_ncols=True, leave=True, mininterval=0.5,
+               bar_format="{desc} |{bar}| {percentage:3.0f}%")
+    model.train()
+    loss_sum, loss_n, interrupted = 0.0, 0, False
+    with open(metrics_path, "a") as metrics, bar:
+        while not budget_over():
+            if window == 0:
+                h = model.init_state(s.batch_size, device)  # new epoch: streams re-offset, state starts afresh
+            x, y = (t.to(device) for t in batcher.get(epoch, window))
+            lr = learning_rate(s, step, elapsed_now())
+            for g in opt.param_groups:
+                g["lr"] = lr
+            logits, h_next = model(x, h)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+            if not torch.isfinite(loss):
+                raise UserError(
+                    f"the loss became {float(loss)} at step {step + 1}; nothing was saved from this step, "
+                    f"the checkpoints in {out_dir} are from before it; try a lower --lr"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if s.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            opt.step()
+            h = h_next.detach()  # truncated BPTT: the state carries on, its gradient stops here
+            step += 1
+            chars += x.numel()
+            window += 1
+            if window >= batcher.windows(epoch):
+                epoch, window = epoch + 1, 0
+            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+
+            at_eval, at_end = step % s.eval_every == 0, bool(budget_over())
+            if step % s.log_every == 0 or at_eval or at_end:
+                elapsed = elapsed_now()
+                log = {"step": step, "chars": chars, "elapsed_s": round(elapsed, 3), "lr": lr,
+                       "train_loss": loss_sum / loss_n, "epoch": epoch}
+                loss_sum, loss_n = 0.0, 0
+                if at_eval or at_end:
+                    evaluate_and_save(log)
+                    bar.write(_eval_line(log, (chars - chars0) / max(elapsed - elapsed0, 1e-9)))
+                metrics.write(json.dumps(log) + "\n")
+                metrics.flush()
+                rate = (chars - chars0) / max(elapsed - elapsed0, 1e-9)
+                frac = budget_progress(s, step, elapsed)
+                bar.n = frac
+                val = f"{val_loss:.3f}" if math.isfinite(val_loss) else "-"
+                bar.set_description_str(
+                    f"step {step} | loss {log['train_loss']:.3f} | val {val} | {rate / 1000:.1f}k chars/s | "
+                    f"left {_fmt_time(_time_left(s, step, elapsed, rate))}"
+                )
+            if sigint["stop"] or (should_stop and should_stop(step)):
+                if not at_eval and not at_end:
+                    checkpoint.save(out_dir / "last.pt", snapshot())
+                interrupted = True
+                break
+    return TrainResult(out_dir, step, chars, elapsed_now(), val_loss, best, interrupted)
+
+
+def _eval_line(log: dict, rate: float) -> str:
+    return (f"step {log['step']:>6} | chars {log['chars']:>11,} | {log['elapsed_s']:7.1f}s | "
+            f"train {log['train_loss']:.4f} | val {log['val_loss']:.4f} | {rate / 1000:.1f}k chars/s")
+
+
+def budget_progress(s: Settings, step: int, elapsed: float) -> float:
+    """How far through its budget (0..1) a run is: the larger of the step and the time fractions."""
+    p = 0.0
+    if s.max_steps:
+        p = max(p, step / s.max_steps)
+    if s.max_time:
+        p = max(p, elapsed / s.max_time)
+    return min(1.0, p)
+
+
+def _time_left(s: Settings, step: int, elapsed: float, rate: float) -> float:
+    left = math.inf
+    if s.max_time:
+        left = s.max_time - elapsed
+    if s.max_steps and rate > 0:
+        left = min(left, (s.max_steps - step) * s.batch_size * s.seq_len / rate)
+    return max(0.0, left)
+
+
+def _fmt_time(sec: float) -> str:
+    if not math.isfinite(sec):
+        return "?"
+    m, s = divmod(int(sec), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
