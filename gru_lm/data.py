@@ -115,6 +115,15 @@ def min_train_chars(batch_size: int, seq_len: int) -> int:
     return batch_size * (seq_len + 1)
 
 
+def check_train_length(n: int, batch_size: int, seq_len: int, name: str = "the training text") -> None:
+    need = min_train_chars(batch_size, seq_len)
+    if n < need:
+        raise UserError(
+            f"{name} has {n:,} training characters, fewer than the {need:,} that batch size "
+            f"{batch_size} and window {seq_len} need; lower --batch-size or --seq-len"
+        )
+
+
 @dataclass
 class StreamBatcher:
     """Cuts the training ids into B contiguous streams and serves windows of T characters.
@@ -131,12 +140,7 @@ class StreamBatcher:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        need = min_train_chars(self.batch_size, self.seq_len)
-        if len(self.data) < need:
-            raise UserError(
-                f"the training text has {len(self.data):,} characters, fewer than the {need:,} that batch size "
-                f"{self.batch_size} and window {self.seq_len} need; lower --batch-size or --seq-len"
-            )
+        check_train_length(len(self.data), self.batch_size, self.seq_len)
 
     def offset(self, epoch: int) -> int:
         slack = len(self.data) - min_train_chars(self.batch_size, self.seq_len)

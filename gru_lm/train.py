@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .config import Settings, to_toml
-from .data import StreamBatcher, Vocab, read_text, split_validation
+from .data import StreamBatcher, Vocab, check_train_length, read_text, split_validation
 from .device import pick_device, rng_state, set_rng_state
 from .errors import UserError
 from .evaluate import nll, text_sha256
@@ -61,6 +62,7 @@ def load_corpus(file: str | Path, s: Settings, vocab: Vocab | None = None) -> Co
         train_text, val_text, record["val_start"] = split_validation(text, s.val_fraction)
     if len(val_text) < 2:
         raise UserError(f"{file}: the validation split has {len(val_text)} characters; it needs at least 2")
+    check_train_length(len(train_text), s.batch_size, s.seq_len, str(file))
     vocab = vocab or Vocab.from_text(train_text)
     try:
         train_ids, _ = vocab.encode(train_text)
@@ -68,7 +70,7 @@ def load_corpus(file: str | Path, s: Settings, vocab: Vocab | None = None) -> Co
         raise UserError(f"{file}: {e} (the checkpoint's vocabulary was built from another text)") from None
     val_ids, dropped = vocab.encode(val_text, drop_unknown=True)
     if dropped:
-        tqdm.write(f"note: {dropped} validation characters not seen in training are left out of val_loss")
+        print(f"note: {dropped} validation characters not seen in training are left out of val_loss", file=sys.stderr)
     return Corpus(vocab, train_ids, val_ids, record)
 
 
@@ -118,18 +120,28 @@ def catch_sigint():
         signal.signal(signal.SIGINT, old)
 
 
-def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Check and create the run folder; returns whether it was created here (to clean up on failure)."""
+    last = out_dir / "last.pt"
+    if resume and not last.exists():
+        raise UserError(f"{last}: no checkpoint to resume from; train without --resume first")
+    if not resume and last.exists() and not overwrite:
+        raise UserError(f"{out_dir}: already holds a run; use --resume to continue it, --overwrite to replace it, or another --out")
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
         raise UserError(f"{out_dir}: the output folder is not writable")
-    last = out_dir / "last.pt"
-    if resume and not last.exists():
-        raise UserError(f"{last}: no checkpoint to resume from; train without --resume first")
-    if not resume and last.exists() and not overwrite:
-        raise UserError(f"{out_dir}: already holds a run; use --resume to continue it, --overwrite to replace it, or another --out")
+    return created
+
+
+def _remove_if_unused(out_dir: Path) -> None:
+    """A run that failed before writing anything leaves no folder behind."""
+    if {p.name for p in out_dir.iterdir()} <= {".lock"}:
+        (out_dir / ".lock").unlink(missing_ok=True)
+        out_dir.rmdir()
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -155,9 +167,14 @@ def train(
     Ctrl-C does (save last.pt, no final evaluation).
     """
     out_dir = Path(out_dir)
-    prepare_out_dir(out_dir, resume, overwrite)
-    with run_lock(out_dir), catch_sigint() as sigint:
-        return _train(file, s, out_dir, resume, should_stop, sigint, progress)
+    created = prepare_out_dir(out_dir, resume, overwrite)
+    try:
+        with run_lock(out_dir), catch_sigint() as sigint:
+            return _train(file, s, out_dir, resume, should_stop, sigint, progress)
+    except UserError:
+        if created:
+            _remove_if_unused(out_dir)
+        raise
 
 
 def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, progress: bool) -> TrainResult:
@@ -219,7 +236,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
         if improved:
             checkpoint.save(out_dir / "best.pt", snap)
 
-    bar = tqdm(total=1.0, disable=not progress, dynamic_ncols=True, leave=True, mininterval=0.5,
+    bar = tqdm(total=1.0, disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=True, mininterval=0.5,
                bar_format="{desc} |{bar}| {percentage:3.0f}%")
     model.train()
     loss_sum, loss_n, interrupted = 0.0, 0, False
@@ -259,7 +276,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
                 loss_sum, loss_n = 0.0, 0
                 if at_eval or at_end:
                     evaluate_and_save(log)
-                    bar.write(_eval_line(log, (chars - chars0) / max(elapsed - elapsed0, 1e-9)))
+                    bar.write(_eval_line(log, (chars - chars0) / max(elapsed - elapsed0, 1e-9)), file=sys.stderr)
                 metrics.write(json.dumps(log) + "\n")
                 metrics.flush()
                 rate = (chars - chars0) / max(elapsed - elapsed0, 1e-9)

@@ -1,0 +1,215 @@
+"""The cells against torch's own (reset-after form), an independent straight-line reset-before GRU,
+float64 gradcheck, and the gate semantics the lecture teaches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gru_lm.cells import GRU, RNN, GRUCell, RNNCell, gru_step
+
+torch.manual_seed(0)
+ATOL = 1e-5
+
+
+def _copy(ours: nn.Module, ref: nn.Module) -> None:
+    missing = ours.load_state_dict(ref.state_dict(), strict=True)
+    assert not missing.missing_keys and not missing.unexpected_keys
+
+
+def _grads(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in module.named_parameters()}
+
+
+def _assert_same_grads(a: nn.Module, b: nn.Module, atol: float = ATOL) -> None:
+    ga, gb = _grads(a), _grads(b)
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], atol=atol, rtol=1e-4, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_cell_matches_torch(bias):
+    ref = nn.GRUCell(5, 7, bias=bias)
+    ours = GRUCell(5, 7, bias=bias, reset_after=True)
+    _copy(ours, ref)
+    x, h = torch.randn(3, 5), torch.randn(3, 7)
+    out_ref, out = ref(x, h), ours(x, h)
+    torch.testing.assert_close(out, out_ref, atol=ATOL, rtol=1e-5)
+    (out_ref.square().sum()).backward()
+    (out.square().sum()).backward()
+    _assert_same_grads(ours, ref)
+
+
+def test_rnn_cell_matches_torch():
+    ref, ours = nn.RNNCell(5, 7), RNNCell(5, 7)
+    _copy(ours, ref)
+    x, h = torch.randn(3, 5), torch.randn(3, 7)
+    torch.testing.assert_close(ours(x, h), ref(x, h), atol=ATOL, rtol=1e-5)
+    ours(x, h).sum().backward()
+    ref(x, h).sum().backward()
+    _assert_same_grads(ours, ref)
+
+
+def test_cells_default_to_zero_state():
+    cell = GRUCell(4, 6)
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(cell(x), cell(x, torch.zeros(2, 6)))
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn"])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_sequence_modules_match_torch(kind, layers):
+    T, B, I, H = 9, 4, 6, 8
+    if kind == "gru":
+        ref, ours = nn.GRU(I, H, layers), GRU(I, H, layers, reset_after=True)
+    else:
+        ref, ours = nn.RNN(I, H, layers), RNN(I, H, layers)
+    _copy(ours, ref)
+    x = torch.randn(T, B, I, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    h0 = torch.randn(layers, B, H)
+    out_ref, hn_ref = ref(x, h0)
+    out, hn = ours(x2, h0)
+    assert out.shape == (T, B, H) and hn.shape == (layers, B, H)
+    torch.testing.assert_close(out, out_ref, atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(hn, hn_ref, atol=ATOL, rtol=1e-5)
+    w = torch.randn_like(out)
+    ((out_ref * w).sum() + hn_ref.sum()).backward()
+    ((out * w).sum() + hn.sum()).backward()
+    _assert_same_grads(ours, ref)
+    torch.testing.assert_close(x2.grad, x.grad, atol=ATOL, rtol=1e-4)
+
+
+def test_parameter_names_and_shapes_follow_torch():
+    ours, ref = GRU(5, 7, 2), nn.GRU(5, 7, 2)
+    assert {n: p.shape for n, p in ours.named_parameters()} == {n: p.shape for n, p in ref.named_parameters()}
+    ours, ref = RNN(5, 7, 2), nn.RNN(5, 7, 2)
+    assert {n: p.shape for n, p in ours.named_parameters()} == {n: p.shape for n, p in ref.named_parameters()}
+
+
+def _lecture_gru(x, h, W_xr, W_hr, b_r, W_xz, W_hz, b_z, W_xh, W_hh, b_h):
+    """The lecture's equations, written out line by line with row-vector weights (X W)."""
+    outs = []
+    for X in x:
+        R = torch.sigmoid(X @ W_xr + h @ W_hr + b_r)
+        Z = torch.sigmoid(X @ W_xz + h @ W_hz + b_z)
+        H_tilde = torch.tanh(X @ W_xh + (R * h) @ W_hh + b_h)
+        h = Z * h + (1 - Z) * H_tilde
+        outs.append(h)
+    return torch.stack(outs), h
+
+
+def test_reset_before_gru_matches_the_lecture_equations():
+    T, B, I, H = 7, 3, 4, 5
+    gru = GRU(I, H, 1, reset_after=False)
+    w_ih, w_hh, b_ih, b_hh = gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0
+    r, z, n = slice(0, H), slice(H, 2 * H), slice(2 * H, 3 * H)
+    x, h0 = torch.randn(T, B, I), torch.randn(B, H)
+    out, hn = gru(x, h0[None])
+    ref_out, ref_h = _lecture_gru(
+        x, h0,
+        w_ih[r].T, w_hh[r].T, b_ih[r] + b_hh[r],
+        w_ih[z].T, w_hh[z].T, b_ih[z] + b_hh[z],
+        w_ih[n].T, w_hh[n].T, b_ih[n] + b_hh[n],
+    )
+    torch.testing.assert_close(out, ref_out, atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(hn[0], ref_h, atol=ATOL, rtol=1e-5)
+    # and the two forms really differ (so the test above could fail)
+    after = GRU(I, H, 1, reset_after=True)
+    after.load_state_dict(gru.state_dict())
+    assert (after(x, h0[None])[0] - out).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GRUCell(3, 4, reset_after=False),
+        lambda: GRUCell(3, 4, reset_after=True),
+        lambda: RNNCell(3, 4),
+        lambda: GRU(3, 4, 2, reset_after=False),
+        lambda: GRU(3, 4, 2, reset_after=True),
+        lambda: RNN(3, 4, 2),
+    ],
+    ids=["grucell-before", "grucell-after", "rnncell", "gru-before", "gru-after", "rnn"],
+)
+def test_gradcheck_float64(make):
+    torch.manual_seed(1)
+    m = make().double()
+    params = tuple(m.parameters())
+    seq = not isinstance(m, (GRUCell, RNNCell))
+    x = torch.randn(*((4, 2, 3) if seq else (2, 3)), dtype=torch.float64, requires_grad=True)
+    h = torch.randn(*((2, 2, 4) if seq else (2, 4)), dtype=torch.float64, requires_grad=True)
+
+    inputs = (x, h) + tuple(p.detach().clone().requires_grad_(True) for p in params)
+
+    def g(x, h, *ps):
+        state = {n: v for (n, _), v in zip(m.named_parameters(), ps)}
+        return torch.func.functional_call(m, state, (x, h))
+
+    assert torch.autograd.gradcheck(g, inputs, eps=1e-6, atol=1e-5)
+
+
+def _gate_inputs(H: int, B: int = 3):
+    gi = torch.randn(B, 3 * H)
+    h = torch.rand(B, H) * 1.8 - 0.9
+    w_hh = torch.randn(3 * H, H)
+    b_hh = torch.randn(3 * H)
+    return gi, h, w_hh, b_hh
+
+
+@pytest.mark.parametrize("reset_after", [False, True])
+def test_update_gate_one_copies_state_and_gradient(reset_after):
+    H = 6
+    gi, h, w_hh, b_hh = _gate_inputs(H)
+    gi[:, H : 2 * H] = 1e4  # z = σ(huge) = 1
+    h = h.requires_grad_(True)
+    out = gru_step(gi, h, w_hh, b_hh, reset_after)
+    torch.testing.assert_close(out, h.detach())
+    (g,) = torch.autograd.grad(out.sum(), h)
+    torch.testing.assert_close(g, torch.ones_like(h))  # the gradient flows straight through
+
+
+@pytest.mark.parametrize("reset_after", [False, True])
+def test_reset_gate_zero_makes_candidate_ignore_old_state(reset_after):
+    H = 6
+    gi, h, w_hh, b_hh = _gate_inputs(H)
+    gi[:, :H] = -1e4  # r = 0
+    gi[:, H : 2 * H] = -1e4  # z = 0, so h' = n, the candidate alone
+    if reset_after:
+        # with the reset after the product, r = 0 removes h W_hn + b_hn entirely
+        expected = torch.tanh(gi[:, 2 * H :])
+    else:
+        # with the reset before the product, (0 ⊙ h) W_hn leaves only the bias b_hn
+        expected = torch.tanh(gi[:, 2 * H :] + b_hh[2 * H :])
+    other_h = torch.rand_like(h) * 1.8 - 0.9
+    out1 = gru_step(gi, h, w_hh, b_hh, reset_after)
+    out2 = gru_step(gi, other_h, w_hh, b_hh, reset_after)
+    torch.testing.assert_close(out1, expected)
+    torch.testing.assert_close(out1, out2)
+
+
+@pytest.mark.parametrize("cls", [GRU, RNN])
+def test_state_stays_inside_minus_one_one(cls):
+    m = cls(4, 16, 2)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(20)  # large weights push the gates to saturation
+        x = torch.randn(50, 3, 4) * 10
+        out, hn = m(x, torch.rand(2, 3, 16) * 2 - 1)
+    assert out.abs().max() <= 1.0 and hn.abs().max() <= 1.0
+
+
+def test_dropout_between_layers_only_in_training():
+    m = GRU(4, 8, 2, dropout=0.5)
+    x = torch.randn(5, 2, 4)
+    m.eval()
+    a, b = m(x)[0], m(x)[0]
+    torch.testing.assert_close(a, b)
+    m.train()
+    torch.manual_seed(0)
+    c = m(x)[0]
+    torch.manual_seed(1)
+    d = m(x)[0]
+    assert (c - d).abs().max() > 1e-4

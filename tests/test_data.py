@@ -1,0 +1,117 @@
+"""Reading text, the vocabulary, the validation split and the stream batcher."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gru_lm.data import StreamBatcher, Vocab, read_text, split_validation
+from gru_lm.errors import UserError
+
+
+@given(st.text(min_size=1, max_size=300))
+@settings(max_examples=150, deadline=None)
+def test_vocab_round_trip_any_unicode(text):
+    v = Vocab.from_text(text)
+    assert list(v.chars) == sorted(set(text))
+    ids, dropped = v.encode(text)
+    assert dropped == 0 and len(ids) == len(text)
+    assert v.decode(ids) == text
+
+
+def test_vocab_storage_is_compact():
+    assert Vocab.from_text("abc").encode("abcabc")[0].dtype == torch.uint8
+    big = "".join(chr(0x4E00 + i) for i in range(300))
+    assert Vocab.from_text(big).encode(big)[0].dtype == torch.int16
+
+
+def test_unknown_characters_are_refused_or_dropped():
+    v = Vocab.from_text("hello")
+    with pytest.raises(ValueError):
+        v.encode("help")
+    ids, dropped = v.encode("help!", drop_unknown=True)
+    assert dropped == 2 and v.decode(ids) == "hel"
+    assert v.unknown("help!p") == "p!"
+
+
+def test_validation_split_sizes():
+    text = "x" * 1_115_394
+    train, val, cut = split_validation(text, 0.1)
+    assert (len(train), len(val), cut) == (1_003_854, 111_540, 1_003_854)
+    train, val, _ = split_validation("abcdefghij", 0.2)
+    assert (train, val) == ("abcdefgh", "ij")
+
+
+def test_read_text_utf8_bom_and_utf16(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_bytes("\ufeffhéllo".encode("utf-8"))
+    assert read_text(p) == "héllo"
+    p.write_bytes("héllo wörld".encode("utf-16"))
+    assert read_text(p) == "héllo wörld"
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [(b"", "empty"), (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"), (b"abc\xff\xfe\xfddef", "not UTF-8")],
+)
+def test_read_text_refuses_bad_files(tmp_path, content, words):
+    p = tmp_path / "bad.txt"
+    p.write_bytes(content)
+    with pytest.raises(UserError, match=words):
+        read_text(p)
+
+
+def test_read_text_missing_and_directory(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        read_text(tmp_path / "nope.txt")
+    with pytest.raises(UserError, match="directory"):
+        read_text(tmp_path)
+
+
+def _batcher(n=1000, B=4, T=7, seed=0):
+    return StreamBatcher(torch.arange(n, dtype=torch.int32), B, T, seed)
+
+
+def test_batcher_windows_are_contiguous_streams():
+    b = _batcher()
+    for epoch in range(3):
+        K = b.windows(epoch)
+        o = b.offset(epoch)
+        L = (1000 - o) // 4
+        prev_y = None
+        for k in range(K):
+            x, y = b.get(epoch, k)
+            assert x.shape == (7, 4) and y.shape == (7, 4)
+            assert torch.equal(y[:-1], x[1:])  # targets are the next characters
+            # stream j is a contiguous slice starting at o + j*L
+            assert torch.equal(x[0], torch.tensor([o + j * L + k * 7 for j in range(4)]))
+            if prev_y is not None:
+                assert torch.equal(x[0], prev_y[-1])  # window k+1 continues where window k ended
+            prev_y = y
+            # never crosses into the next stream
+            assert bool((y.max(0).values < torch.tensor([o + (j + 1) * L for j in range(4)])).all())
+
+
+def test_batcher_offsets_are_reproducible_and_vary():
+    b = _batcher(seed=3)
+    offs = [b.offset(e) for e in range(1, 30)]
+    assert offs == [_batcher(seed=3).offset(e) for e in range(1, 30)]
+    assert len(set(offs)) > 1 and b.offset(0) == 0
+    assert all(0 <= o < 7 for o in offs)
+
+
+def test_batcher_covers_the_training_text_once_per_epoch():
+    b = _batcher(n=1000, B=4, T=7)
+    seen = torch.zeros(1000, dtype=torch.int32)
+    for k in range(b.windows(0)):
+        x, _ = b.get(0, k)
+        seen[x.flatten().long()] += 1
+    assert seen.max() == 1  # nothing twice
+    assert seen.sum() >= 1000 - 4 * (7 + 1)  # at most the tail of each stream (< one window) is left out
+
+
+def test_batcher_refuses_text_shorter_than_a_window():
+    with pytest.raises(UserError, match="fewer than"):
+        StreamBatcher(torch.zeros(20, dtype=torch.uint8), batch_size=4, seq_len=8)

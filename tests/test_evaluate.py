@@ -1,0 +1,50 @@
+"""Perplexity: the exact definition, streams, unknown characters."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gru_lm import checkpoint
+from gru_lm.evaluate import measure, nll
+
+
+@pytest.fixture(scope="module")
+def model(trained_run):
+    return checkpoint.build_model(checkpoint.load(trained_run / "best.pt"))
+
+
+def test_nll_is_each_character_given_all_before_it(model):
+    ids = torch.randint(0, model.cfg.vocab_size, (50,))
+    total, n = nll(model, ids, num_streams=1, chunk=7)
+    # straight-line reference: one character at a time, carrying the state from zeros
+    h, ref = None, 0.0
+    with torch.no_grad():
+        for t in range(49):
+            logits, h = model(ids[t : t + 1].view(1, 1), h)
+            ref += float(F.cross_entropy(logits[0], ids[t + 1 : t + 2]))
+    assert n == 49 and total == pytest.approx(ref, rel=1e-5)
+
+
+def test_streams_score_every_character_once(model):
+    ids = torch.randint(0, model.cfg.vocab_size, (103,))
+    for s in (1, 2, 5, 102, 500):
+        total, n = nll(model, ids, num_streams=s)
+        assert n == 102 and math.isfinite(total)
+    one, _ = nll(model, ids, 1)
+    many, _ = nll(model, ids, 4)
+    assert abs(one - many) / one < 0.2 and one != many
+
+
+def test_measure_on_own_validation_split_and_on_a_file(trained_run, corpus, tmp_path):
+    row = measure(trained_run / "best.pt")
+    assert row["chars"] == 1999  # the last 10% of 20,000 characters, less the first (not predicted)
+    assert row["perplexity"] == pytest.approx(math.exp(row["loss"]))
+    assert row["bpc"] == pytest.approx(row["loss"] / math.log(2))
+    odd = tmp_path / "odd.txt"
+    odd.write_text("ROMEO: ☃ is here\n§§", encoding="utf-8")
+    row = measure(trained_run / "best.pt", odd)
+    assert row["unknown"] == 3 and row["chars"] == len("ROMEO:  is here\n") - 1

@@ -1,0 +1,76 @@
+"""Sampling: seeds, greedy decoding, top-k and top-p filtering, prime checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gru_lm import checkpoint
+from gru_lm.data import Vocab
+from gru_lm.errors import UserError
+from gru_lm.sample import check_options, filter_logits, generate
+
+
+@pytest.fixture(scope="module")
+def model_vocab(trained_run):
+    state = checkpoint.load(trained_run / "best.pt")
+    return checkpoint.build_model(state), Vocab(state["vocab"])
+
+
+def _text(model, vocab, **kw):
+    seed = kw.pop("seed", 0)
+    return "".join(generate(model, vocab, kw.pop("prime", "ROMEO:"), kw.pop("length", 60),
+                            generator=torch.Generator().manual_seed(seed), **kw))
+
+
+def test_same_seed_same_text(model_vocab):
+    m, v = model_vocab
+    a, b, c = _text(m, v, seed=1), _text(m, v, seed=1), _text(m, v, seed=2)
+    assert a == b != c and len(a) == 60 and set(a) <= set(v.chars)
+
+
+def test_greedy_is_deterministic_and_equals_top_k_1(model_vocab):
+    m, v = model_vocab
+    greedy = _text(m, v, temperature=0, seed=1)
+    assert greedy == _text(m, v, temperature=0, seed=2)
+    assert greedy == _text(m, v, temperature=1.0, top_k=1, seed=3)
+
+
+def test_greedy_follows_the_model_argmax(model_vocab):
+    m, v = model_vocab
+    out = _text(m, v, prime="AB", length=1, temperature=0)
+    ids = v.encode("AB")[0].long().view(-1, 1)
+    logits, _ = m(ids)
+    assert out == v.chars[int(logits[-1, 0].argmax())]
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    kept = lambda lg: torch.isfinite(lg).tolist()  # noqa: E731
+    assert kept(filter_logits(logits, 2, None)) == [True, True, False, False]
+    assert kept(filter_logits(logits, None, 0.5)) == [True, False, False, False]
+    assert kept(filter_logits(logits, None, 0.79)) == [True, True, False, False]
+    assert kept(filter_logits(logits, None, 0.81)) == [True, True, True, False]
+    assert kept(filter_logits(logits, None, 1.0)) == [True] * 4
+    shuffled = logits[[2, 0, 3, 1]]
+    assert kept(filter_logits(shuffled, None, 0.79)) == [False, True, False, True]
+
+
+def test_top_p_sampling_only_uses_the_nucleus(model_vocab):
+    m, v = model_vocab
+    text = _text(m, v, length=200, top_p=0.05, seed=4)
+    assert text == _text(m, v, length=200, temperature=0, seed=5)  # a tiny nucleus is the argmax alone
+
+
+@pytest.mark.parametrize("kw, words", [({"temperature": -1}, "temperature"), ({"top_k": 0}, "top-k"),
+                                      ({"top_p": 0.0}, "top-p"), ({"top_p": 1.5}, "top-p"), ({"length": -1}, "length")])
+def test_bad_options(kw, words):
+    args = {"temperature": 1.0, "top_k": None, "top_p": None, "length": 10, **kw}
+    with pytest.raises(UserError, match=words):
+        check_options(**args)
+
+
+def test_prime_outside_the_vocabulary_is_refused_before_output(model_vocab):
+    m, v = model_vocab
+    with pytest.raises(UserError, match="never seen"):
+        generate(m, v, "ROMEO: ☃", 10)

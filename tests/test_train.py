@@ -1,0 +1,130 @@
+"""Training: settings precedence, outputs, learning, exact resume, locking."""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+
+import pytest
+import torch
+
+from gru_lm import checkpoint
+from gru_lm.config import Settings, resolve
+from gru_lm.errors import UserError
+from gru_lm.train import learning_rate, run_lock, train
+
+from .conftest import ROOT
+
+
+def _losses(run_dir):
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["train_loss"], r.get("val_loss")) for r in rows]
+
+
+def test_settings_precedence(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('hidden_size = 48\nlr = 0.02\ncell = "rnn"\n')
+    s = resolve(cfg, {"lr": 0.5, "layers": None})
+    assert (s.hidden_size, s.lr, s.cell, s.layers) == (48, 0.5, "rnn", Settings().layers)
+
+
+@pytest.mark.parametrize("text, words", [("hidden_sise = 3\n", "unknown setting"), ('hidden_size = "big"\n', "must be a int"),
+                                         ("dropout = 1.5\n", "dropout"), ("hidden_size = \n", "not valid TOML")])
+def test_bad_config_files(tmp_path, text, words):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(UserError, match=words):
+        resolve(cfg, {})
+
+
+def test_shipped_configs_are_valid():
+    names = sorted(p.name for p in (ROOT / "configs").glob("*.toml"))
+    assert {"smoke.toml", "shakespeare_gru.toml", "shakespeare_rnn.toml", "timemachine_gru.toml"} <= set(names)
+    for p in (ROOT / "configs").glob("*.toml"):
+        resolve(p, {})
+
+
+def test_learning_rate_warms_up_then_decays():
+    s = Settings(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=100, max_time=0)
+    lrs = [learning_rate(s, i, 0.0) for i in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0, rel=0.03)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(0.1, abs=0.01)
+    t = Settings(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=0, max_time=100.0)
+    assert learning_rate(t, 5, 50.0) == pytest.approx(0.5)  # half the time budget: half-way down the cosine
+
+
+def test_training_writes_outputs_and_learns(trained_run):
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "config.toml"):
+        assert (trained_run / name).is_file()
+    rows = [json.loads(ln) for ln in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "chars", "elapsed_s", "lr", "train_loss"} <= rows[0].keys()
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert len(vals) == 2 and vals[-1] < math.log(65)  # better than a uniform guess over the characters
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.5
+    written = tomllib.loads((trained_run / "config.toml").read_text())
+    assert written["max_steps"] == 60 and written["hidden_size"] == 32
+    state = torch.load(trained_run / "last.pt", weights_only=True)
+    assert state["step"] == 60 and state["hidden"].shape == (1, 4, 32)
+
+
+def test_exact_resume_matches_an_uninterrupted_run(corpus, smoke, tmp_path):
+    s = smoke(max_steps=40, eval_every=15, dropout=0.2, layers=2)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(corpus, s, straight, progress=False)
+    first = train(corpus, s, split, progress=False, should_stop=lambda step: step == 22)
+    assert first.interrupted and first.step == 22
+    train(corpus, s, split, resume=True, progress=False)
+    assert _losses(split) == _losses(straight)  # every step's train loss and every val loss, bit for bit
+    a, b = (torch.load(d / "last.pt", weights_only=True) for d in (straight, split))
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name])
+
+
+def test_resume_continues_to_a_larger_max_steps(corpus, smoke, tmp_path):
+    out = tmp_path / "r"
+    train(corpus, smoke(max_steps=10), out, progress=False)
+    result = train(corpus, smoke(max_steps=25), out, resume=True, progress=False)
+    assert result.step == 25
+    assert [r[0] for r in _losses(out)] == list(range(1, 26))
+
+
+def test_seed_makes_runs_reproducible(corpus, smoke, tmp_path):
+    train(corpus, smoke(max_steps=8), tmp_path / "a", progress=False)
+    train(corpus, smoke(max_steps=8), tmp_path / "b", progress=False)
+    train(corpus, smoke(max_steps=8, seed=2), tmp_path / "c", progress=False)
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b") != _losses(tmp_path / "c")
+
+
+def test_rnn_baseline_trains(corpus, smoke, tmp_path):
+    train(corpus, smoke(cell="rnn", max_steps=30), tmp_path / "rnn", progress=False)
+    state = checkpoint.load(tmp_path / "rnn" / "best.pt")
+    assert state["model_config"]["cell"] == "rnn" and "model.rnn.weight_hh_l0" not in state["model"]
+    assert state["model"]["rnn.weight_hh_l0"].shape == (32, 32)
+
+
+def test_refuses_to_overwrite_or_share_a_run(corpus, smoke, trained_run, tmp_path):
+    before = (trained_run / "last.pt").read_bytes()
+    with pytest.raises(UserError, match="already holds a run"):
+        train(corpus, smoke(), trained_run, progress=False)
+    with pytest.raises(UserError, match="no checkpoint to resume"):
+        train(corpus, smoke(), tmp_path / "empty", resume=True, progress=False)
+    with run_lock(trained_run):
+        with pytest.raises(UserError, match="another training"):
+            with run_lock(trained_run):
+                pass
+    assert (trained_run / "last.pt").read_bytes() == before
+
+
+def test_nan_loss_stops_without_a_poisoned_checkpoint(corpus, smoke, tmp_path):
+    out = tmp_path / "nan"
+    train(corpus, smoke(max_steps=10), out, progress=False)
+    before = (out / "last.pt").read_bytes()
+    state = checkpoint.load(out / "last.pt")
+    state["model"]["head.bias"][0] = float("nan")
+    checkpoint.save(out / "last.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    poisoned = (out / "last.pt").read_bytes()
+    with pytest.raises(UserError, match="loss became nan at step 11"):
+        train(corpus, smoke(max_steps=20), out, resume=True, progress=False)
+    assert (out / "last.pt").read_bytes() == poisoned != before
