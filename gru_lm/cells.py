@@ -17,6 +17,8 @@ Plain RNN: h' = tanh(x W_ih + b_ih + h W_hh + b_hh).
 
 The sequence modules compute the input projections of a whole window in one matrix product
 (they do not depend on h) and then step through time with only the recurrent products left.
+By default they run the window through fast.py (the same equations with a hand-derived backward);
+`fast=False` runs the plain loop below under autograd, the reference the tests hold fast.py to.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .fast import gru_window, rnn_window
 
 CELLS = ("gru", "rnn")
 
@@ -113,13 +117,19 @@ class _Stack(nn.Module):
     gates = 1
 
     def __init__(
-        self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True, dropout: float = 0.0
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        dropout: float = 0.0,
+        fast: bool = True,
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError("num_layers must be at least 1")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.dropout = bias, dropout
+        self.bias, self.dropout, self.fast = bias, dropout, fast
         G, H = self.gates, hidden_size
         for k in range(num_layers):
             in_k = input_size if k == 0 else H
@@ -144,10 +154,15 @@ class _Stack(nn.Module):
     def step(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
         raise NotImplementedError
 
+    def window(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
     def run_layer(self, k: int, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """Layer k over a whole window: x is T×B×I, h is B×H; returns (T×B×H, B×H)."""
         w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
         gi = F.linear(x, w_ih, b_ih)  # all T input projections in one matrix product
+        if self.fast:
+            return self.window(gi, h.contiguous(), w_hh, b_hh)
         outs = []
         for t in range(x.shape[0]):
             h = self.step(gi[t], h, w_hh, b_hh)
@@ -180,12 +195,16 @@ class GRU(_Stack):
         dropout: float = 0.0,
         reset_after: bool = False,
         bias: bool = True,
+        fast: bool = True,
     ) -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, dropout)
+        super().__init__(input_size, hidden_size, num_layers, bias, dropout, fast)
         self.reset_after = reset_after
 
     def step(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
         return gru_step(gi, h, w_hh, b_hh, self.reset_after)
+
+    def window(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
+        return gru_window(gi, h, w_hh, b_hh, self.reset_after)
 
 
 class RNN(_Stack):
@@ -194,9 +213,18 @@ class RNN(_Stack):
     gates = 1
 
     def __init__(
-        self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, bias: bool = True
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        bias: bool = True,
+        fast: bool = True,
     ) -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, dropout)
+        super().__init__(input_size, hidden_size, num_layers, bias, dropout, fast)
 
     def step(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
         return rnn_step(gi, h, w_hh, b_hh)
+
+    def window(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
+        return rnn_window(gi, h, w_hh, b_hh)

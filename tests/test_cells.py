@@ -58,14 +58,15 @@ def test_cells_default_to_zero_state():
     torch.testing.assert_close(cell(x), cell(x, torch.zeros(2, 6)))
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
 @pytest.mark.parametrize("kind", ["gru", "rnn"])
 @pytest.mark.parametrize("layers", [1, 2, 3])
-def test_sequence_modules_match_torch(kind, layers):
+def test_sequence_modules_match_torch(kind, layers, fast):
     T, B, I, H = 9, 4, 6, 8
     if kind == "gru":
-        ref, ours = nn.GRU(I, H, layers), GRU(I, H, layers, reset_after=True)
+        ref, ours = nn.GRU(I, H, layers), GRU(I, H, layers, reset_after=True, fast=fast)
     else:
-        ref, ours = nn.RNN(I, H, layers), RNN(I, H, layers)
+        ref, ours = nn.RNN(I, H, layers), RNN(I, H, layers, fast=fast)
     _copy(ours, ref)
     x = torch.randn(T, B, I, requires_grad=True)
     x2 = x.detach().clone().requires_grad_(True)
@@ -101,9 +102,10 @@ def _lecture_gru(x, h, W_xr, W_hr, b_r, W_xz, W_hz, b_z, W_xh, W_hh, b_h):
     return torch.stack(outs), h
 
 
-def test_reset_before_gru_matches_the_lecture_equations():
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+def test_reset_before_gru_matches_the_lecture_equations(fast):
     T, B, I, H = 7, 3, 4, 5
-    gru = GRU(I, H, 1, reset_after=False)
+    gru = GRU(I, H, 1, reset_after=False, fast=fast)
     w_ih, w_hh, b_ih, b_hh = gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0
     r, z, n = slice(0, H), slice(H, 2 * H), slice(2 * H, 3 * H)
     x, h0 = torch.randn(T, B, I), torch.randn(B, H)
@@ -117,7 +119,7 @@ def test_reset_before_gru_matches_the_lecture_equations():
     torch.testing.assert_close(out, ref_out, atol=ATOL, rtol=1e-5)
     torch.testing.assert_close(hn[0], ref_h, atol=ATOL, rtol=1e-5)
     # and the two forms really differ (so the test above could fail)
-    after = GRU(I, H, 1, reset_after=True)
+    after = GRU(I, H, 1, reset_after=True, fast=fast)
     after.load_state_dict(gru.state_dict())
     assert (after(x, h0[None])[0] - out).abs().max() > 1e-3
 
@@ -128,11 +130,19 @@ def test_reset_before_gru_matches_the_lecture_equations():
         lambda: GRUCell(3, 4, reset_after=False),
         lambda: GRUCell(3, 4, reset_after=True),
         lambda: RNNCell(3, 4),
+        lambda: GRU(3, 4, 2, reset_after=False, fast=False),
+        lambda: GRU(3, 4, 2, reset_after=True, fast=False),
+        lambda: RNN(3, 4, 2, fast=False),
         lambda: GRU(3, 4, 2, reset_after=False),
         lambda: GRU(3, 4, 2, reset_after=True),
         lambda: RNN(3, 4, 2),
+        lambda: GRU(3, 4, 1, reset_after=False, bias=False),
+        lambda: GRU(3, 4, 1, reset_after=True, bias=False),
+        lambda: RNN(3, 4, 1, bias=False),
     ],
-    ids=["grucell-before", "grucell-after", "rnncell", "gru-before", "gru-after", "rnn"],
+    ids=["grucell-before", "grucell-after", "rnncell", "gru-before-ref", "gru-after-ref", "rnn-ref",
+         "gru-before-fast", "gru-after-fast", "rnn-fast", "gru-before-fast-nobias", "gru-after-fast-nobias",
+         "rnn-fast-nobias"],
 )
 def test_gradcheck_float64(make):
     torch.manual_seed(1)
@@ -140,7 +150,7 @@ def test_gradcheck_float64(make):
     params = tuple(m.parameters())
     seq = not isinstance(m, (GRUCell, RNNCell))
     x = torch.randn(*((4, 2, 3) if seq else (2, 3)), dtype=torch.float64, requires_grad=True)
-    h = torch.randn(*((2, 2, 4) if seq else (2, 4)), dtype=torch.float64, requires_grad=True)
+    h = torch.randn(*((m.num_layers, 2, 4) if seq else (2, 4)), dtype=torch.float64, requires_grad=True)
 
     inputs = (x, h) + tuple(p.detach().clone().requires_grad_(True) for p in params)
 
@@ -213,3 +223,28 @@ def test_dropout_between_layers_only_in_training():
     torch.manual_seed(1)
     d = m(x)[0]
     assert (c - d).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("make", [lambda b: GRU(6, 8, 2, bias=b), lambda b: GRU(6, 8, 2, reset_after=True, bias=b),
+                                  lambda b: RNN(6, 8, 2, bias=b)], ids=["gru-before", "gru-after", "rnn"])
+def test_fast_path_equals_the_reference_loop(make, bias):
+    """The hand-derived backward of fast.py against autograd through the plain loop of cells.py."""
+    fast = make(bias)
+    ref = make(bias)
+    ref.fast = False
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(11, 5, 6)
+    h0 = torch.randn(2, 5, 8)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    hs = [h0.clone().requires_grad_(True) for _ in range(2)]
+    w = torch.randn(11, 5, 8)
+    results = []
+    for m, xi, hi in ((fast, xs[0], hs[0]), (ref, xs[1], hs[1])):
+        out, hn = m(xi, hi)
+        ((out * w).sum() + (hn * hn).sum()).backward()
+        results.append((out, hn))
+    torch.testing.assert_close(results[0], results[1], atol=1e-6, rtol=1e-5)
+    _assert_same_grads(fast, ref, atol=1e-5)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(hs[0].grad, hs[1].grad, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,189 @@
+"""Training throughput and peak memory of our cells against torch.nn.GRU/RNN, side by side in one run.
+
+    python bench/rnn_speed.py                 # the acceptance shapes (hidden 256/512, batch 32, window 64, 1-2 layers)
+    python bench/rnn_speed.py --grid full     # hidden 128..1024, layers 1-2, batch 1/32/128, window 64/256
+    python bench/rnn_speed.py --memory        # also peak memory of a training step (one subprocess per cell)
+    python bench/rnn_speed.py --end-to-end    # also `gru-lm train` and `gru-lm sample` characters per second
+
+Each measurement is a char-LM training step (embedding 64 -> recurrent stack -> linear read-out over 65
+characters -> cross-entropy -> backward -> Adam), timed over --seconds after a warm-up, cells
+interleaved round by round so that a noisy neighbour hits all of them alike. Ratios are against
+torch.nn.GRU measured in the same run on the same shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gru_lm.cells import GRU, RNN  # noqa: E402
+
+V, E = 65, 64
+CELLS = {
+    "torch.nn.GRU": lambda H, L: nn.GRU(E, H, L),
+    "ours GRU reset-after": lambda H, L: GRU(E, H, L, reset_after=True),
+    "ours GRU reset-before": lambda H, L: GRU(E, H, L, reset_after=False),
+    "ours GRU reset-before (reference loop)": lambda H, L: GRU(E, H, L, reset_after=False, fast=False),
+    "torch.nn.RNN": lambda H, L: nn.RNN(E, H, L),
+    "ours RNN": lambda H, L: RNN(E, H, L),
+    "torch.nn.LSTM": lambda H, L: nn.LSTM(E, H, L),
+}
+GRIDS = {
+    "acceptance": [(H, L, 32, 64) for H in (256, 512) for L in (1, 2)],
+    "full": list(itertools.product((128, 256, 512, 1024), (1, 2), (1, 32, 128), (64, 256))),
+}
+
+
+class Step:
+    """One training step of a char LM around a recurrent module, with its state carried (TBPTT)."""
+
+    def __init__(self, name: str, H: int, L: int, B: int, T: int, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.rnn = CELLS[name](H, L)
+        self.lstm = isinstance(self.rnn, nn.LSTM)
+        self.emb, self.head = nn.Embedding(V, E), nn.Linear(H, V)
+        params = [*self.emb.parameters(), *self.rnn.parameters(), *self.head.parameters()]
+        self.opt = torch.optim.Adam(params, 3e-3)
+        self.x, self.y = torch.randint(0, V, (T, B)), torch.randint(0, V, (T, B))
+        z = torch.zeros(L, B, H)
+        self.h = (z, z.clone()) if self.lstm else z
+        self.chars = T * B
+
+    def __call__(self) -> None:
+        out, h = self.rnn(self.emb(self.x), self.h)
+        loss = nn.functional.cross_entropy(self.head(out).flatten(0, 1), self.y.flatten())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.h = tuple(t.detach() for t in h) if self.lstm else h.detach()
+
+
+def throughput(names: list[str], shape: tuple, seconds: float, rounds: int = 3) -> dict[str, float]:
+    """Characters per second of each cell, best of `rounds` interleaved rounds of `seconds`/rounds each."""
+    H, L, B, T = shape
+    steps = {n: Step(n, H, L, B, T) for n in names}
+    for s in steps.values():
+        s()
+        s()
+    best = dict.fromkeys(names, 0.0)
+    for _ in range(rounds):
+        for n, s in steps.items():
+            t0, k = time.perf_counter(), 0
+            while time.perf_counter() - t0 < seconds / rounds:
+                s()
+                k += 1
+            best[n] = max(best[n], k * s.chars / (time.perf_counter() - t0))
+    return best
+
+
+def peak_memory(name: str, shape: tuple) -> float:
+    """Growth of peak resident memory (MiB) over three training steps, measured in a fresh process."""
+    code = (
+        "import resource, sys, json; sys.path.insert(0, %r); sys.argv = ['x']\n"
+        "from bench.rnn_speed import Step\n"
+        "s = Step(%r, *%r)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "for _ in range(3): s()\n"
+        "print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024))\n"
+    ) % (str(ROOT), name, tuple(shape))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def end_to_end(seconds: float) -> list[tuple[str, float]]:
+    """Characters per second of the real commands on Tiny Shakespeare with the default config."""
+    import tempfile
+
+    from gru_lm import checkpoint
+    from gru_lm.config import resolve
+    from gru_lm.data import Vocab
+    from gru_lm.sample import generate
+    from gru_lm.train import train
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for cfg in ("shakespeare_gru", "shakespeare_rnn"):
+            s = resolve(ROOT / "configs" / f"{cfg}.toml", {"max_time": seconds, "eval_every": 10**9})
+            res = train(ROOT / "data" / "tinyshakespeare.txt", s, Path(tmp) / cfg, progress=False)
+            rows.append((f"gru-lm train --config configs/{cfg}.toml (incl. final eval)", res.chars / res.elapsed_s))
+        state = checkpoint.load(Path(tmp) / "shakespeare_gru" / "last.pt")
+        model, vocab = checkpoint.build_model(state), Vocab(state["vocab"])
+        g = torch.Generator().manual_seed(0)
+        for _ in generate(model, vocab, "ROMEO:", 50, generator=g):
+            pass
+        n = 2000
+        t0 = time.perf_counter()
+        for _ in generate(model, vocab, "ROMEO:", n, generator=g):
+            pass
+        rows.append(("gru-lm sample (GRU 256, one stream)", n / (time.perf_counter() - t0)))
+        ref = nn.GRU(E, model.cfg.hidden_size)
+        emb, head = nn.Embedding(len(vocab), E), nn.Linear(model.cfg.hidden_size, len(vocab))
+        with torch.no_grad():
+            x, h = torch.zeros(1, 1, dtype=torch.long), None
+            t0 = time.perf_counter()
+            for _ in range(n):
+                out, h = ref(emb(x), h)
+                p = head(out[0, 0]).softmax(-1)
+                x = torch.multinomial(p, 1, generator=g).view(1, 1)
+            rows.append(("torch.nn.GRU stepped one character at a time (same loop)", n / (time.perf_counter() - t0)))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grid", choices=sorted(GRIDS), default="acceptance", help="which shapes to measure")
+    ap.add_argument("--cells", nargs="*", default=None, help=f"subset of: {', '.join(CELLS)}")
+    ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per cell and shape")
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory (slower)")
+    ap.add_argument("--end-to-end", action="store_true", help="also time gru-lm train and sample")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here too")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.cells or [n for n in CELLS if "reference" not in n]
+    if "torch.nn.GRU" not in names:
+        names.insert(0, "torch.nn.GRU")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
+    print("| hidden | layers | batch | window | cell | chars/s | vs torch.nn.GRU |" + (" peak MiB | vs GRU |" if args.memory else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|---|" if args.memory else ""))
+    results = []
+    for shape in GRIDS[args.grid]:
+        speed = throughput(names, shape, args.seconds)
+        mem = {n: peak_memory(n, shape) for n in names} if args.memory else {}
+        for n in names:
+            row = dict(zip(("hidden", "layers", "batch", "window"), shape), cell=n, chars_per_s=speed[n],
+                       ratio=speed[n] / speed["torch.nn.GRU"])
+            line = f"| {shape[0]} | {shape[1]} | {shape[2]} | {shape[3]} | {n} | {speed[n]:,.0f} | {row['ratio']:.2f}x |"
+            if mem:
+                row.update(peak_mib=mem[n], mem_ratio=mem[n] / max(mem["torch.nn.GRU"], 1e-9))
+                line += f" {mem[n]:.1f} | {row['mem_ratio']:.2f}x |"
+            print(line, flush=True)
+            results.append(row)
+    if args.end_to_end:
+        print("\n| command | chars/s |\n|---|---|")
+        for name, rate in end_to_end(max(args.seconds * 10, 20)):
+            print(f"| {name} | {rate:,.0f} |", flush=True)
+            results.append({"command": name, "chars_per_s": rate})
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    print(f"# peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
