@@ -294,11 +294,12 @@ def inspect_cmd(
     lo, hi = colour_range(vals, color_by)
     console.print(legend(color_by, lo, hi, unit), style="dim")
     table = Table(title="means by the character read")
-    for col in ("character", "count", "z", "r", "change", "surprise"):
+    cols = ("z", "r", "change", "surprise") if tr.z is not None else ("change", "surprise")  # an RNN has no gates
+    for col in ("character", "count", *cols):
         table.add_column(col, justify="left" if col == "character" else "right")
-    f = lambda v: "-" if v is None or math.isnan(v) else f"{v:.3f}"  # noqa: E731
+    f = lambda v: "-" if math.isnan(v) else f"{v:.3f}"  # noqa: E731
     for row in class_means(tr):
-        table.add_row(row["class"], str(row["count"]), f(row["z"]), f(row["r"]), f(row["change"]), f(row["surprise"]))
+        table.add_row(row["class"], str(row["count"]), *(f(row[c]) for c in cols))
     console.print(table)
 
 

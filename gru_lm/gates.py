@@ -72,26 +72,26 @@ class Trace:
         raise UserError(f"--color-by must be one of {', '.join(QUANTITIES)}, not {by!r}")
 
 
-def _gru_layer(rnn: GRU, k: int, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Layer k stepped with cells.gru_gates, keeping the gates: x is T×1×I -> (out T×1×H, z T×H, r T×H)."""
+def _gru_layer(rnn: GRU, k: int, x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Layer k over x (T×1×I) with its gates: (out T×1×H, z T×H, r T×H).
+
+    The gates of step t depend only on x_t and the state before it, h_{t−1}, so once the layer
+    has run, cells.gru_gates computes all T steps at once as a batch of T rows: no Python loop
+    over time, and the same code gru_step runs.
+    """
+    out, _ = rnn.run_layer(k, x, h0)
     w_ih, w_hh, b_ih, b_hh = rnn.layer_weights(k)
-    gi = F.linear(x, w_ih, b_ih)
-    outs, zs, rs = [], [], []
-    for t in range(x.shape[0]):
-        r, z, n = gru_gates(gi[t], h, w_hh, b_hh, rnn.reset_after)
-        h = torch.lerp(n, h, z)  # z ⊙ h + (1 − z) ⊙ n, as gru_step
-        outs.append(h)
-        zs.append(z[0])
-        rs.append(r[0])
-    return torch.stack(outs), torch.stack(zs), torch.stack(rs)
+    h_prev = torch.cat([h0, out[:-1, 0]])  # T×H, the state each character is read into
+    r, z, _ = gru_gates(F.linear(x[:, 0], w_ih, b_ih), h_prev, w_hh, b_hh, rnn.reset_after)
+    return out, z, r
 
 
 @torch.no_grad()
 def trace(model, vocab: Vocab, text: str, layer: int = -1) -> Trace:
     """Run model over text from a zero state and record layer `layer` (default the last) per character.
 
-    Gates come from stepping the layer's own weights through cells.gru_gates, the same code
-    gru_step runs, so what is shown is what the model computes. Raises UserError for an empty
+    Gates come from the layer's own weights through cells.gru_gates, the code gru_step runs,
+    fed with the states the layer went through, so what is shown is what the model computes. Raises UserError for an empty
     text, characters outside the vocabulary, or a layer that does not exist.
     """
     if not text:
