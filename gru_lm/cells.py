@@ -34,8 +34,14 @@ from .fast import gru_window, rnn_window
 CELLS = ("gru", "rnn")
 
 
-def gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool) -> Tensor:
-    """One GRU step given gi = x W_ih + b_ih (B×3H, already projected) and h (B×H)."""
+def gru_gates(
+    gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The reset gate r, update gate z and candidate n of one GRU step (the one copy of the equations).
+
+    gi = x W_ih + b_ih (B×3H, already projected), h is B×H. gru_step mixes them into h';
+    gates.trace reads them out to show what the gates do.
+    """
     H = h.shape[-1]
     i_r, i_z, i_n = gi[..., :H], gi[..., H : 2 * H], gi[..., 2 * H :]
     b_rz = None if b_hh is None else b_hh[: 2 * H]
@@ -50,6 +56,12 @@ def gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_aft
         r = torch.sigmoid(i_r + gh_rz[..., :H])
         z = torch.sigmoid(i_z + gh_rz[..., H:])
         n = torch.tanh(i_n + F.linear(r * h, w_hh[2 * H :], b_n))
+    return r, z, n
+
+
+def gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool) -> Tensor:
+    """One GRU step given gi = x W_ih + b_ih (B×3H, already projected) and h (B×H)."""
+    _, z, n = gru_gates(gi, h, w_hh, b_hh, reset_after)
     return torch.lerp(n, h, z)  # z ⊙ h + (1 − z) ⊙ n
 
 

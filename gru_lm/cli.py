@@ -1,9 +1,10 @@
-"""The `gru-lm` command line: a thin layer over the library (train, sample, perplexity)."""
+"""The `gru-lm` command line: a thin layer over the library (train, sample, perplexity, inspect)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -188,6 +189,118 @@ def perplexity(
         table.add_row(r["checkpoint"], r["cell"], f"{r['params']:,}", f"{r['chars']:,}", f"{r['loss']:.4f}",
                       f"{r['perplexity']:.3f}", f"{r['bpc']:.4f}")
     Console().print(table)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    ckpt: Path = typer.Argument(..., help="Checkpoint (best.pt or last.pt of a run).", show_default=False),
+    text: Optional[str] = typer.Option(
+        None, "--text", help="Text to run the model over; every character must be in the model's vocabulary."),
+    file: Optional[Path] = typer.Option(
+        None, "--file", help="Read the text from this UTF-8 file instead of --text; characters outside the "
+        "vocabulary are left out, with a note."),
+    start: int = typer.Option(0, help="First character to take from the text; negative counts from the end "
+                              "(--start -600 takes the last 600)."),
+    length: int = typer.Option(1000, help="Inspect at most this many characters (from --start)."),
+    color_by: Optional[str] = typer.Option(
+        None, "--color-by", help="What colours each character: z (update gate, mean over units), r (reset gate, "
+        "mean over units), change (mean |h'-h| over units), surprise (-log p of the character, nats) or unit "
+        "(activation of --unit). [default: unit with --unit, else z for a GRU, change for an RNN]"),
+    unit: Optional[int] = typer.Option(
+        None, help="Follow hidden unit K (0-based) of the inspected layer: its activation in (-1, 1), red "
+        "negative, blue positive."),
+    layer: int = typer.Option(-1, help="Layer to inspect, 0-based; -1 is the last."),
+    html_out: Optional[Path] = typer.Option(
+        None, "--html", help="Also write a self-contained HTML page here: each character coloured, a hover "
+        "shows all its values, a menu switches the colouring."),
+    top_units: bool = typer.Option(
+        False, "--top-units", help="Instead of the coloured text, list the 5 hidden units whose activation "
+        "correlates most (Pearson r) with: inside double quotes, position in line, just read a newline, "
+        "uppercase. Use a few thousand characters."),
+) -> None:
+    """Show what the gates do on a text, character by character.
+
+    For each character the model reads: the mean update gate z (h' = z*h + (1-z)*n, so z near 1
+    keeps the old state), the mean reset gate r (r near 0 makes the candidate n ignore the old
+    state), the state change mean |h'-h|, and the surprise -log p(character | the ones before),
+    in nats. The state starts from zeros; the first character has no surprise (shown grey).
+    Colours span the 1st to 99th percentile of the text (printed in the legend).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from .data import Vocab, read_text
+    from .gates import QUANTITIES, class_means, colour_range, legend, render_html, render_terminal, top_units as find_units, trace
+
+    with _user_errors():
+        if (text is None) == (file is None):
+            raise UserError("give the text to inspect with exactly one of --text or --file")
+        if length < 1:
+            raise UserError(f"--length must be at least 1, not {length}")
+        if color_by is not None and color_by not in QUANTITIES:
+            raise UserError(f"--color-by must be one of {', '.join(QUANTITIES)}, not {color_by!r}")
+        state = checkpoint.load(ckpt)
+        model = checkpoint.build_model(state)
+        vocab = Vocab(state["vocab"])
+        source = "--text" if file is None else str(file)
+        full = text if file is None else read_text(file)
+        if not full:
+            raise UserError("--text is empty")
+        if not -len(full) <= start < len(full):
+            raise UserError(f"--start {start} is outside the text ({len(full):,} characters)")
+        piece = full[start:][:length]
+        if file is not None:
+            bad = vocab.unknown(piece)
+            if bad:
+                piece = "".join(c for c in piece if c not in set(bad))
+                print(f"note: {file}: characters outside the vocabulary of {ckpt} were left out: {bad[:40]!r}",
+                      file=sys.stderr)
+                if not piece:
+                    raise UserError(f"{file}: no character of the chosen part is in the model's vocabulary")
+        H = model.rnn.hidden_size
+        if unit is not None and not 0 <= unit < H:
+            raise UserError(f"--unit must be from 0 to {H - 1} (the layer has {H} units), not {unit}")
+        if color_by is None:
+            color_by = "unit" if unit is not None else ("z" if state["model_config"].get("cell", "gru") == "gru" else "change")
+        tr = trace(model, vocab, piece, layer)
+        vals = tr.values(color_by, unit)  # refuses z/r for an RNN, unit without --unit
+        cfg = state["model_config"]
+        s = tr.surprise[1:]
+        meta = (f"{Path(ckpt).name}: {tr.cell.upper()}, {cfg.get('layers', 1)} layer(s) of {H} units, layer {tr.layer} "
+                f"shown; {len(piece):,} characters of {source}"
+                + (f"; mean surprise {float(s.mean()):.3f} nats ({float(s.mean()) / math.log(2):.3f} bits) per character"
+                   if len(s) else ""))
+        if html_out is not None:
+            page = render_html(tr, color_by, unit, title="gru-lm inspect: what the gates do", meta=meta)
+            try:
+                html_out.write_text(page, encoding="utf-8")
+            except OSError as e:
+                raise UserError(f"{html_out}: cannot write ({e.strerror or e})") from None
+            print(f"wrote {html_out}", file=sys.stderr)
+    console = Console()
+    if top_units:
+        table = Table(title=f"units of layer {tr.layer} that follow the text ({len(piece):,} characters)")
+        for col in ("feature", "unit", "r"):
+            table.add_column(col, justify="left" if col == "feature" else "right")
+        for feature, rows in find_units(tr).items():
+            if rows is None:
+                table.add_row(feature, "-", "constant in this text")
+                continue
+            for i, (u, r) in enumerate(rows):
+                table.add_row(feature if i == 0 else "", str(u), f"{r:+.3f}")
+        console.print(table)
+        return
+    console.print(render_terminal(tr, color_by, unit))
+    lo, hi = colour_range(vals, color_by)
+    console.print(legend(color_by, lo, hi, unit), style="dim")
+    table = Table(title="means by the character read")
+    cols = ("z", "r", "change", "surprise") if tr.z is not None else ("change", "surprise")  # an RNN has no gates
+    for col in ("character", "count", *cols):
+        table.add_column(col, justify="left" if col == "character" else "right")
+    f = lambda v: "-" if math.isnan(v) else f"{v:.3f}"  # noqa: E731
+    for row in class_means(tr):
+        table.add_row(row["class"], str(row["count"]), *(f(row[c]) for c in cols))
+    console.print(table)
 
 
 def main() -> None:
