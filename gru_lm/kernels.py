@@ -8,11 +8,23 @@ GRU_LM_KERNELS=python to force the Python path.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import platform
 import sys
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("csrc") / "rnn_kernels.cpp"
+
+
+def _cpu_tag() -> str:
+    """The build uses -march=native: key the cached build by the processor, so a home folder moved to
+    another machine rebuilds instead of running instructions that machine lacks."""
+    try:
+        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor() or platform.machine()
+    return hashlib.sha256(flags.encode()).hexdigest()[:10]
 
 
 @functools.cache
@@ -29,7 +41,7 @@ def compiled():
             pass
         from torch.utils.cpp_extension import load
 
-        return load("gru_lm_kernels", [str(SOURCE)], extra_cflags=["-O3", "-march=native"], verbose=False)
+        return load(f"gru_lm_kernels_{_cpu_tag()}", [str(SOURCE)], extra_cflags=["-O3", "-march=native"], verbose=False)
     except Exception as e:  # no compiler, no ninja, a failed build: the Python path does the same work
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         print(f"note: compiled kernels unavailable ({first[:160]}); using the slower Python path", file=sys.stderr)

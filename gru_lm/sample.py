@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from .cells import GRU, gru_step, rnn_step
 from .data import Vocab
 from .errors import UserError
 
@@ -63,23 +65,53 @@ def generate(
     return _generate(model, vocab, prime, length, temperature, top_k, top_p, generator)
 
 
-@torch.no_grad()
+class Stepper:
+    """One character at a time through a trained model, without autograd.
+
+    The first layer's input projection embed(c) W_ih + b_ih is precomputed for every character of
+    the vocabulary (a V×G·H table), so each step costs the recurrent matrix-vector products, the
+    gate arithmetic of cells.py and the read-out.
+    """
+
+    def __init__(self, model) -> None:
+        rnn = model.rnn
+        self.gru, self.reset_after = isinstance(rnn, GRU), getattr(rnn, "reset_after", False)
+        self.layers = [rnn.layer_weights(k) for k in range(rnn.num_layers)]
+        w_ih, _, b_ih, _ = self.layers[0]
+        self.table = F.linear(model.embed.weight, w_ih, b_ih)
+        self.head = model.head
+
+    def __call__(self, ids: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """ids: B (long), h: L×B×H -> (logits B×V, new state L×B×H)."""
+        x, states = None, []
+        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
+            gi = self.table[ids] if k == 0 else F.linear(x, w_ih, b_ih)
+            if self.gru:
+                x = gru_step(gi, h[k], w_hh, b_hh, self.reset_after)
+            else:
+                x = rnn_step(gi, h[k], w_hh, b_hh)
+            states.append(x)
+        return self.head(x), torch.stack(states)
+
+
+@torch.inference_mode()
 def _generate(model, vocab: Vocab, prime: str, length: int, temperature: float, top_k, top_p, generator) -> Iterator[str]:
     model.eval()
     device = next(model.parameters()).device
     ids, _ = vocab.encode(prime)
     ids = ids.long().to(device)
-    h = None
+    h = model.init_state(1, device)
     if len(ids) > 1:
         _, h = model(ids[:-1].view(-1, 1), h)
-    last = ids[-1:].view(1, 1)
+    step = Stepper(model)
+    last = ids[-1:]
     for _ in range(length):
-        logits, h = model(last, h)
-        logits = logits[0, 0].float()
+        logits, h = step(last, h)
+        logits = logits[0].float()
         if temperature == 0:
             nxt = int(logits.argmax())
         else:
             probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
             nxt = int(torch.multinomial(probs.cpu(), 1, generator=generator))
-        last = torch.tensor([[nxt]], device=device)
+        last = torch.tensor([nxt], device=device)
         yield vocab.chars[nxt]

@@ -3,11 +3,15 @@ float64 gradcheck, and the gate semantics the lecture teaches."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
 
+from gru_lm import fast
 from gru_lm.cells import GRU, RNN, GRUCell, RNNCell, gru_step
+from gru_lm.kernels import compiled
 
 torch.manual_seed(0)
 ATOL = 1e-5
@@ -225,26 +229,37 @@ def test_dropout_between_layers_only_in_training():
     assert (c - d).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("backend", ["compiled", "python"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("make", [lambda b: GRU(6, 8, 2, bias=b), lambda b: GRU(6, 8, 2, reset_after=True, bias=b),
                                   lambda b: RNN(6, 8, 2, bias=b)], ids=["gru-before", "gru-after", "rnn"])
-def test_fast_path_equals_the_reference_loop(make, bias):
-    """The hand-derived backward of fast.py against autograd through the plain loop of cells.py."""
-    fast = make(bias)
+def test_fast_path_equals_the_reference_loop(make, bias, backend, monkeypatch):
+    """The hand-derived backward of fast.py (compiled, and its Python fallback) against autograd
+    through the plain loop of cells.py."""
+    if backend == "python":
+        monkeypatch.setattr(fast, "compiled", lambda: None)
+    elif compiled() is None:
+        pytest.skip("no compiler here: the compiled kernels could not be built")
+    quick = make(bias)
     ref = make(bias)
     ref.fast = False
-    ref.load_state_dict(fast.state_dict())
+    ref.load_state_dict(quick.state_dict())
     x = torch.randn(11, 5, 6)
     h0 = torch.randn(2, 5, 8)
     xs = [x.clone().requires_grad_(True) for _ in range(2)]
     hs = [h0.clone().requires_grad_(True) for _ in range(2)]
     w = torch.randn(11, 5, 8)
     results = []
-    for m, xi, hi in ((fast, xs[0], hs[0]), (ref, xs[1], hs[1])):
+    for m, xi, hi in ((quick, xs[0], hs[0]), (ref, xs[1], hs[1])):
         out, hn = m(xi, hi)
         ((out * w).sum() + (hn * hn).sum()).backward()
         results.append((out, hn))
     torch.testing.assert_close(results[0], results[1], atol=1e-6, rtol=1e-5)
-    _assert_same_grads(fast, ref, atol=1e-5)
+    _assert_same_grads(quick, ref, atol=1e-5)
     torch.testing.assert_close(xs[0].grad, xs[1].grad, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(hs[0].grad, hs[1].grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
+def test_compiled_kernels_build_where_there_is_a_compiler():
+    assert compiled() is not None

@@ -8,7 +8,8 @@ import torch
 from gru_lm import checkpoint
 from gru_lm.data import Vocab
 from gru_lm.errors import UserError
-from gru_lm.sample import check_options, filter_logits, generate
+from gru_lm.model import CharModel, ModelConfig
+from gru_lm.sample import Stepper, check_options, filter_logits, generate
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,17 @@ def test_prime_outside_the_vocabulary_is_refused_before_output(model_vocab):
     m, v = model_vocab
     with pytest.raises(UserError, match="never seen"):
         generate(m, v, "ROMEO: ☃", 10)
+
+
+@pytest.mark.parametrize("cfg", [dict(cell="gru", layers=2), dict(cell="gru", reset_after=True), dict(cell="rnn", layers=2)])
+def test_stepper_equals_the_model_over_a_window(cfg):
+    torch.manual_seed(0)
+    model = CharModel(ModelConfig(vocab_size=11, hidden_size=12, embed_size=5, **cfg)).eval()
+    ids = torch.randint(0, 11, (9, 3))
+    logits, h_end = model(ids)
+    step, h = Stepper(model), model.init_state(3)
+    with torch.no_grad():
+        for t in range(9):
+            lg, h = step(ids[t], h)
+            torch.testing.assert_close(lg, logits[t], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h, h_end, atol=1e-5, rtol=1e-5)
