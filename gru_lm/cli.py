@@ -303,6 +303,54 @@ def inspect_cmd(
     console.print(table)
 
 
+@app.command()
+def plot(
+    run_dir: Path = typer.Argument(..., help="A run folder (with metrics.jsonl).", show_default=False),
+    out: Optional[Path] = typer.Option(None, help="PNG to write [default: RUN_DIR/loss.png]."),
+) -> None:
+    """Plot a run's train and validation loss against wall time and characters seen."""
+    from .report import plot_runs, read_metrics
+
+    with _user_errors():
+        read_metrics(run_dir)
+        out = out or run_dir / "loss.png"
+        plot_runs([run_dir], out, title=str(run_dir))
+    print(out)
+
+
+@app.command()
+def compare(
+    file: Path = typer.Argument(..., help="UTF-8 text file every run trains on.", show_default=False),
+    config: list[Path] = typer.Option([], "--config", "-c", help="A config to train (repeat: one run each)."),
+    run: list[Path] = typer.Option([], "--run", help="An existing run folder to include (repeat)."),
+    out: Path = typer.Option(Path("reports/compare"), "--out", "-o", help="Report folder."),
+    max_time: Optional[float] = typer.Option(None, help="The same wall-clock budget for every trained run (seconds)."),
+    retrain: bool = typer.Option(False, "--retrain", help="Train again runs that the report folder already holds."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train several configs on the same data and budget (e.g. a GRU and the RNN baseline) and write
+    OUT/report.md (a table: parameters, steps, characters, wall time, losses, perplexity, bpc,
+    chars/s) and OUT/loss.png (validation loss against wall time and characters seen)."""
+    from .report import write_report
+    from .train import train as run_training
+
+    with _user_errors():
+        if not config and not run:
+            raise UserError("give at least one --config to train or --run to include")
+        runs = list(run)
+        for cfg in config:
+            run_dir = out / "runs" / cfg.stem
+            runs.append(run_dir)
+            if (run_dir / "best.pt").exists() and not retrain:
+                print(f"{run_dir}: already trained, reused (--retrain to train it again)", file=sys.stderr)
+                continue
+            settings = resolve(cfg, {"max_time": max_time})
+            print(f"training {cfg} into {run_dir}", file=sys.stderr)
+            run_training(file, settings, run_dir, overwrite=True, progress=not quiet)
+        report = write_report(runs, out, title=f"{file.name}: " + ", ".join(r.name for r in runs))
+    print(report)
+
+
 def main() -> None:
     """Entry point: usage errors (bad flags) become one line on stderr with exit code 2, like ours."""
     if len(sys.argv) == 1:

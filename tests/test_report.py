@@ -1,0 +1,54 @@
+"""Reports: the comparison table, the GRU-versus-RNN line and the loss plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+
+from gru_lm.errors import UserError
+from gru_lm.report import markdown_table, summarize, write_report
+from gru_lm.train import train
+
+from .test_cli import SMOKE, gru_lm
+
+
+def test_summary_matches_the_run(trained_run):
+    s = summarize(trained_run)
+    rows = [json.loads(ln) for ln in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert s["steps"] == 60 and s["chars"] == rows[-1]["chars"]
+    assert s["val_loss"] == min(r["val_loss"] for r in rows if "val_loss" in r)
+    assert s["perplexity"] == pytest.approx(math.exp(s["val_loss"])) and s["cell"] == "gru"
+    table = markdown_table([s])
+    assert table.count("\n") == 3 and f"{s['val_loss']:.4f}" in table
+
+
+def test_report_compares_gru_and_rnn(corpus, smoke, trained_run, tmp_path):
+    rnn = tmp_path / "rnn"
+    train(corpus, smoke(cell="rnn", max_steps=60, eval_every=30), rnn, progress=False)
+    report = write_report([trained_run, rnn], tmp_path / "report", "smoke")
+    text = report.read_text()
+    assert "| gru |" in text and "| rnn |" in text and "Best GRU against best RNN" in text
+    png = (tmp_path / "report" / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_report_of_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(UserError, match="no metrics.jsonl"):
+        summarize(tmp_path)
+
+
+def test_plot_and_compare_commands(corpus, trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    r = gru_lm("plot", run)
+    assert r.returncode == 0, r.stderr
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    r = gru_lm("compare", corpus, "--config", SMOKE, "--run", run, "--out", tmp_path / "cmp", "-q")
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "cmp" / "report.md").read_text()
+    assert "| smoke |" in text and "| run |" in text
+    r = gru_lm("plot", tmp_path / "nothing")
+    assert r.returncode == 2 and "no metrics.jsonl" in r.stderr
