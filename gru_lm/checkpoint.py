@@ -48,11 +48,45 @@ def atomic_write(path: str | Path, write) -> None:
         os.close(dir_fd)
 
 
+class _KeepWriteError:
+    """A file wrapper that remembers the OSError of a failed write.
+
+    torch.save turns a failed write (disk full, file too large) into a RuntimeError such as
+    "unexpected pos 768 vs 662"; this lets save() report the real cause instead.
+    """
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _torch_save(state: dict[str, Any], f) -> None:
+    w = _KeepWriteError(f)
+    try:
+        torch.save(state, w)
+    except RuntimeError:
+        if w.error is not None:
+            raise w.error from None
+        raise
+
+
 def save(path: str | Path, state: dict[str, Any]) -> None:
-    """Save a checkpoint dict (tensors and plain values only) atomically, stamped with format and version."""
+    """Save a checkpoint dict (tensors and plain values only) atomically, stamped with format and version.
+
+    A failed write (disk full, no permission) is a UserError and leaves the previous file as it was.
+    """
     state = {"format": FORMAT, "version": VERSION, **state}
     try:
-        atomic_write(path, lambda f: torch.save(state, f))
+        atomic_write(path, lambda f: _torch_save(state, f))
     except OSError as e:
         raise UserError(f"{path}: could not write checkpoint ({e.strerror or e}); the previous one is kept") from None
 
