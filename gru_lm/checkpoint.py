@@ -98,8 +98,13 @@ def load(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{p}: no such checkpoint")
     if p.is_dir():
         raise UserError(f"{p}: is a directory, not a checkpoint")
-    if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; anything else is not ours
-        raise UserError(f"{p}: not a readable checkpoint (corrupt or truncated: not a torch zip archive)")
+    try:  # torch.save writes a zip archive; anything else is not ours
+        with zipfile.ZipFile(p) as z:
+            damaged = z.testzip()  # reads every member and checks its CRC-32, which torch.load does not
+    except Exception:  # whatever parsing a hostile or truncated file raises: it is not a readable archive
+        raise UserError(f"{p}: not a readable checkpoint (corrupt or truncated: not a torch zip archive)") from None
+    if damaged is not None:
+        raise UserError(f"{p}: not a readable checkpoint (corrupt: checksum mismatch in {damaged})")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

@@ -71,6 +71,13 @@ def test_truncated_foreign_and_future_checkpoints_are_refused(trained_run, tmp_p
     (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="corrupt or truncated"):
         checkpoint.load(tmp_path / "trunc.pt")
+    rot = bytearray(data)
+    rot[len(data) // 2] ^= 0x01  # one flipped bit inside a tensor: the archive still opens, the CRC-32 tells
+    (tmp_path / "rot.pt").write_bytes(bytes(rot))
+    with pytest.raises(UserError, match="rot.pt: not a readable checkpoint \\(corrupt: checksum mismatch in archive/data/"):
+        checkpoint.load(tmp_path / "rot.pt")
+    with pytest.raises(UserError, match="is a directory"):
+        checkpoint.load(tmp_path)
     (tmp_path / "text.pt").write_text("hello")
     with pytest.raises(UserError, match="not a readable checkpoint"):
         checkpoint.load(tmp_path / "text.pt")
