@@ -117,19 +117,27 @@ def load(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{p}: not a gru-lm checkpoint")
     if state.get("version") != VERSION:
         raise UserError(f"{p}: checkpoint format version {state.get('version')!r} is not supported (this gru-lm reads {VERSION})")
-    for key in ("model_config", "vocab", "model"):
+    for key, kind in (("model_config", dict), ("vocab", str), ("model", dict)):
         if key not in state:
             raise UserError(f"{p}: checkpoint is incomplete (no '{key}')")
+        if not isinstance(state[key], kind) or not state[key]:
+            raise UserError(f"{p}: checkpoint is corrupt ('{key}' is not a non-empty {kind.__name__})")
     return state
 
 
-def build_model(state: dict[str, Any]):
-    """The CharModel a checkpoint describes, with its weights loaded, in eval mode."""
+def build_model(state: dict[str, Any], source: str | Path = "checkpoint"):
+    """The CharModel a checkpoint describes, with its weights loaded, in eval mode.
+
+    source names the file in the error message when the weights do not fit the settings.
+    """
     from .model import CharModel, ModelConfig
 
     try:
         model = CharModel(ModelConfig(**state["model_config"]))
         model.load_state_dict(state["model"])
+        if model.cfg.vocab_size != len(state["vocab"]):
+            raise ValueError(f"{len(state['vocab'])} characters in the vocabulary, {model.cfg.vocab_size} in the model")
     except (TypeError, ValueError, RuntimeError, KeyError) as e:
-        raise UserError(f"checkpoint does not describe a valid model ({type(e).__name__}: {str(e)[:200]})") from None
+        msg = " ".join(str(e).split())[:200]  # one line, however long torch's message
+        raise UserError(f"{source}: does not describe a valid model ({type(e).__name__}: {msg})") from None
     return model.eval()

@@ -133,10 +133,13 @@ def sample(
         if num_samples < 1:
             raise UserError(f"--num-samples must be at least 1, not {num_samples}")
         state = checkpoint.load(ckpt)
-        model = checkpoint.build_model(state)
+        model = checkpoint.build_model(state, ckpt)
         vocab = Vocab(state["vocab"])
         prime = prime if prime else default_prime(vocab)
-        generate(model, vocab, prime, 0)  # checks the prime before anything is printed
+        try:
+            generate(model, vocab, prime, 0)  # checks the prime before anything is printed
+        except UserError as e:
+            raise UserError(f"{ckpt}: {e}") from None
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)))
             print(f"seed {seed}", file=sys.stderr)
