@@ -50,11 +50,17 @@ def test_read_text_utf8_bom_and_utf16(tmp_path):
     assert read_text(p) == "héllo"
     p.write_bytes("héllo wörld".encode("utf-16"))
     assert read_text(p) == "héllo wörld"
+    for codec in ("utf-32-le", "utf-32-be", "utf-16-be"):  # FF FE 00 00 starts UTF-32 LE, not UTF-16 LE
+        p.write_bytes("\ufeffsnow ☃".encode(codec))
+        assert read_text(p) == "snow ☃", codec
 
 
 @pytest.mark.parametrize(
     "content, words",
-    [(b"", "empty"), (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"), (b"abc\xff\xfe\xfddef", "not UTF-8")],
+    [(b"", "empty"), (b"\xef\xbb\xbf", "empty"), (b"\xff\xfe", "empty"),
+     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"), (b"abc\xff\xfe\xfddef", "not UTF-8"),
+     (b"\xff\xfe\x00\x00\x00\x00\x00\x00", "binary"),  # a BOM, then NULs: binary, not text
+     (b"\xff\xfea\x00b\x00\x00\xd8", "not valid UTF-16"), (b"\xff\xfe\x00\x00\x00\x00\x11\x00", "not valid UTF-32")],
 )
 def test_read_text_refuses_bad_files(tmp_path, content, words):
     p = tmp_path / "bad.txt"
