@@ -313,9 +313,12 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
 
     def save_checkpoints(improved: bool) -> None:
         snap = snapshot()
-        save_last(snap)
+        # best.pt first: a crash between the two writes leaves last.pt one evaluation behind,
+        # and resuming from it redoes that evaluation and writes best.pt again. The other
+        # order could leave a last.pt whose best_val_loss no best.pt holds, for good.
         if improved:
             checkpoint.save(out_dir / "best.pt", snap)
+        save_last(snap)
 
     bar = tqdm(total=1.0, disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=True, mininterval=0.5,
                bar_format="{desc} |{bar}| {percentage:3.0f}%")

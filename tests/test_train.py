@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import tomllib
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,6 +190,37 @@ def test_exact_resume_when_interrupted_between_log_lines(corpus, smoke, tmp_path
     train(corpus, s, tmp_path / "split", progress=False, should_stop=lambda step: step == 6)
     train(corpus, s, tmp_path / "split", resume=True, progress=False)
     assert _losses(tmp_path / "split") == _losses(tmp_path / "straight")
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL at one exact point of the program."""
+
+
+def test_a_crash_between_the_two_checkpoint_writes_keeps_them_consistent(corpus, smoke, tmp_path, monkeypatch):
+    """best.pt is written before last.pt: killed in between, last.pt is one evaluation behind and never
+    remembers a best validation loss that no best.pt holds; resuming redoes the evaluation."""
+    s = smoke(max_steps=20, eval_every=5)
+    train(corpus, s, tmp_path / "straight", progress=False)
+    real_save, writes = checkpoint.save, []
+
+    def save(path, state):
+        if state["step"] == 10 and writes[-1][1] == 10:  # the second write of step 10's evaluation
+            raise _Killed
+        writes.append((Path(path).name, state["step"]))
+        real_save(path, state)
+
+    monkeypatch.setattr("gru_lm.train.checkpoint.save", save)
+    with pytest.raises(_Killed):
+        train(corpus, s, tmp_path / "split", progress=False)
+    monkeypatch.undo()
+    assert writes[-1] == ("best.pt", 10)  # step 10 improved on step 5
+    best, last = (checkpoint.load(tmp_path / "split" / n) for n in ("best.pt", "last.pt"))
+    assert last["step"] == 5 and best["val_loss"] <= last["best_val_loss"]
+    train(corpus, s, tmp_path / "split", resume=True, progress=False)
+    assert _losses(tmp_path / "split") == _losses(tmp_path / "straight")
+    for name in ("best.pt", "last.pt"):
+        a, b = (checkpoint.load(tmp_path / d / name) for d in ("straight", "split"))
+        assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 def test_resume_cleans_up_after_a_crash(corpus, smoke, run_copy):
