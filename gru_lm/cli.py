@@ -85,7 +85,7 @@ def train(
     folder. Ctrl-C saves last.pt and exits with 130; continue with --resume. Settings come from the
     built-in defaults, then --config, then the flags given here.
     """
-    from .train import LOCKED_ON_RESUME
+    from .train import LOCKED_ON_RESUME, check_resumable
     from .train import train as run_training
 
     flags = dict(cell=cell, reset_after=reset_after, hidden_size=hidden_size, layers=layers, embed_size=embed_size,
@@ -97,8 +97,8 @@ def train(
             name = config.stem if config else f"{file.stem}_{cell or 'gru'}"
             out = Path("runs") / name
         base = None
-        if resume:
-            base = checkpoint.load(out / "last.pt")["settings"] if (out / "last.pt").exists() else None
+        if resume and (out / "last.pt").exists():
+            base = check_resumable(checkpoint.load(out / "last.pt"), out / "last.pt")["settings"]
         settings = resolve(config, flags, base)
         if base:
             for key in LOCKED_ON_RESUME:
@@ -134,10 +134,13 @@ def sample(
         if num_samples < 1:
             raise UserError(f"--num-samples must be at least 1, not {num_samples}")
         state = checkpoint.load(ckpt)
-        model = checkpoint.build_model(state)
+        model = checkpoint.build_model(state, ckpt)
         vocab = Vocab(state["vocab"])
         prime = prime if prime else default_prime(vocab)
-        generate(model, vocab, prime, 0)  # checks the prime before anything is printed
+        try:
+            generate(model, vocab, prime, 0)  # checks the prime before anything is printed
+        except UserError as e:
+            raise UserError(f"{ckpt}: {e}") from None
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)))
             print(f"seed {seed}", file=sys.stderr)

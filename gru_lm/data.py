@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ _CHUNK = 1 << 20  # characters encoded at a time, so encoding never holds 8 byte
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """Read a text file as UTF-8 (BOM dropped; UTF-16 with a BOM is decoded too), or raise UserError."""
+    """Read a text file as UTF-8 (BOM dropped; UTF-16 or UTF-32 with a BOM is decoded too), or raise UserError."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such file")
@@ -25,7 +26,12 @@ def read_text(path: str | os.PathLike) -> str:
         raw = p.read_bytes()
     except OSError as e:
         raise UserError(f"{p}: cannot read ({e.strerror})") from None
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: FF FE 00 00 starts both
+        try:
+            text = raw.decode("utf-32")
+        except UnicodeDecodeError:
+            raise UserError(f"{p}: starts with a UTF-32 byte-order mark but is not valid UTF-32") from None
+    elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         try:
             text = raw.decode("utf-16")
         except UnicodeDecodeError:
@@ -37,6 +43,8 @@ def read_text(path: str | os.PathLike) -> str:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as e:
             raise UserError(f"{p}: is not UTF-8 text (invalid byte at offset {e.start})") from None
+    if "\x00" in text:  # a binary file that happens to start like a UTF-16/32 byte-order mark
+        raise UserError(f"{p}: looks like a binary file (it contains NUL characters), not text")
     if not text:
         raise UserError(f"{p}: is empty")
     return text

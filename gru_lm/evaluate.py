@@ -65,7 +65,7 @@ def validation_text(state: dict) -> tuple[str, str]:
 def measure(ckpt_path: str | Path, file: str | Path | None = None, device: str = "cpu") -> dict:
     """Score one checkpoint on a file (or on its own validation split): one row of the perplexity table."""
     state = checkpoint.load(ckpt_path)
-    model = checkpoint.build_model(state).to(device)
+    model = checkpoint.build_model(state, ckpt_path).to(device)
     vocab = Vocab(state["vocab"])
     label, text = (str(file), read_text(file)) if file else validation_text(state)
     ids, unknown = vocab.encode(text, drop_unknown=True)

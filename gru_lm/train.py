@@ -7,6 +7,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -31,6 +32,13 @@ from .model import CharModel, ModelConfig
 #: Settings a resumed run must share with the run it continues (they shape the model, data or RNG).
 LOCKED_ON_RESUME = ("cell", "reset_after", "hidden_size", "layers", "embed_size", "batch_size", "seq_len",
                     "val_fraction", "val_file", "seed")
+
+#: What a checkpoint must hold, beyond the model, to continue a run from it exactly.
+RESUME_KEYS = ("settings", "optimizer", "step", "epoch", "window", "chars", "elapsed_s", "val_loss", "best_val_loss",
+               "rng", "hidden", "data")
+
+#: Temporary files of checkpoint.atomic_write (".last.pt.k3j_x2.tmp") that a killed process leaves behind.
+_STALE_TMP = re.compile(r"^\.(last\.pt|best\.pt|metrics\.jsonl|config\.toml)\..+\.tmp$")
 
 
 @dataclass
@@ -121,35 +129,80 @@ def catch_sigint():
         signal.signal(signal.SIGINT, old)
 
 
-def prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> bool:
-    """Check and create the run folder; returns whether it was created here (to clean up on failure)."""
+def make_out_dir(out_dir: Path) -> list[Path]:
+    """Create the run folder and its missing parents; returns the folders created here, deepest first.
+
+    The list is what a failed run removes again (see _remove_if_unused), so a mistake leaves no
+    empty runs/ folder behind.
+    """
+    created = [d for d in (out_dir, *out_dir.parents) if not d.exists()]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _remove_if_unused(out_dir, created)
+        raise UserError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        _remove_if_unused(out_dir, created)
+        raise UserError(f"{out_dir}: the output folder is not writable")
+    return created
+
+
+def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """--resume needs a last.pt; without it, a folder that holds a run is only replaced with --overwrite."""
     last = out_dir / "last.pt"
     if resume and not last.exists():
         raise UserError(f"{last}: no checkpoint to resume from; train without --resume first")
     if not resume and last.exists() and not overwrite:
         raise UserError(f"{out_dir}: already holds a run; use --resume to continue it, --overwrite to replace it, or another --out")
-    created = not out_dir.exists()
+
+
+def check_resumable(state: dict, path: Path) -> dict:
+    """A checkpoint holds everything needed to continue a run exactly, or UserError."""
+    for key in RESUME_KEYS:
+        if key not in state:
+            raise UserError(f"{path}: cannot resume from this checkpoint: it holds no '{key}'")
+    if not isinstance(state["settings"], dict) or not isinstance(state["data"], dict):
+        raise UserError(f"{path}: cannot resume from this checkpoint: its settings are corrupt")
+    return state
+
+
+def _remove_if_unused(out_dir: Path, created: list[Path]) -> None:
+    """A run that failed before writing anything leaves no folder behind (nor the parents it made)."""
+    if not created:
+        return
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise UserError(f"{out_dir}: the output folder is not writable")
-    return created
+        if out_dir.is_dir():
+            if {p.name for p in out_dir.iterdir()} - {".lock"}:
+                return
+            (out_dir / ".lock").unlink(missing_ok=True)
+        for d in created:  # deepest first; stops at the first folder something else has written into
+            d.rmdir()
+    except OSError:
+        pass
 
 
-def _remove_if_unused(out_dir: Path) -> None:
-    """A run that failed before writing anything leaves no folder behind."""
-    if {p.name for p in out_dir.iterdir()} <= {".lock"}:
-        (out_dir / ".lock").unlink(missing_ok=True)
-        out_dir.rmdir()
+def _remove_stale_tmp(out_dir: Path) -> None:
+    """Drop the temporary files of writes that a killed process never finished (called under the lock)."""
+    for p in out_dir.iterdir():
+        if _STALE_TMP.match(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def _trim_metrics(path: Path, step: int) -> None:
-    """On resume, drop metric lines written after the checkpoint, so the log reads as one run."""
+    """On resume, drop metric lines written after the checkpoint, so the log reads as one run.
+
+    A torn last line (a write cut short by a full disk or a crash) is dropped too.
+    """
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    keep = []
+    for ln in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            keep.append(ln)
     checkpoint.atomic_write(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
 
 
@@ -168,19 +221,26 @@ def train(
     Ctrl-C does (save last.pt, no final evaluation).
     """
     out_dir = Path(out_dir)
-    created = prepare_out_dir(out_dir, resume, overwrite)
+    created = make_out_dir(out_dir)
     try:
-        with run_lock(out_dir), catch_sigint() as sigint:
-            return _train(file, s, out_dir, resume, should_stop, sigint, progress)
+        with run_lock(out_dir):  # first: a second training into the folder is told so, whatever its flags
+            check_out_dir(out_dir, resume, overwrite)
+            _remove_stale_tmp(out_dir)
+            with catch_sigint() as sigint:
+                return _train(file, s, out_dir, resume, should_stop, sigint, progress)
     except UserError:
-        if created:
-            _remove_if_unused(out_dir)
+        _remove_if_unused(out_dir, created)
         raise
+    except OSError as e:  # disk full, folder removed or made read-only under us: say so, not a traceback
+        _remove_if_unused(out_dir, created)
+        where = e.filename or out_dir
+        raise UserError(f"{where}: could not write the run ({e.strerror or e}); "
+                        f"{out_dir / 'last.pt'} keeps the last step saved") from None
 
 
 def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, progress: bool) -> TrainResult:
     device = pick_device(s.device)
-    state = checkpoint.load(out_dir / "last.pt") if resume else None
+    state = check_resumable(checkpoint.load(out_dir / "last.pt"), out_dir / "last.pt") if resume else None
     corpus = load_corpus(file, s, Vocab(state["vocab"]) if state else None)
     if state and state["data"]["text_sha256"] != corpus.record["text_sha256"]:
         raise UserError(f"{file}: is not the text the run in {out_dir} was trained on")
@@ -197,15 +257,19 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
     batcher = StreamBatcher(corpus.train_ids, s.batch_size, s.seq_len, s.seed)
     step = epoch = window = chars = 0
     elapsed0, best, val_loss = 0.0, math.inf, math.nan
+    loss_sum, loss_n = 0.0, 0  # train losses since the last metrics line (their mean is logged)
     h = model.init_state(s.batch_size, device)
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, epoch, window, chars = state["step"], state["epoch"], state["window"], state["chars"]
         elapsed0, best, val_loss = state["elapsed_s"], state["best_val_loss"], state["val_loss"]
+        loss_sum, loss_n = state.get("loss_sum", 0.0), state.get("loss_n", 0)
         h = state["hidden"].to(device)
         set_rng_state(state["rng"], device)
-    (out_dir / "config.toml").write_text(f"# resolved settings of this run\nfile = \"{Path(file)}\"\n" + to_toml(s.to_dict()))
+    saved_step = step if state else None  # the step last.pt holds, for the NaN message
+    config_text = "# resolved settings of this run\n" + to_toml({"file": str(Path(file))}) + to_toml(s.to_dict())
+    checkpoint.atomic_write(out_dir / "config.toml", lambda f: f.write(config_text.encode()))
     metrics_path = out_dir / "metrics.jsonl"
     if state:
         _trim_metrics(metrics_path, step)
@@ -218,30 +282,50 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "step": step, "epoch": epoch, "window": window, "chars": chars,
             "elapsed_s": elapsed_now(), "val_loss": val_loss, "best_val_loss": best,
+            "loss_sum": loss_sum, "loss_n": loss_n,
             "rng": rng_state(device), "hidden": h.detach().cpu(), "data": corpus.record,
         }
+
+    def not_finite(what: str, value: float, at: int) -> UserError:
+        kept = (f"{out_dir / 'last.pt'} still holds step {saved_step}" if saved_step is not None
+                else "no checkpoint had been written yet")
+        return UserError(f"the {what} became {value} at step {at}; stopped without saving it: {kept}; try a lower --lr")
+
+    def save_last(snap: dict) -> None:
+        nonlocal saved_step
+        checkpoint.save(out_dir / "last.pt", snap)
+        saved_step = snap["step"]
 
     compiled()  # build (or load) the compiled kernels before the clock starts
     t0, chars0 = time.perf_counter(), chars
     elapsed_now = lambda: elapsed0 + time.perf_counter() - t0  # noqa: E731
     budget_over = lambda: (s.max_steps and step >= s.max_steps) or (s.max_time and elapsed_now() >= s.max_time)  # noqa: E731
 
-    def evaluate_and_save(log: dict) -> None:
+    def evaluate(log: dict) -> bool:
+        """Validation loss into log; returns whether it improved on the best so far."""
         nonlocal val_loss, best
         total, n = nll(model, corpus.val_ids, s.eval_streams, device=device)
+        if not math.isfinite(total):
+            raise not_finite("validation loss", total / n, step)
         val_loss = total / n
         log["val_loss"] = val_loss
         improved = val_loss < best
         best = min(best, val_loss)
+        return improved
+
+    def save_checkpoints(improved: bool) -> None:
         snap = snapshot()
-        checkpoint.save(out_dir / "last.pt", snap)
+        # best.pt first: a crash between the two writes leaves last.pt one evaluation behind,
+        # and resuming from it redoes that evaluation and writes best.pt again. The other
+        # order could leave a last.pt whose best_val_loss no best.pt holds, for good.
         if improved:
             checkpoint.save(out_dir / "best.pt", snap)
+        save_last(snap)
 
     bar = tqdm(total=1.0, disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=True, mininterval=0.5,
                bar_format="{desc} |{bar}| {percentage:3.0f}%")
     model.train()
-    loss_sum, loss_n, interrupted = 0.0, 0, False
+    interrupted = False
     with open(metrics_path, "a") as metrics, bar:
         while not budget_over():
             if window == 0:
@@ -253,14 +337,14 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
             logits, h_next = model(x, h)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
             if not torch.isfinite(loss):
-                raise UserError(
-                    f"the loss became {float(loss)} at step {step + 1}; nothing was saved from this step, "
-                    f"the checkpoints in {out_dir} are from before it; try a lower --lr"
-                )
+                raise not_finite("loss", loss.item(), step + 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if s.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            # the norm is needed anyway to check the gradient: a NaN in it must not reach the weights
+            # (with grad_clip 0 the factor is exactly 1, so the update is untouched)
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip or math.inf))
+            if not math.isfinite(norm):
+                raise not_finite("gradient norm", norm, step + 1)
             opt.step()
             h = h_next.detach()  # truncated BPTT: the state carries on, its gradient stops here
             step += 1
@@ -276,11 +360,15 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
                 log = {"step": step, "chars": chars, "elapsed_s": round(elapsed, 3), "lr": lr,
                        "train_loss": loss_sum / loss_n, "epoch": epoch}
                 loss_sum, loss_n = 0.0, 0
-                if at_eval or at_end:
-                    evaluate_and_save(log)
-                    bar.write(_eval_line(log, (chars - chars0) / max(elapsed - elapsed0, 1e-9)), file=sys.stderr)
+                improved = evaluate(log) if at_eval or at_end else False
+                # the metrics line goes to disk before the checkpoint of its step: a crash in between
+                # leaves a line past last.pt, which --resume trims, never a step missing from the log
                 metrics.write(json.dumps(log) + "\n")
                 metrics.flush()
+                if at_eval or at_end:
+                    os.fsync(metrics.fileno())
+                    save_checkpoints(improved)
+                    bar.write(_eval_line(log, (chars - chars0) / max(elapsed - elapsed0, 1e-9)), file=sys.stderr)
                 rate = (chars - chars0) / max(elapsed - elapsed0, 1e-9)
                 frac = budget_progress(s, step, elapsed)
                 bar.n = frac
@@ -291,7 +379,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
                 )
             if sigint["stop"] or (should_stop and should_stop(step)):
                 if not at_eval and not at_end:
-                    checkpoint.save(out_dir / "last.pt", snapshot())
+                    save_last(snapshot())
                 interrupted = True
                 break
     return TrainResult(out_dir, step, chars, elapsed_now(), val_loss, best, interrupted)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +14,26 @@ sys.path.insert(0, str(ROOT))
 
 from gru_lm.config import resolve  # noqa: E402
 from gru_lm.train import train  # noqa: E402
+
+SMOKE = str(ROOT / "configs" / "smoke.toml")
+CLI_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def gru_lm(*args, cwd=None, timeout=120, **kw) -> subprocess.CompletedProcess:
+    """Run the command line as a user does: `python -m gru_lm ARGS` in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "gru_lm", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=CLI_ENV, timeout=timeout, **kw)
+
+
+def assert_user_error(r: subprocess.CompletedProcess, *words: str) -> str:
+    """Exit code 2 and exactly one line on stderr, `gru-lm: error: ...` holding every word; no traceback."""
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gru-lm: error:"), r.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
 
 
 @pytest.fixture(scope="session")

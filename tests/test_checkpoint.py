@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 
@@ -28,18 +29,39 @@ def test_trained_checkpoint_holds_everything_for_resume(trained_run):
         assert key in state, key
 
 
+class _FullDisk:
+    """A file whose writes fail with ENOSPC once 1000 bytes are on it, as on a full disk."""
+
+    def __init__(self, f) -> None:
+        self.f, self.n = f, 0
+
+    def write(self, data) -> int:
+        if self.n + len(data) > 1000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.n += len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+
 def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    """The real torch.save on a disk that fills up: it turns the OSError into a RuntimeError
+    ("unexpected pos ..."); save() must still report the disk and keep the previous file."""
     path = tmp_path / "c.pt"
-    checkpoint.save(path, {"model_config": {}, "vocab": "a", "model": {}, "step": 1})
+    checkpoint.save(path, {"model_config": {"a": 1}, "vocab": "a", "model": {"w": torch.zeros(1)}, "step": 1})
     before = path.read_bytes()
-
-    def disk_full(obj, f, *a, **k):
-        f.write(b"partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(UserError, match="No space left"):
-        checkpoint.save(path, {"model_config": {}, "vocab": "a", "model": {}, "step": 2})
+    fdopen = os.fdopen
+    monkeypatch.setattr(checkpoint.os, "fdopen", lambda fd, mode: _FullDisk(fdopen(fd, mode)))
+    with pytest.raises(UserError, match="c.pt: could not write checkpoint \\(No space left on device\\); the previous one is kept"):
+        checkpoint.save(path, {"model_config": {"a": 1}, "vocab": "a", "model": {"w": torch.zeros(1000)}, "step": 2})
+    monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
 
@@ -49,6 +71,13 @@ def test_truncated_foreign_and_future_checkpoints_are_refused(trained_run, tmp_p
     (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="corrupt or truncated"):
         checkpoint.load(tmp_path / "trunc.pt")
+    rot = bytearray(data)
+    rot[len(data) // 2] ^= 0x01  # one flipped bit inside a tensor: the archive still opens, the CRC-32 tells
+    (tmp_path / "rot.pt").write_bytes(bytes(rot))
+    with pytest.raises(UserError, match="rot.pt: not a readable checkpoint \\(corrupt: checksum mismatch in archive/data/"):
+        checkpoint.load(tmp_path / "rot.pt")
+    with pytest.raises(UserError, match="is a directory"):
+        checkpoint.load(tmp_path)
     (tmp_path / "text.pt").write_text("hello")
     with pytest.raises(UserError, match="not a readable checkpoint"):
         checkpoint.load(tmp_path / "text.pt")

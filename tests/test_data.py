@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -50,11 +54,17 @@ def test_read_text_utf8_bom_and_utf16(tmp_path):
     assert read_text(p) == "héllo"
     p.write_bytes("héllo wörld".encode("utf-16"))
     assert read_text(p) == "héllo wörld"
+    for codec in ("utf-32-le", "utf-32-be", "utf-16-be"):  # FF FE 00 00 starts UTF-32 LE, not UTF-16 LE
+        p.write_bytes("\ufeffsnow ☃".encode(codec))
+        assert read_text(p) == "snow ☃", codec
 
 
 @pytest.mark.parametrize(
     "content, words",
-    [(b"", "empty"), (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"), (b"abc\xff\xfe\xfddef", "not UTF-8")],
+    [(b"", "empty"), (b"\xef\xbb\xbf", "empty"), (b"\xff\xfe", "empty"),
+     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"), (b"abc\xff\xfe\xfddef", "not UTF-8"),
+     (b"\xff\xfe\x00\x00\x00\x00\x00\x00", "binary"),  # a BOM, then NULs: binary, not text
+     (b"\xff\xfea\x00b\x00\x00\xd8", "not valid UTF-16"), (b"\xff\xfe\x00\x00\x00\x00\x11\x00", "not valid UTF-32")],
 )
 def test_read_text_refuses_bad_files(tmp_path, content, words):
     p = tmp_path / "bad.txt"
@@ -115,3 +125,87 @@ def test_batcher_covers_the_training_text_once_per_epoch():
 def test_batcher_refuses_text_shorter_than_a_window():
     with pytest.raises(UserError, match="fewer than"):
         StreamBatcher(torch.zeros(20, dtype=torch.uint8), batch_size=4, seq_len=8)
+
+
+# ---- properties (hypothesis) ----
+
+
+@given(st.text(max_size=60), st.text(max_size=20), st.integers(1, 9))
+@settings(max_examples=100, deadline=None)
+def test_encode_in_chunks_round_trips_and_counts_unknowns(text, other, chunk):
+    """Any text, in chunks of any size: the known characters come back in order, the unknown are counted."""
+    v = Vocab.from_text(text or "a")
+    mixed = "".join(a + b for a, b in zip(text, other)) + text[len(other):] + other[len(text):]
+    with mock.patch("gru_lm.data._CHUNK", chunk):
+        ids, dropped = v.encode(mixed, drop_unknown=True)
+        known = "".join(c for c in mixed if c in v.chars)
+        assert v.decode(ids) == known and dropped == len(mixed) - len(known)
+        assert ids.dtype == torch.uint8 and len(ids) == len(known)
+        if dropped == 0:
+            assert v.encode(mixed)[0].tolist() == ids.tolist()
+        else:
+            with pytest.raises(ValueError, match="not in the vocabulary"):
+                v.encode(mixed)
+
+
+@given(st.text(min_size=1, max_size=200), st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-32"]))
+@settings(max_examples=100, deadline=None)
+def test_read_text_round_trips_any_text(text, codec):
+    """What read_text gives back is the text written, in UTF-8 (with or without BOM) or UTF-16/32 with a BOM.
+
+    Two texts are refused on purpose: one holding NUL (read as a binary file) and one that is
+    empty once a leading BOM is dropped.
+    """
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "t.txt"
+        p.write_bytes(text.encode(codec))
+        expected = text[1:] if codec == "utf-8" and text.startswith("\ufeff") else text
+        if "\x00" in expected:
+            with pytest.raises(UserError, match="binary"):
+                read_text(p)
+        elif not expected:
+            with pytest.raises(UserError, match="empty"):
+                read_text(p)
+        else:
+            assert read_text(p) == expected
+
+
+@given(n=st.integers(1, 400), B=st.integers(1, 6), T=st.integers(1, 9), seed=st.integers(0, 99), epoch=st.integers(0, 5))
+@settings(max_examples=150, deadline=None)
+def test_batcher_never_crosses_streams_and_covers_each_character_at_most_once(n, B, T, seed, epoch):
+    """What StreamBatcher guarantees for one epoch (data = positions 0..n-1, so an id is where it came from):
+
+    - stream b is the contiguous slice [o + bL, o + (b+1)L) of the text, o the epoch's offset (o < T);
+    - every window's inputs and targets of row b lie in stream b: nothing crosses a stream boundary;
+    - the target of each input is the character after it, and window k+1 starts where window k ended,
+      so the state carried from one window to the next belongs to the same stream;
+    - every character is an input at most once and a target at most once per epoch; the ones left
+      out are the offset o at the start, the remainder (n - o) mod B at the end, and at most T
+      characters at the end of each stream (a window needs T+1 characters): at most (T-1) + (B-1) + B*T.
+    """
+    if n < B * (T + 1):
+        with pytest.raises(UserError, match="fewer than"):
+            StreamBatcher(torch.arange(n, dtype=torch.int32), B, T, seed)
+        return
+    b = StreamBatcher(torch.arange(n, dtype=torch.int32), B, T, seed)
+    o = b.offset(epoch)
+    assert 0 <= o < T and o == b.offset(epoch)  # reproducible from (seed, epoch) alone
+    L = (n - o) // B
+    K = b.windows(epoch)
+    assert K == (L - 1) // T >= 1
+    starts = torch.tensor([o + j * L for j in range(B)])
+    as_input, as_target = torch.zeros(n, dtype=torch.int32), torch.zeros(n, dtype=torch.int32)
+    prev_y = None
+    for k in range(K):
+        x, y = b.get(epoch, k)
+        assert x.shape == y.shape == (T, B)
+        assert bool(((x >= starts) & (x < starts + L)).all()) and bool(((y >= starts) & (y < starts + L)).all())
+        assert torch.equal(y, x + 1)  # the next character, of the same stream
+        if prev_y is not None:
+            assert torch.equal(x[0], prev_y[-1])
+        prev_y = y
+        as_input[x.flatten().long()] += 1
+        as_target[y.flatten().long()] += 1
+    assert as_input.max() <= 1 and as_target.max() <= 1
+    assert int(as_input.sum()) == int(as_target.sum()) == K * T * B
+    assert n - K * T * B <= (T - 1) + (B - 1) + B * T

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gru_lm import checkpoint
+from gru_lm.errors import UserError
 from gru_lm.evaluate import measure, nll
 
 
@@ -48,3 +53,25 @@ def test_measure_on_own_validation_split_and_on_a_file(trained_run, corpus, tmp_
     odd.write_text("ROMEO: ☃ is here\n§§", encoding="utf-8")
     row = measure(trained_run / "best.pt", odd)
     assert row["unknown"] == 3 and row["chars"] == len("ROMEO:  is here\n") - 1
+
+
+@given(st.text(alphabet=st.one_of(st.sampled_from("ROMEO: the\n"), st.characters()), max_size=80))
+@settings(max_examples=40, deadline=None)
+def test_perplexity_of_any_text_never_crashes(trained_run, text):
+    """Any text, unknown characters and all: a row whose counts add up, or a one-line UserError."""
+    vocab = checkpoint.load(trained_run / "best.pt")["vocab"]
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "t.txt"
+        p.write_bytes(text.encode("utf-8"))
+        body = text[1:] if text.startswith("\ufeff") else text  # read_text drops a leading BOM
+        known = sum(c in vocab for c in body)
+        if "\x00" in body or not body or known < 2:
+            with pytest.raises(UserError) as e:
+                measure(trained_run / "best.pt", p)
+            assert "\n" not in str(e.value) and ("binary" in str(e.value) or "empty" in str(e.value)
+                                                 or "at least two characters" in str(e.value))
+            return
+        row = measure(trained_run / "best.pt", p)
+    assert row["unknown"] == len(body) - known and row["chars"] == known - 1
+    assert set(row["unknown_chars"]) == {c for c in body if c not in vocab}
+    assert math.isfinite(row["loss"]) and row["loss"] > 0 and row["perplexity"] == pytest.approx(math.exp(row["loss"]))

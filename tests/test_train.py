@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import shutil
 import tomllib
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ import torch
 from gru_lm import checkpoint
 from gru_lm.config import Settings, resolve
 from gru_lm.errors import UserError
+from gru_lm.model import CharModel
 from gru_lm.train import learning_rate, run_lock, train
 
 from .conftest import ROOT
@@ -114,6 +118,10 @@ def test_refuses_to_overwrite_or_share_a_run(corpus, smoke, trained_run, tmp_pat
         with pytest.raises(UserError, match="another training"):
             with run_lock(trained_run):
                 pass
+        # the lock is checked first: whatever the flags, a live training is what the second one hears about
+        for resume, overwrite in ((False, False), (True, False), (False, True)):
+            with pytest.raises(UserError, match="another training is writing to this folder"):
+                train(corpus, smoke(), trained_run, resume=resume, overwrite=overwrite, progress=False)
     assert (trained_run / "last.pt").read_bytes() == before
 
 
@@ -128,3 +136,125 @@ def test_nan_loss_stops_without_a_poisoned_checkpoint(corpus, smoke, tmp_path):
     with pytest.raises(UserError, match="loss became nan at step 11"):
         train(corpus, smoke(max_steps=20), out, resume=True, progress=False)
     assert (out / "last.pt").read_bytes() == poisoned != before
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A copy of the 60-step run (smoke settings, max_steps 60, eval_every 30) to continue."""
+    shutil.copytree(trained_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+class _NaNGradient(CharModel):
+    """A model whose read-out bias gets a NaN gradient at every step (while the loss stays finite)."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.head.bias.register_hook(lambda g: torch.full_like(g, float("nan")))
+
+
+@pytest.mark.parametrize("poison, message", [
+    ("inf loss", "the loss became inf at step 61"),
+    ("nan gradient", "the gradient norm became nan at step 61"),
+    ("nan validation loss", "the validation loss became nan at step 70"),
+])
+def test_non_finite_values_never_reach_a_checkpoint(poison, message, corpus, smoke, run_copy, monkeypatch):
+    s = smoke(max_steps=70, eval_every=30)
+    if poison == "inf loss":  # the model gives the space character no chance at all: its loss is infinite
+        state = checkpoint.load(run_copy / "last.pt")
+        state["model"]["head.bias"][state["vocab"].index(" ")] = float("-inf")
+        checkpoint.save(run_copy / "last.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    elif poison == "nan gradient":
+        monkeypatch.setattr("gru_lm.train.CharModel", _NaNGradient)
+    else:
+        monkeypatch.setattr("gru_lm.train.nll", lambda *a, **k: (math.nan, 10))
+    before = {n: (run_copy / n).read_bytes() for n in ("last.pt", "best.pt")}
+    with pytest.raises(UserError, match=f"{message}; stopped without saving it: .*last.pt still holds step 60"):
+        train(corpus, s, run_copy, resume=True, progress=False)
+    assert {n: (run_copy / n).read_bytes() for n in before} == before
+    steps = [r[0] for r in _losses(run_copy)]
+    assert steps == list(range(1, steps[-1] + 1)) and steps[-1] < 70  # the poisoned step is not logged either
+
+
+def test_a_fresh_run_that_diverges_says_no_checkpoint_was_written(corpus, smoke, tmp_path, monkeypatch):
+    monkeypatch.setattr("gru_lm.train.CharModel", _NaNGradient)
+    with pytest.raises(UserError, match="at step 1; stopped without saving it: no checkpoint had been written yet"):
+        train(corpus, smoke(), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_exact_resume_when_interrupted_between_log_lines(corpus, smoke, tmp_path):
+    """With log_every > 1 the logged loss is a mean over steps; an interruption mid-way must not change it."""
+    s = smoke(max_steps=14, eval_every=7, log_every=4)
+    train(corpus, s, tmp_path / "straight", progress=False)
+    train(corpus, s, tmp_path / "split", progress=False, should_stop=lambda step: step == 6)
+    train(corpus, s, tmp_path / "split", resume=True, progress=False)
+    assert _losses(tmp_path / "split") == _losses(tmp_path / "straight")
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL at one exact point of the program."""
+
+
+def test_a_crash_between_the_two_checkpoint_writes_keeps_them_consistent(corpus, smoke, tmp_path, monkeypatch):
+    """best.pt is written before last.pt: killed in between, last.pt is one evaluation behind and never
+    remembers a best validation loss that no best.pt holds; resuming redoes the evaluation."""
+    s = smoke(max_steps=20, eval_every=5)
+    train(corpus, s, tmp_path / "straight", progress=False)
+    real_save, writes = checkpoint.save, []
+
+    def save(path, state):
+        if state["step"] == 10 and writes[-1][1] == 10:  # the second write of step 10's evaluation
+            raise _Killed
+        writes.append((Path(path).name, state["step"]))
+        real_save(path, state)
+
+    monkeypatch.setattr("gru_lm.train.checkpoint.save", save)
+    with pytest.raises(_Killed):
+        train(corpus, s, tmp_path / "split", progress=False)
+    monkeypatch.undo()
+    assert writes[-1] == ("best.pt", 10)  # step 10 improved on step 5
+    best, last = (checkpoint.load(tmp_path / "split" / n) for n in ("best.pt", "last.pt"))
+    assert last["step"] == 5 and best["val_loss"] <= last["best_val_loss"]
+    train(corpus, s, tmp_path / "split", resume=True, progress=False)
+    assert _losses(tmp_path / "split") == _losses(tmp_path / "straight")
+    for name in ("best.pt", "last.pt"):
+        a, b = (checkpoint.load(tmp_path / d / name) for d in ("straight", "split"))
+        assert a["step"] == b["step"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_resume_cleans_up_after_a_crash(corpus, smoke, run_copy):
+    """Temporary files of killed writes are removed; a torn last metrics line is dropped; others are kept."""
+    stale = [".last.pt.k2j4_x.tmp", ".best.pt.abc.tmp", ".metrics.jsonl.q1.tmp", ".config.toml.z.tmp"]
+    for name in stale:
+        (run_copy / name).write_bytes(b"half a checkpoint")
+    (run_copy / ".notes.tmp").write_text("not ours")
+    with open(run_copy / "metrics.jsonl", "a") as f:
+        f.write('{"step": 61, "chars": 39')  # a line cut short
+    train(corpus, smoke(max_steps=62, eval_every=30), run_copy, resume=True, progress=False)
+    names = {p.name for p in run_copy.iterdir()}
+    assert not names & set(stale) and ".notes.tmp" in names
+    assert [r[0] for r in _losses(run_copy)] == list(range(1, 63))
+    assert checkpoint.load(run_copy / "last.pt")["step"] == 62
+
+
+def test_a_failing_disk_during_training_is_a_user_error(corpus, smoke, run_copy, monkeypatch):
+    before = (run_copy / "last.pt").read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("gru_lm.checkpoint.os.fsync", full)
+    with pytest.raises(UserError, match="could not write the run \\(No space left on device\\); .*last.pt keeps"):
+        train(corpus, smoke(max_steps=62, eval_every=30), run_copy, resume=True, progress=False)
+    monkeypatch.undo()
+    assert (run_copy / "last.pt").read_bytes() == before
+    assert not [p for p in run_copy.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_resume_needs_a_complete_checkpoint(corpus, smoke, run_copy):
+    state = checkpoint.load(run_copy / "last.pt")
+    del state["optimizer"]
+    checkpoint.save(run_copy / "last.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    with pytest.raises(UserError, match="last.pt: cannot resume from this checkpoint: it holds no 'optimizer'"):
+        train(corpus, smoke(max_steps=62), run_copy, resume=True, progress=False)

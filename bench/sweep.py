@@ -1,0 +1,93 @@
+"""Sweep model and training settings under a wall-clock budget on Tiny Shakespeare.
+
+    python bench/sweep.py --budget 100 --grid g100          # the candidates behind configs/shakespeare_100s.toml
+    python bench/sweep.py --budget 300 --grid g300
+    python bench/sweep.py --budget 100 --set hidden_size=384 --set lr=0.004   # one ad-hoc point
+
+Every point trains from the same seed on the same split (the last 10% of data/tinyshakespeare.txt)
+for `--budget` seconds and records its best validation loss in bench/results/sweep.jsonl (one JSON
+object per line, with the settings and the machine). Points already there are skipped, so a sweep
+can be stopped and continued. Run it on an otherwise idle machine: the budget is wall-clock time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gru_lm.config import Settings, resolve  # noqa: E402
+from gru_lm.train import train  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "sweep.jsonl"
+GRIDS: dict[str, list[dict]] = {
+    "g100": [
+        {"hidden_size": 256},
+        {"hidden_size": 384},
+        {"hidden_size": 256, "lr": 0.005},
+        {"hidden_size": 256, "batch_size": 64, "lr": 0.005},
+        {"hidden_size": 256, "seq_len": 128},
+    ],
+    "g300": [
+        {"hidden_size": 384, "dropout": 0.1},
+        {"hidden_size": 512, "dropout": 0.1},
+        {"hidden_size": 512, "dropout": 0.2},
+        {"hidden_size": 384, "layers": 2, "dropout": 0.1},
+    ],
+    "g1800": [
+        {"hidden_size": 512, "layers": 2, "dropout": 0.2},
+        {"hidden_size": 768, "dropout": 0.25},
+    ],
+}
+
+
+def run_point(point: dict, budget: float, cell: str) -> dict:
+    s = resolve(None, {**point, "cell": cell, "max_time": float(budget), "max_steps": 0, "eval_every": 250})
+    with tempfile.TemporaryDirectory() as tmp:
+        res = train(ROOT / "data" / "tinyshakespeare.txt", s, Path(tmp) / "run", progress=False)
+    return {"budget_s": budget, "cell": cell, "point": point, "best_val_loss": res.best_val_loss,
+            "final_val_loss": res.val_loss, "steps": res.step, "chars": res.chars, "elapsed_s": round(res.elapsed_s, 1),
+            "chars_per_s": round(res.chars / res.elapsed_s), "machine": f"{platform.machine()} {os.cpu_count()} cores",
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", type=float, required=True, help="wall seconds per point")
+    ap.add_argument("--grid", choices=sorted(GRIDS), help="a named list of points")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one ad-hoc point (repeat keys)")
+    ap.add_argument("--cell", default="gru", choices=["gru", "rnn"])
+    args = ap.parse_args()
+    points = list(GRIDS[args.grid]) if args.grid else []
+    if args.set:
+        kinds = {f: type(getattr(Settings(), f)) for f in Settings.__dataclass_fields__}
+        point = {}
+        for kv in args.set:
+            k, v = kv.split("=", 1)
+            point[k] = kinds[k](v) if kinds[k] is not bool else v.lower() in ("1", "true", "yes")
+        points.append(point)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    done = [json.loads(ln) for ln in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
+    for point in points:
+        if any(d["point"] == point and d["budget_s"] == args.budget and d["cell"] == args.cell for d in done):
+            print(f"skip (done): {point}")
+            continue
+        row = run_point(point, args.budget, args.cell)
+        with RESULTS.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{args.cell} {args.budget:.0f}s {point}: best val {row['best_val_loss']:.4f} "
+              f"({row['chars']:,} chars, {row['chars_per_s']:,}/s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
