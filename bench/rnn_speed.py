@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gru_lm.cells import GRU, RNN  # noqa: E402
+from gru_lm.kernels import keep_freed_memory  # noqa: E402
 
 V, E = 65, 64
 CELLS = {
@@ -94,7 +95,8 @@ def peak_memory(name: str, shape: tuple) -> float:
     """Growth of peak resident memory (MiB) over three training steps, measured in a fresh process."""
     code = (
         "import resource, sys, json; sys.path.insert(0, %r); sys.argv = ['x']\n"
-        "from bench.rnn_speed import Step\n"
+        "from bench.rnn_speed import Step, keep_freed_memory\n"
+        "keep_freed_memory()\n"
         "s = Step(%r, *%r)\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "for _ in range(3): s()\n"
@@ -151,10 +153,13 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true", help="also measure peak memory (slower)")
     ap.add_argument("--end-to-end", action="store_true", help="also time gru-lm train and sample")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc settings as they are")
     ap.add_argument("--json", type=Path, default=None, help="write the results here too")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.default_malloc:
+        keep_freed_memory()  # as `gru-lm train` does; it helps every cell alike
     names = args.cells or [n for n in CELLS if "reference" not in n]
     if "torch.nn.GRU" not in names:
         names.insert(0, "torch.nn.GRU")

@@ -38,7 +38,7 @@ def gru_after_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None)
     """Returns out, G = [r, z, h W_hnᵀ + b_hn] and N = n for every step."""
     T, B, H3 = gi.shape
     H = H3 // 3
-    w_t = w_hh.t()
+    w_t = w_hh.t().contiguous()  # h @ Wᵀ with Wᵀ contiguous: the faster layout for MKL (see csrc)
     out, G, N = _states(gi, h0), gi.new_empty(T, B, 3 * H), gi.new_empty(T, B, H)
     for t in range(T):
         g = _mm_bias(b_hh, out[t], w_t, G[t])
@@ -75,7 +75,7 @@ def gru_before_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None
     """Returns out, RZ = [r, z], Q = r ⊙ h and N = n for every step."""
     T, B, H3 = gi.shape
     H = H3 // 3
-    w_rz_t, w_n_t = w_hh[: 2 * H].t(), w_hh[2 * H :].t()
+    w_rz_t, w_n_t = w_hh[: 2 * H].t().contiguous(), w_hh[2 * H :].t().contiguous()
     b_rz, b_n = (None, None) if b_hh is None else (b_hh[: 2 * H], b_hh[2 * H :])
     out, RZ = _states(gi, h0), gi.new_empty(T, B, 2 * H)
     Q, N = gi.new_empty(T, B, H), gi.new_empty(T, B, H)
@@ -115,7 +115,7 @@ def gru_before_backward(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias: bool):
 
 def rnn_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
     a = gi + b_hh if b_hh is not None else gi
-    w_t = w_hh.t()
+    w_t = w_hh.t().contiguous()
     out = _states(gi, h0)
     for t in range(gi.shape[0]):
         torch.addmm(a[t], out[t], w_t, out=out[t + 1]).tanh_()

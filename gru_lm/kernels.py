@@ -50,3 +50,26 @@ def compiled():
 
 def backend() -> str:
     return "compiled" if compiled() is not None else "python"
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the system at once.
+
+    A training step frees and reallocates the same few-MB activation buffers every step; by default
+    glibc maps each afresh, and the page faults of touching it again cost ~10% of a step here. This
+    helps torch.nn.GRU as much as our cells; it is a process-wide setting, so only `train` and the
+    benchmarks call it. Returns whether it applied (glibc only).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
+                    and libc.mallopt(M_TOP_PAD, 64 << 20))
+    except (OSError, AttributeError):
+        return False

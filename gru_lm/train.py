@@ -26,7 +26,7 @@ from .data import StreamBatcher, Vocab, check_train_length, read_text, split_val
 from .device import pick_device, rng_state, set_rng_state
 from .errors import UserError
 from .evaluate import nll, text_sha256
-from .kernels import compiled
+from .kernels import compiled, keep_freed_memory
 from .model import CharModel, ModelConfig
 
 #: Settings a resumed run must share with the run it continues (they shape the model, data or RNG).
@@ -297,6 +297,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
         saved_step = snap["step"]
 
     compiled()  # build (or load) the compiled kernels before the clock starts
+    keep_freed_memory()
     t0, chars0 = time.perf_counter(), chars
     elapsed_now = lambda: elapsed0 + time.perf_counter() - t0  # noqa: E731
     budget_over = lambda: (s.max_steps and step >= s.max_steps) or (s.max_time and elapsed_now() >= s.max_time)  # noqa: E731

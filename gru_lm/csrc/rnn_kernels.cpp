@@ -5,6 +5,7 @@
 // (same buffers, same layout): the recurrent weight gradient is one large product over the window.
 // Built on first use by torch.utils.cpp_extension; gru_lm/fast.py falls back to Python loops when
 // no compiler is available.
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -41,14 +42,16 @@ inline double tanh_(double x) { return std::tanh(x); }
 // The element-wise passes, one row (one batch element) at a time: one pointer per gate and
 // `ivdep` so that gcc vectorises them (the exp_f above keeps them free of calls).
 template <typename T>
-void gru_after_fwd_row(int64_t H, const T* x, T* g, const T* hp, T* n, T* hn) {
+void gru_after_fwd_row(int64_t H, const T* x, const T* bias, T* g, const T* hp, T* n, T* hn) {
 #pragma GCC ivdep
   for (int64_t j = 0; j < H; ++j) {
-    T r = sigmoid(x[j] + g[j]);
-    T z = sigmoid(x[H + j] + g[H + j]);
-    T c = tanh_(x[2 * H + j] + r * g[2 * H + j]);
+    T r = sigmoid(x[j] + g[j] + bias[j]);
+    T z = sigmoid(x[H + j] + g[H + j] + bias[H + j]);
+    T ghn = g[2 * H + j] + bias[2 * H + j];
+    T c = tanh_(x[2 * H + j] + r * ghn);
     g[j] = r;
     g[H + j] = z;
+    g[2 * H + j] = ghn;
     n[j] = c;
     hn[j] = c + z * (hp[j] - c);  // z ⊙ h + (1 − z) ⊙ n
   }
@@ -75,21 +78,21 @@ void gru_after_bwd_row(int64_t H, const T* dout, const T* dhp, const T* g, const
 }
 
 template <typename T>
-void gru_before_gates_row(int64_t H, const T* x, T* rz, const T* hp, T* q) {
+void gru_before_gates_row(int64_t H, const T* x, const T* bias, T* rz, const T* hp, T* q) {
 #pragma GCC ivdep
   for (int64_t j = 0; j < H; ++j) {
-    T r = sigmoid(x[j] + rz[j]);
+    T r = sigmoid(x[j] + rz[j] + bias[j]);
     rz[j] = r;
-    rz[H + j] = sigmoid(x[H + j] + rz[H + j]);
+    rz[H + j] = sigmoid(x[H + j] + rz[H + j] + bias[H + j]);
     q[j] = r * hp[j];
   }
 }
 
 template <typename T>
-void gru_before_state_row(int64_t H, const T* xn, const T* z, T* n, const T* hp, T* hn) {
+void gru_before_state_row(int64_t H, const T* xn, const T* bn, const T* z, T* n, const T* hp, T* hn) {
 #pragma GCC ivdep
   for (int64_t j = 0; j < H; ++j) {
-    T c = tanh_(xn[j] + n[j]);
+    T c = tanh_(xn[j] + n[j] + bn[j]);
     n[j] = c;
     hn[j] = c + z[j] * (hp[j] - c);
   }
@@ -125,9 +128,9 @@ void gru_before_bwd_row2(int64_t H, const T* dq, const T* rz, const T* hp, T* da
 }
 
 template <typename T>
-void tanh_inplace(int64_t n, T* p) {
+void rnn_fwd_row(int64_t n, const T* a, T* p) {
 #pragma GCC ivdep
-  for (int64_t i = 0; i < n; ++i) p[i] = tanh_(p[i]);
+  for (int64_t i = 0; i < n; ++i) p[i] = tanh_(a[i] + p[i]);
 }
 
 template <typename T>
@@ -136,16 +139,23 @@ void rnn_bwd_row(int64_t n, const T* dout, const T* dhp, const T* h, T* da) {
   for (int64_t i = 0; i < n; ++i) da[i] = (dout[i] + dhp[i]) * (1 - h[i] * h[i]);
 }
 
-// out = bias + a @ b (bias may be undefined)
-void mm_bias(Tensor out, const Tensor& bias, const Tensor& a, const Tensor& b) {
-  if (bias.defined()) {
-    at::addmm_out(out, bias, a, b);
-  } else {
-    at::mm_out(out, a, b);
-  }
+// The recurrent products run as h @ Wᵀ with Wᵀ stored contiguously: MKL runs that layout ~1.4× faster
+// than the same product with a transposed operand (measured here for B = 32, H = 256 and 512); the
+// bias is added in the element-wise pass instead of by addmm.
+Tensor transposed(const Tensor& w) { return w.t().contiguous(); }
+
+// Run f(b) for every batch row, split across the threads when the rows are big enough: the
+// element-wise pass would otherwise leave one core idle between two multi-threaded products.
+template <typename F>
+void for_rows(int64_t B, int64_t H, const F& f) {
+  at::parallel_for(0, B, std::max<int64_t>(1, 2048 / H), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) f(b);
+  });
 }
 
-Tensor slice(const Tensor& t, int64_t start, int64_t len) { return t.defined() ? t.narrow(0, start, len) : t; }
+Tensor bias_or_zeros(const c10::optional<Tensor>& b, int64_t n, const Tensor& like) {
+  return b.has_value() ? b->contiguous() : at::zeros({n}, like.options());
+}
 
 }  // namespace
 
@@ -154,23 +164,25 @@ Tensor slice(const Tensor& t, int64_t start, int64_t len) { return t.defined() ?
 std::vector<Tensor> gru_after_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt) {
   gi = gi.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
-  Tensor bias = b_opt.has_value() ? b_opt->contiguous() : Tensor();
+  Tensor bias = bias_or_zeros(b_opt, 3 * H, gi);
   Tensor out = at::empty({T + 1, B, H}, gi.options());
   out[0].copy_(h0);
   Tensor G = at::empty({T, B, 3 * H}, gi.options());
   Tensor N = at::empty({T, B, H}, gi.options());
-  Tensor wT = w_hh.t();
+  Tensor wT = transposed(w_hh);
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "gru_after_forward", [&] {
+    const scalar_t* bp = bias.data_ptr<scalar_t>();
     for (int64_t t = 0; t < T; ++t) {
-      mm_bias(G[t], bias, out[t], wT);
-      scalar_t* g = G[t].data_ptr<scalar_t>();
+      Tensor g_t = G[t];
+      at::mm_out(g_t, out[t], wT);
+      scalar_t* g = g_t.data_ptr<scalar_t>();
       const scalar_t* x = gi[t].data_ptr<scalar_t>();
       const scalar_t* hp = out[t].data_ptr<scalar_t>();
       scalar_t* hn = out[t + 1].data_ptr<scalar_t>();
       scalar_t* n = N[t].data_ptr<scalar_t>();
-      for (int64_t b = 0; b < B; ++b) {
-        gru_after_fwd_row(H, x + b * 3 * H, g + b * 3 * H, hp + b * H, n + b * H, hn + b * H);
-      }
+      for_rows(B, H, [&](int64_t b) {
+        gru_after_fwd_row(H, x + b * 3 * H, bp, g + b * 3 * H, hp + b * H, n + b * H, hn + b * H);
+      });
     }
   });
   return {out, G, N};
@@ -195,10 +207,10 @@ std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Te
       scalar_t* dg = dG[t].data_ptr<scalar_t>();
       scalar_t* dgi = dGI[t].data_ptr<scalar_t>();
       scalar_t* dz = dhz.data_ptr<scalar_t>();
-      for (int64_t b = 0; b < B; ++b) {
+      for_rows(B, H, [&](int64_t b) {
         const int64_t o3 = b * 3 * H, o1 = b * H;
         gru_after_bwd_row(H, dout + o1, dhp + o1, g + o3, n + o1, hp + o1, dg + o3, dgi + o3, dz + o1);
-      }
+      });
       at::addmm_out(dh, dhz, dG[t], w_hh);
     }
   });
@@ -212,30 +224,32 @@ std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Te
 std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt) {
   gi = gi.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
-  Tensor bias = b_opt.has_value() ? b_opt->contiguous() : Tensor();
-  Tensor b_rz = slice(bias, 0, 2 * H), b_n = slice(bias, 2 * H, H);
-  Tensor w_rzT = w_hh.narrow(0, 0, 2 * H).t(), w_nT = w_hh.narrow(0, 2 * H, H).t();
+  Tensor bias = bias_or_zeros(b_opt, 3 * H, gi);
+  Tensor w_rzT = transposed(w_hh.narrow(0, 0, 2 * H)), w_nT = transposed(w_hh.narrow(0, 2 * H, H));
   Tensor out = at::empty({T + 1, B, H}, gi.options());
   out[0].copy_(h0);
   Tensor RZ = at::empty({T, B, 2 * H}, gi.options());
   Tensor Q = at::empty({T, B, H}, gi.options());
   Tensor N = at::empty({T, B, H}, gi.options());
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "gru_before_forward", [&] {
+    const scalar_t* bp = bias.data_ptr<scalar_t>();
     for (int64_t t = 0; t < T; ++t) {
-      mm_bias(RZ[t], b_rz, out[t], w_rzT);
-      scalar_t* rz = RZ[t].data_ptr<scalar_t>();
+      Tensor rz_t = RZ[t], n_t = N[t];
+      at::mm_out(rz_t, out[t], w_rzT);
+      scalar_t* rz = rz_t.data_ptr<scalar_t>();
       scalar_t* q = Q[t].data_ptr<scalar_t>();
       const scalar_t* x = gi[t].data_ptr<scalar_t>();
       const scalar_t* hp = out[t].data_ptr<scalar_t>();
-      for (int64_t b = 0; b < B; ++b) {
-        gru_before_gates_row(H, x + b * 3 * H, rz + b * 2 * H, hp + b * H, q + b * H);
-      }
-      mm_bias(N[t], b_n, Q[t], w_nT);
-      scalar_t* n = N[t].data_ptr<scalar_t>();
+      for_rows(B, H, [&](int64_t b) {
+        gru_before_gates_row(H, x + b * 3 * H, bp, rz + b * 2 * H, hp + b * H, q + b * H);
+      });
+      at::mm_out(n_t, Q[t], w_nT);
+      scalar_t* n = n_t.data_ptr<scalar_t>();
       scalar_t* hn = out[t + 1].data_ptr<scalar_t>();
-      for (int64_t b = 0; b < B; ++b) {
-        gru_before_state_row(H, x + b * 3 * H + 2 * H, rz + b * 2 * H + H, n + b * H, hp + b * H, hn + b * H);
-      }
+      for_rows(B, H, [&](int64_t b) {
+        gru_before_state_row(H, x + b * 3 * H + 2 * H, bp + 2 * H, rz + b * 2 * H + H, n + b * H, hp + b * H,
+                             hn + b * H);
+      });
     }
   });
   return {out, RZ, Q, N};
@@ -264,17 +278,17 @@ std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, T
       scalar_t* dn = dan.data_ptr<scalar_t>();
       scalar_t* dz = dhz.data_ptr<scalar_t>();
       scalar_t* drz = darz.data_ptr<scalar_t>();
-      for (int64_t b = 0; b < B; ++b) {
+      for_rows(B, H, [&](int64_t b) {
         const int64_t o1 = b * H;
         gru_before_bwd_row1(H, dout + o1, dhp + o1, rz + 2 * o1, n + o1, hp + o1, da + 3 * o1, dn + o1, drz + 2 * o1,
                             dz + o1);
-      }
+      });
       at::mm_out(dq, dan, w_n);  // dL/d(r ⊙ h)
       const scalar_t* dqp = dq.data_ptr<scalar_t>();
-      for (int64_t b = 0; b < B; ++b) {
+      for_rows(B, H, [&](int64_t b) {
         const int64_t o1 = b * H;
         gru_before_bwd_row2(H, dqp + o1, rz + 2 * o1, hp + o1, da + 3 * o1, drz + 2 * o1, dz + o1);
-      }
+      });
       at::addmm_out(dh, dhz, darz, w_rz);
     }
   });
@@ -291,13 +305,14 @@ Tensor rnn_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_op
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
   Tensor out = at::empty({T + 1, B, H}, gi.options());
   out[0].copy_(h0);
-  Tensor wT = w_hh.t();
+  Tensor wT = transposed(w_hh);
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "rnn_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {
       Tensor o = out[t + 1];
-      at::addmm_out(o, a[t], out[t], wT);
-      scalar_t* p = o.data_ptr<scalar_t>();
-      tanh_inplace(B * H, p);
+      at::mm_out(o, out[t], wT);
+      const scalar_t* ap = a[t].data_ptr<scalar_t>();
+      scalar_t* op = o.data_ptr<scalar_t>();
+      for_rows(B, H, [&](int64_t b) { rnn_fwd_row(H, ap + b * H, op + b * H); });
     }
   });
   return out;
@@ -314,7 +329,7 @@ std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w
       const scalar_t* dout = d_out[t].data_ptr<scalar_t>();
       const scalar_t* dhp = dh.data_ptr<scalar_t>();
       scalar_t* da = dA[t].data_ptr<scalar_t>();
-      rnn_bwd_row(B * H, dout, dhp, h, da);
+      for_rows(B, H, [&](int64_t b) { rnn_bwd_row(H, dout + b * H, dhp + b * H, h + b * H, da + b * H); });
       at::mm_out(dh, dA[t], w_hh);
     }
   });
