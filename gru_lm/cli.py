@@ -71,6 +71,8 @@ def train(
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in all (0 = no limit). [default: 0]"),
     max_time: Optional[float] = typer.Option(None, help="Stop after this many wall seconds (0 = no limit). [default: 300]"),
     eval_every: Optional[int] = typer.Option(None, help="Evaluate and save last.pt every N steps. [default: 200]"),
+    patience: Optional[int] = typer.Option(
+        None, help="Stop early after N evaluations without a better validation loss (0 = never). [default: 0]"),
     val_fraction: Optional[float] = typer.Option(None, help="Last fraction of FILE kept for validation. [default: 0.1]"),
     val_file: Optional[Path] = typer.Option(None, help="Validate on this file instead of a split of FILE."),
     seed: Optional[int] = typer.Option(None, help="Seed of weights, dropout and data offsets. [default: 1337]"),
@@ -90,7 +92,7 @@ def train(
 
     flags = dict(cell=cell, reset_after=reset_after, hidden_size=hidden_size, layers=layers, embed_size=embed_size,
                  dropout=dropout, seq_len=seq_len, batch_size=batch_size, lr=lr, max_steps=max_steps,
-                 max_time=max_time, eval_every=eval_every, val_fraction=val_fraction,
+                 max_time=max_time, eval_every=eval_every, patience=patience, val_fraction=val_fraction,
                  val_file=str(val_file) if val_file else None, seed=seed, device=device)
     with _user_errors():
         if out is None:

@@ -38,6 +38,7 @@ class Settings:
     max_time: float = 300.0
     eval_every: int = 200
     eval_streams: int = 32
+    patience: int = 0  # stop after this many evaluations without a better validation loss (0: never)
     log_every: int = 10
     seed: int = 1337
     device: str = "auto"
@@ -91,7 +92,7 @@ def validate(s: Settings) -> Settings:
     for key in positive:
         if getattr(s, key) < 1:
             raise UserError(f"{key} must be at least 1, not {getattr(s, key)}")
-    for key in ("max_steps", "warmup_steps"):
+    for key in ("max_steps", "warmup_steps", "patience"):
         if getattr(s, key) < 0:
             raise UserError(f"{key} must be 0 or more, not {getattr(s, key)}")
     if not 0.0 <= s.dropout < 1.0:

@@ -258,6 +258,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
     step = epoch = window = chars = 0
     elapsed0, best, val_loss = 0.0, math.inf, math.nan
     loss_sum, loss_n = 0.0, 0  # train losses since the last metrics line (their mean is logged)
+    stale = 0  # evaluations in a row without a new best (early stopping with --patience)
     h = model.init_state(s.batch_size, device)
     if state:
         model.load_state_dict(state["model"])
@@ -265,6 +266,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
         step, epoch, window, chars = state["step"], state["epoch"], state["window"], state["chars"]
         elapsed0, best, val_loss = state["elapsed_s"], state["best_val_loss"], state["val_loss"]
         loss_sum, loss_n = state.get("loss_sum", 0.0), state.get("loss_n", 0)
+        stale = state.get("stale_evals", 0)
         h = state["hidden"].to(device)
         set_rng_state(state["rng"], device)
     saved_step = step if state else None  # the step last.pt holds, for the NaN message
@@ -282,7 +284,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "step": step, "epoch": epoch, "window": window, "chars": chars,
             "elapsed_s": elapsed_now(), "val_loss": val_loss, "best_val_loss": best,
-            "loss_sum": loss_sum, "loss_n": loss_n,
+            "loss_sum": loss_sum, "loss_n": loss_n, "stale_evals": stale,
             "rng": rng_state(device), "hidden": h.detach().cpu(), "data": corpus.record,
         }
 
@@ -326,7 +328,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
     bar = tqdm(total=1.0, disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=True, mininterval=0.5,
                bar_format="{desc} |{bar}| {percentage:3.0f}%")
     model.train()
-    interrupted = False
+    interrupted = stopped_early = False
     with open(metrics_path, "a") as metrics, bar:
         while not budget_over():
             if window == 0:
@@ -367,6 +369,8 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
                 metrics.write(json.dumps(log) + "\n")
                 metrics.flush()
                 if at_eval or at_end:
+                    stale = 0 if improved else stale + 1
+                    stopped_early = bool(s.patience) and stale >= s.patience
                     os.fsync(metrics.fileno())
                     save_checkpoints(improved)
                     bar.write(_eval_line(log, (chars - chars0) / max(elapsed - elapsed0, 1e-9)), file=sys.stderr)
@@ -378,6 +382,9 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
                     f"step {step} | loss {log['train_loss']:.3f} | val {val} | {rate / 1000:.1f}k chars/s | "
                     f"left {_fmt_time(_time_left(s, step, elapsed, rate))}"
                 )
+            if stopped_early:
+                bar.write(f"early stop: no better validation loss in the last {s.patience} evaluations", file=sys.stderr)
+                break
             if sigint["stop"] or (should_stop and should_stop(step)):
                 if not at_eval and not at_end:
                     save_last(snapshot())

@@ -258,3 +258,15 @@ def test_resume_needs_a_complete_checkpoint(corpus, smoke, run_copy):
     checkpoint.save(run_copy / "last.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
     with pytest.raises(UserError, match="last.pt: cannot resume from this checkpoint: it holds no 'optimizer'"):
         train(corpus, smoke(max_steps=62), run_copy, resume=True, progress=False)
+
+
+def test_patience_stops_after_evaluations_without_a_new_best(corpus, smoke, tmp_path, monkeypatch):
+    import gru_lm.train as tr
+
+    monkeypatch.setattr(tr, "nll", lambda model, ids, streams, device=None: (2.0 * (len(ids) - 1), len(ids) - 1))
+    out = tmp_path / "early"
+    result = train(corpus, smoke(max_steps=100, eval_every=5, patience=2), out, progress=False)
+    assert result.step == 15 and not result.interrupted  # best at 5, no better at 10 and 15
+    state = checkpoint.load(out / "last.pt")
+    assert state["step"] == 15 and state["stale_evals"] == 2
+    assert train(corpus, smoke(max_steps=100, eval_every=5, patience=3), out, resume=True, progress=False).step == 20
