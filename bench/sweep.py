@@ -5,9 +5,10 @@
     python bench/sweep.py --budget 100 --set hidden_size=384 --set lr=0.004   # one ad-hoc point
 
 Every point trains from the same seed on the same split (the last 10% of data/tinyshakespeare.txt)
-for `--budget` seconds and records its best validation loss in bench/results/sweep.jsonl (one JSON
-object per line, with the settings and the machine). Points already there are skipped, so a sweep
-can be stopped and continued. Run it on an otherwise idle machine: the budget is wall-clock time.
+for `--budget` seconds into bench/results/runs/<budget>s/<cell>_<settings>/ (so that `gru-lm compare
+--run ...` can report on it) and records its best validation loss in bench/results/sweep.jsonl (one
+JSON object per line, with the settings and the machine). Points already there are skipped, so a
+sweep can be stopped and continued. Run it on an otherwise idle machine: the budget is wall-clock time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,32 +30,34 @@ from gru_lm.config import Settings, resolve  # noqa: E402
 from gru_lm.train import train  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "sweep.jsonl"
+RUNS = ROOT / "bench" / "results" / "runs"
 GRIDS: dict[str, list[dict]] = {
     "g100": [
+        {"hidden_size": 256, "dropout": 0.1},
         {"hidden_size": 256},
-        {"hidden_size": 384},
-        {"hidden_size": 256, "lr": 0.005},
-        {"hidden_size": 256, "batch_size": 64, "lr": 0.005},
-        {"hidden_size": 256, "seq_len": 128},
+        {"hidden_size": 384, "dropout": 0.1},
     ],
     "g300": [
-        {"hidden_size": 384, "dropout": 0.1},
-        {"hidden_size": 512, "dropout": 0.1},
         {"hidden_size": 512, "dropout": 0.2},
-        {"hidden_size": 384, "layers": 2, "dropout": 0.1},
+        {"hidden_size": 384, "dropout": 0.2},
+        {"hidden_size": 384, "layers": 2, "dropout": 0.2},
     ],
     "g1800": [
         {"hidden_size": 512, "layers": 2, "dropout": 0.2},
-        {"hidden_size": 768, "dropout": 0.25},
     ],
 }
 
 
+def run_dir(point: dict, budget: float, cell: str) -> Path:
+    name = "_".join([cell] + [f"{k}={v}" for k, v in sorted(point.items())])
+    return RUNS / f"{budget:.0f}s" / name
+
+
 def run_point(point: dict, budget: float, cell: str) -> dict:
     s = resolve(None, {**point, "cell": cell, "max_time": float(budget), "max_steps": 0, "eval_every": 250})
-    with tempfile.TemporaryDirectory() as tmp:
-        res = train(ROOT / "data" / "tinyshakespeare.txt", s, Path(tmp) / "run", progress=False)
-    return {"budget_s": budget, "cell": cell, "point": point, "best_val_loss": res.best_val_loss,
+    out = run_dir(point, budget, cell)
+    res = train(ROOT / "data" / "tinyshakespeare.txt", s, out, overwrite=True, progress=False)
+    return {"budget_s": budget, "cell": cell, "point": point, "run": str(out.relative_to(ROOT)), "best_val_loss": res.best_val_loss,
             "final_val_loss": res.val_loss, "steps": res.step, "chars": res.chars, "elapsed_s": round(res.elapsed_s, 1),
             "chars_per_s": round(res.chars / res.elapsed_s), "machine": f"{platform.machine()} {os.cpu_count()} cores",
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}

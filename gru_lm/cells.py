@@ -11,7 +11,7 @@ GRU, gates in the order r, z, n (as torch.nn.GRU lays them out):
     h' = z ⊙ h + (1 − z) ⊙ n
 
 z = 1 copies the old state (and its gradient) straight through; r = 0 makes the candidate
-ignore the old state, which is what detaching does by hand.
+ignore the old state: the model forgetting from inside what a fresh zero state forgets from outside.
 
 Plain RNN: h' = tanh(x W_ih + b_ih + h W_hh + b_hh).
 

@@ -24,6 +24,9 @@ def atomic_write(path: str | Path, write) -> None:
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; the file should read like any other the user writes
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -143,6 +143,8 @@ def sample(
             generate(model, vocab, prime, 0)  # checks the prime before anything is printed
         except UserError as e:
             raise UserError(f"{ckpt}: {e}") from None
+        if seed is not None and not 0 <= seed < 2**63:
+            raise UserError(f"--seed must be in [0, 2^63), not {seed}")
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)))
             print(f"seed {seed}", file=sys.stderr)

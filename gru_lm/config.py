@@ -48,7 +48,6 @@ class Settings:
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
-MODEL_KEYS = ("cell", "reset_after", "hidden_size", "layers", "embed_size")
 _CHOICES = {"cell": ("gru", "rnn"), "device": ("auto", "cpu", "cuda", "mps")}
 
 
@@ -105,6 +104,8 @@ def validate(s: Settings) -> Settings:
             raise UserError(f"{key} must be a finite number >= 0, not {v}")
     if s.lr == 0:
         raise UserError("lr must be greater than 0")
+    if not 0 <= s.seed < 2**63:
+        raise UserError(f"seed must be in [0, 2^63), not {s.seed}")
     return s
 
 

@@ -76,7 +76,7 @@ def measure(ckpt_path: str | Path, file: str | Path | None = None, device: str =
     return {
         "checkpoint": str(ckpt_path),
         "file": label,
-        "cell": model.cfg.cell + ("" if model.cfg.cell != "gru" or not model.cfg.reset_after else " (reset-after)"),
+        "cell": model.cfg.label(),
         "params": model.num_params(),
         "chars": n,
         "loss": loss,

@@ -134,9 +134,10 @@ def rnn_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, w_hh: Tensor, has_bia
     return dA, dh, d_w, flat.sum(0) if has_bias else None
 
 
-def _impl(name: str):
-    """The compiled kernel of that name where it could be built, else the Python function above."""
-    k = compiled()
+def _impl(name: str, t: Tensor):
+    """The compiled kernel of that name for CPU tensors where it could be built, else the Python
+    function above (which also serves CUDA and MPS tensors: the kernels are CPU code)."""
+    k = compiled() if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) else None
     return getattr(k, name) if k is not None else globals()[name]
 
 
@@ -144,7 +145,7 @@ class GRUWindow(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool):
         kind = "gru_after" if reset_after else "gru_before"
-        saved = _impl(kind + "_forward")(gi, h0.contiguous(), w_hh, b_hh)
+        saved = _impl(kind + "_forward", gi)(gi, h0.contiguous(), w_hh, b_hh)
         ctx.save_for_backward(w_hh, *saved)
         ctx.kind, ctx.has_bias = kind, b_hh is not None
         out = saved[0]
@@ -153,14 +154,14 @@ class GRUWindow(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out: Tensor, d_hT: Tensor):
         w_hh, *saved = ctx.saved_tensors
-        d_gi, d_h0, d_w, d_b = _impl(ctx.kind + "_backward")(d_out, d_hT, *saved, w_hh, ctx.has_bias)
+        d_gi, d_h0, d_w, d_b = _impl(ctx.kind + "_backward", w_hh)(d_out, d_hT, *saved, w_hh, ctx.has_bias)
         return d_gi, d_h0, d_w, d_b, None
 
 
 class RNNWindow(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None):
-        out = _impl("rnn_forward")(gi, h0.contiguous(), w_hh, b_hh)
+        out = _impl("rnn_forward", gi)(gi, h0.contiguous(), w_hh, b_hh)
         ctx.save_for_backward(w_hh, out)
         ctx.has_bias = b_hh is not None
         return out[1:], out[-1].clone()
@@ -168,7 +169,7 @@ class RNNWindow(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out: Tensor, d_hT: Tensor):
         w_hh, out = ctx.saved_tensors
-        return tuple(_impl("rnn_backward")(d_out, d_hT, out, w_hh, ctx.has_bias))
+        return tuple(_impl("rnn_backward", w_hh)(d_out, d_hT, out, w_hh, ctx.has_bias))
 
 
 def gru_window(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool) -> tuple[Tensor, Tensor]:

@@ -22,6 +22,10 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def label(self) -> str:
+        """How tables name the cell: gru, gru (reset-after) or rnn."""
+        return self.cell + (" (reset-after)" if self.cell == "gru" and self.reset_after else "")
+
 
 class CharModel(nn.Module):
     """Predicts the next character at every position of a time-major window (T×B of ids)."""

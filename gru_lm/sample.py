@@ -111,7 +111,8 @@ def _generate(model, vocab: Vocab, prime: str, length: int, temperature: float, 
         if temperature == 0:
             nxt = int(logits.argmax())
         else:
-            probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+            # shift by the maximum first, so that a tiny temperature cannot overflow to inf - inf = NaN
+            probs = filter_logits((logits - logits.max()) / temperature, top_k, top_p).softmax(-1)
             nxt = int(torch.multinomial(probs.cpu(), 1, generator=generator))
         last = torch.tensor([nxt], device=device)
         yield vocab.chars[nxt]

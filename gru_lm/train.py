@@ -78,6 +78,8 @@ def load_corpus(file: str | Path, s: Settings, vocab: Vocab | None = None) -> Co
     except ValueError as e:
         raise UserError(f"{file}: {e} (the checkpoint's vocabulary was built from another text)") from None
     val_ids, dropped = vocab.encode(val_text, drop_unknown=True)
+    if len(val_ids) < 2:
+        raise UserError(f"{s.val_file or file}: the validation text has fewer than 2 characters that occur in the training text")
     if dropped:
         print(f"note: {dropped} validation characters not seen in training are left out of val_loss", file=sys.stderr)
     return Corpus(vocab, train_ids, val_ids, record)
@@ -270,13 +272,14 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
         h = state["hidden"].to(device)
         set_rng_state(state["rng"], device)
     saved_step = step if state else None  # the step last.pt holds, for the NaN message
-    config_text = "# resolved settings of this run\n" + to_toml({"file": str(Path(file))}) + to_toml(s.to_dict())
+    config_text = f"# resolved settings of this run, trained on {Path(file)}; usable as --config\n" + to_toml(s.to_dict())
     checkpoint.atomic_write(out_dir / "config.toml", lambda f: f.write(config_text.encode()))
     metrics_path = out_dir / "metrics.jsonl"
     if state:
         _trim_metrics(metrics_path, step)
-    elif metrics_path.exists():
-        metrics_path.unlink()
+    else:  # a fresh run (or --overwrite): nothing of an earlier run may be resumed or mixed in
+        for name in ("metrics.jsonl", "last.pt", "best.pt"):
+            (out_dir / name).unlink(missing_ok=True)
 
     def snapshot() -> dict:
         return {

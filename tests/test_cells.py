@@ -229,26 +229,28 @@ def test_dropout_between_layers_only_in_training():
     assert (c - d).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("shape", [(11, 5, 8), (5, 16, 256)], ids=["small", "rows-split-over-threads"])
 @pytest.mark.parametrize("backend", ["compiled", "python"])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("make", [lambda b: GRU(6, 8, 2, bias=b), lambda b: GRU(6, 8, 2, reset_after=True, bias=b),
-                                  lambda b: RNN(6, 8, 2, bias=b)], ids=["gru-before", "gru-after", "rnn"])
-def test_fast_path_equals_the_reference_loop(make, bias, backend, monkeypatch):
+@pytest.mark.parametrize("make", [lambda b, H: GRU(6, H, 2, bias=b), lambda b, H: GRU(6, H, 2, reset_after=True, bias=b),
+                                  lambda b, H: RNN(6, H, 2, bias=b)], ids=["gru-before", "gru-after", "rnn"])
+def test_fast_path_equals_the_reference_loop(make, bias, backend, shape, monkeypatch):
     """The hand-derived backward of fast.py (compiled, and its Python fallback) against autograd
     through the plain loop of cells.py."""
     if backend == "python":
         monkeypatch.setattr(fast, "compiled", lambda: None)
     elif compiled() is None:
         pytest.skip("no compiler here: the compiled kernels could not be built")
-    quick = make(bias)
-    ref = make(bias)
+    T, B, H = shape
+    quick = make(bias, H)
+    ref = make(bias, H)
     ref.fast = False
     ref.load_state_dict(quick.state_dict())
-    x = torch.randn(11, 5, 6)
-    h0 = torch.randn(2, 5, 8)
+    x = torch.randn(T, B, 6)
+    h0 = torch.randn(2, B, H)
     xs = [x.clone().requires_grad_(True) for _ in range(2)]
     hs = [h0.clone().requires_grad_(True) for _ in range(2)]
-    w = torch.randn(11, 5, 8)
+    w = torch.randn(T, B, H)
     results = []
     for m, xi, hi in ((quick, xs[0], hs[0]), (ref, xs[1], hs[1])):
         out, hn = m(xi, hi)

@@ -89,3 +89,8 @@ def test_stepper_equals_the_model_over_a_window(cfg):
             lg, h = step(ids[t], h)
             torch.testing.assert_close(lg, logits[t], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(h, h_end, atol=1e-5, rtol=1e-5)
+
+
+def test_a_tiny_temperature_is_nearly_greedy(model_vocab):
+    m, v = model_vocab
+    assert _text(m, v, temperature=1e-30, seed=3) == _text(m, v, temperature=0)

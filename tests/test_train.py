@@ -270,3 +270,27 @@ def test_patience_stops_after_evaluations_without_a_new_best(corpus, smoke, tmp_
     state = checkpoint.load(out / "last.pt")
     assert state["step"] == 15 and state["stale_evals"] == 2
     assert train(corpus, smoke(max_steps=100, eval_every=5, patience=3), out, resume=True, progress=False).step == 20
+
+
+def test_written_config_is_usable_as_config(trained_run, corpus, smoke, tmp_path):
+    s = resolve(trained_run / "config.toml", {})
+    assert s == smoke(max_steps=60, eval_every=30)
+
+
+def test_overwrite_removes_the_old_checkpoints_first(corpus, smoke, trained_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(trained_run, out)
+    train(corpus, smoke(max_steps=3, eval_every=100), out, overwrite=True, progress=False,
+          should_stop=lambda step: False)
+    assert checkpoint.load(out / "last.pt")["step"] == 3
+    assert not (out / "best.pt").exists() or checkpoint.load(out / "best.pt")["step"] == 3
+
+
+def test_validation_text_without_known_characters(corpus, smoke, tmp_path):
+    val = tmp_path / "val.txt"
+    val.write_text("☃☃☃☃", encoding="utf-8")
+    with pytest.raises(UserError, match="fewer than 2 characters that occur in the training text"):
+        train(corpus, smoke(val_file=str(val)), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
