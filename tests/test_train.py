@@ -47,6 +47,13 @@ def test_shipped_configs_are_valid():
     assert {"smoke.toml", "shakespeare_gru.toml", "shakespeare_rnn.toml", "timemachine_gru.toml"} <= set(names)
     for p in (ROOT / "configs").glob("*.toml"):
         resolve(p, {})
+    # the default of the README is the 5-minute config, and each RNN baseline shares its GRU's budget
+    configs = {p.stem: resolve(p, {}) for p in (ROOT / "configs").glob("*.toml")}
+    assert configs["shakespeare_gru"] == configs["shakespeare_5min"]
+    for gru, rnn in (("shakespeare_5min", "shakespeare_rnn_5min"), ("shakespeare_100s", "shakespeare_rnn_100s"),
+                     ("shakespeare_30min", "shakespeare_rnn_30min"), ("shakespeare_gru", "shakespeare_rnn")):
+        g, r = configs[gru], configs[rnn]
+        assert (g.cell, r.cell, g.max_time, g.layers, g.dropout) == ("gru", "rnn", r.max_time, r.layers, r.dropout)
 
 
 def test_learning_rate_warms_up_then_decays():
