@@ -2,7 +2,7 @@
 
     python bench/rnn_speed.py                 # the acceptance shapes (hidden 256/512, batch 32, window 64, 1-2 layers)
     python bench/rnn_speed.py --grid full     # hidden 128..1024, layers 1-2, batch 1/32/128, window 64/256
-    python bench/rnn_speed.py --memory        # also peak memory of a training step (one subprocess per cell)
+    python bench/rnn_speed.py --memory        # also peak memory of a training step (one subprocess per cell, Linux)
     python bench/rnn_speed.py --end-to-end    # also `gru-lm train` and `gru-lm sample` characters per second
 
 Each measurement is a char-LM training step (embedding 64 -> recurrent stack -> linear read-out over 65
@@ -92,15 +92,20 @@ def throughput(names: list[str], shape: tuple, seconds: float, rounds: int = 3) 
 
 
 def peak_memory(name: str, shape: tuple) -> float:
-    """Growth of peak resident memory (MiB) over three training steps, measured in a fresh process."""
+    """Growth of peak resident memory (MiB) over three training steps, measured in a fresh process.
+
+    It reads VmHWM (this process's peak RSS) from /proc: ru_maxrss would carry the parent's peak
+    over fork and exec, and hide the child's.
+    """
     code = (
-        "import resource, sys, json; sys.path.insert(0, %r); sys.argv = ['x']\n"
+        "import sys, json; sys.path.insert(0, %r); sys.argv = ['x']\n"
         "from bench.rnn_speed import Step, keep_freed_memory\n"
+        "hwm = lambda: int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
         "keep_freed_memory()\n"
         "s = Step(%r, *%r)\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "before = hwm()\n"
         "for _ in range(3): s()\n"
-        "print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024))\n"
+        "print(json.dumps((hwm() - before) / 1024))\n"
     ) % (str(ROOT), name, tuple(shape))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(r.stdout.strip().splitlines()[-1])
@@ -113,7 +118,6 @@ def end_to_end(seconds: float) -> list[tuple[str, float]]:
     from gru_lm import checkpoint
     from gru_lm.config import resolve
     from gru_lm.data import Vocab
-    from gru_lm.sample import generate
     from gru_lm.train import train
 
     rows = []
@@ -123,25 +127,33 @@ def end_to_end(seconds: float) -> list[tuple[str, float]]:
             res = train(ROOT / "data" / "tinyshakespeare.txt", s, Path(tmp) / cfg, progress=False)
             rows.append((f"gru-lm train --config configs/{cfg}.toml (incl. final eval)", res.chars / res.elapsed_s))
         state = checkpoint.load(Path(tmp) / "shakespeare_gru" / "last.pt")
-        model, vocab = checkpoint.build_model(state), Vocab(state["vocab"])
-        g = torch.Generator().manual_seed(0)
-        for _ in generate(model, vocab, "ROMEO:", 50, generator=g):
-            pass
-        n = 2000
-        t0 = time.perf_counter()
-        for _ in generate(model, vocab, "ROMEO:", n, generator=g):
-            pass
-        rows.append(("gru-lm sample (GRU 256, one stream)", n / (time.perf_counter() - t0)))
-        ref = nn.GRU(E, model.cfg.hidden_size)
-        emb, head = nn.Embedding(len(vocab), E), nn.Linear(model.cfg.hidden_size, len(vocab))
-        with torch.no_grad():
-            x, h = torch.zeros(1, 1, dtype=torch.long), None
+        rows += sampling_speed(checkpoint.build_model(state), Vocab(state["vocab"]))
+    return rows
+
+
+def sampling_speed(model, vocab, n: int = 2000) -> list[tuple[str, float]]:
+    """`gru-lm sample`'s loop against a torch.nn.GRU of the same size stepped one character at a time
+    (same embedding, read-out and character draw, so only the recurrent stepping differs)."""
+    from gru_lm.sample import generate, pick
+
+    cfg = model.cfg
+    size = f"{cfg.cell.upper()} {cfg.hidden_size}×{cfg.layers}"
+    g = torch.Generator().manual_seed(0)
+    for _ in generate(model, vocab, "ROMEO:", 50, generator=g):
+        pass
+    t0 = time.perf_counter()
+    for _ in generate(model, vocab, "ROMEO:", n, generator=g):
+        pass
+    rows = [(f"gru-lm sample ({size}, one stream)", n / (time.perf_counter() - t0))]
+    ref = (nn.GRU if cfg.cell == "gru" else nn.RNN)(cfg.embed_size, cfg.hidden_size, cfg.layers).eval()
+    with torch.inference_mode():
+        x, h = torch.zeros(1, 1, dtype=torch.long), None
+        for rep in range(2):  # the first round warms up
             t0 = time.perf_counter()
             for _ in range(n):
-                out, h = ref(emb(x), h)
-                p = head(out[0, 0]).softmax(-1)
-                x = torch.multinomial(p, 1, generator=g).view(1, 1)
-            rows.append(("torch.nn.GRU stepped one character at a time (same loop)", n / (time.perf_counter() - t0)))
+                out, h = ref(model.embed(x), h)
+                x = torch.tensor([[pick(model.head(out[0, 0]), 1.0, None, None, g)]])
+        rows.append((f"torch.nn.{cfg.cell.upper()} {size.split()[1]} stepped one character at a time", n / (time.perf_counter() - t0)))
     return rows
 
 
@@ -152,6 +164,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per cell and shape")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory (slower)")
     ap.add_argument("--end-to-end", action="store_true", help="also time gru-lm train and sample")
+    ap.add_argument("--sample-only", type=Path, default=None, metavar="CKPT",
+                    help="only time sampling from this checkpoint against torch.nn.GRU")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc settings as they are")
     ap.add_argument("--json", type=Path, default=None, help="write the results here too")
@@ -160,6 +174,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if not args.default_malloc:
         keep_freed_memory()  # as `gru-lm train` does; it helps every cell alike
+    if args.sample_only:
+        from gru_lm import checkpoint
+        from gru_lm.data import Vocab
+
+        state = checkpoint.load(args.sample_only)
+        for name, rate in sampling_speed(checkpoint.build_model(state), Vocab(state["vocab"])):
+            print(f"| {name} | {rate:,.0f} |")
+        return
     names = args.cells or [n for n in CELLS if "reference" not in n]
     if "torch.nn.GRU" not in names:
         names.insert(0, "torch.nn.GRU")

@@ -191,7 +191,7 @@ def perplexity(
 
     table = Table(title=f"scored on {rows[0]['file']}" if file else "scored on each checkpoint's validation split")
     for col in ("checkpoint", "cell", "params", "chars", "loss", "perplexity", "bpc"):
-        table.add_column(col, justify="left" if col in ("checkpoint", "cell") else "right")
+        table.add_column(col, justify="left" if col in ("checkpoint", "cell") else "right", overflow="fold")
     for r in rows:
         table.add_row(r["checkpoint"], r["cell"], f"{r['params']:,}", f"{r['chars']:,}", f"{r['loss']:.4f}",
                       f"{r['perplexity']:.3f}", f"{r['bpc']:.4f}")
@@ -354,7 +354,7 @@ def compare(
             settings = resolve(cfg, {"max_time": max_time})
             print(f"training {cfg} into {run_dir}", file=sys.stderr)
             run_training(file, settings, run_dir, overwrite=True, progress=not quiet)
-        report = write_report(runs, out, title=f"{file.name}: " + ", ".join(r.name for r in runs))
+        report = write_report(runs, out, title=f"{file.name}: {out.name}")
     print(report)
 
 

@@ -65,8 +65,8 @@ def gru_after_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, G: Tensor, N: T
     flat = dG.view(T * B, 3 * H)
     d_w = flat.t().mm(h_prev.reshape(T * B, H))
     d_b = flat.sum(0) if has_bias else None
-    d_gi = torch.cat([dG[..., : 2 * H], dH * c_n], dim=-1)
-    return d_gi, dh, d_w, d_b
+    torch.mul(dH, c_n, out=dG[..., 2 * H :])  # d_gi = [da_r, da_z, da_n]: dG's n part, reused once read
+    return dG, dh, d_w, d_b
 
 
 # ---- GRU, reset before the product (the lecture's): n = tanh(x_n + (r ⊙ h) W_hnᵀ + b_hn) ----

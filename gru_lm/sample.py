@@ -76,10 +76,10 @@ class Stepper:
     def __init__(self, model) -> None:
         rnn = model.rnn
         self.gru, self.reset_after = isinstance(rnn, GRU), getattr(rnn, "reset_after", False)
-        self.layers = [rnn.layer_weights(k) for k in range(rnn.num_layers)]
+        self.layers = [tuple(_plain_product_layout(w) for w in rnn.layer_weights(k)) for k in range(rnn.num_layers)]
         w_ih, _, b_ih, _ = self.layers[0]
         self.table = F.linear(model.embed.weight, w_ih, b_ih)
-        self.head = model.head
+        self.head_w, self.head_b = _plain_product_layout(model.head.weight), model.head.bias
 
     def __call__(self, ids: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """ids: B (long), h: L×B×H -> (logits B×V, new state L×B×H)."""
@@ -91,7 +91,28 @@ class Stepper:
             else:
                 x = rnn_step(gi, h[k], w_hh, b_hh)
             states.append(x)
-        return self.head(x), torch.stack(states)
+        return F.linear(x, self.head_w, self.head_b), torch.stack(states)
+
+
+def _plain_product_layout(w: Tensor | None) -> Tensor | None:
+    """The same matrix, stored transposed: F.linear(x, w) computes x @ wᵀ, and with wᵀ contiguous
+    MKL runs a plain product instead of a transposed one, 2-4× faster for one character at a time."""
+    return w if w is None or w.dim() < 2 else w.t().contiguous().t()
+
+
+def pick(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, generator) -> int:
+    """The next character: argmax at temperature 0, else a draw from the filtered softmax.
+
+    The draw inverts the cumulative distribution with one uniform number from `generator`
+    (the same distribution as torch.multinomial, at a fraction of its cost for one draw).
+    """
+    if temperature == 0:
+        return int(logits.argmax())
+    # shift by the maximum first, so that a tiny temperature cannot overflow to inf - inf = NaN
+    probs = filter_logits((logits - logits.max()) / temperature, top_k, top_p).softmax(-1).cpu()
+    cdf = probs.double().cumsum(0)
+    u = torch.rand(1, generator=generator, dtype=torch.float64) * cdf[-1]
+    return min(int(torch.searchsorted(cdf, u)), len(probs) - 1)
 
 
 @torch.inference_mode()
@@ -107,12 +128,6 @@ def _generate(model, vocab: Vocab, prime: str, length: int, temperature: float, 
     last = ids[-1:]
     for _ in range(length):
         logits, h = step(last, h)
-        logits = logits[0].float()
-        if temperature == 0:
-            nxt = int(logits.argmax())
-        else:
-            # shift by the maximum first, so that a tiny temperature cannot overflow to inf - inf = NaN
-            probs = filter_logits((logits - logits.max()) / temperature, top_k, top_p).softmax(-1)
-            nxt = int(torch.multinomial(probs.cpu(), 1, generator=generator))
+        nxt = pick(logits[0].float(), temperature, top_k, top_p, generator)
         last = torch.tensor([nxt], device=device)
         yield vocab.chars[nxt]

@@ -58,7 +58,7 @@ void gru_after_fwd_row(int64_t H, const T* x, const T* bias, T* g, const T* hp, 
 }
 
 template <typename T>
-void gru_after_bwd_row(int64_t H, const T* dout, const T* dhp, const T* g, const T* n, const T* hp, T* dg, T* dgi,
+void gru_after_bwd_row(int64_t H, const T* dout, const T* dhp, const T* g, const T* n, const T* hp, T* dg, T* dan_out,
                        T* dhz) {
 #pragma GCC ivdep
   for (int64_t j = 0; j < H; ++j) {
@@ -70,9 +70,7 @@ void gru_after_bwd_row(int64_t H, const T* dout, const T* dhp, const T* g, const
     dg[j] = dar;
     dg[H + j] = daz;
     dg[2 * H + j] = dan * r;
-    dgi[j] = dar;
-    dgi[H + j] = daz;
-    dgi[2 * H + j] = dan;
+    dan_out[j] = dan;
     dhz[j] = d * z;
   }
 }
@@ -189,12 +187,14 @@ std::vector<Tensor> gru_after_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::op
 }
 
 // Returns d_gi T×B×3H, d_h0 B×H, d_w_hh 3H×H, d_b_hh 3H (undefined without bias).
+// d_gi differs from dG only in its n part (da_n instead of d(h W_hnᵀ + b_hn) = da_n ⊙ r): that part is
+// kept aside (T×B×H) and written over dG once the weight gradients are taken, so no second T×B×3H buffer.
 std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor G, Tensor N, Tensor w_hh,
                                        bool has_bias) {
   d_out = d_out.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = N.size(2);
-  Tensor dG = at::empty({T, B, 3 * H}, G.options());   // [da_r, da_z, d(h W_hnᵀ + b_hn)]
-  Tensor dGI = at::empty({T, B, 3 * H}, G.options());  // [da_r, da_z, da_n]
+  Tensor dG = at::empty({T, B, 3 * H}, G.options());  // [da_r, da_z, d(h W_hnᵀ + b_hn)]
+  Tensor dAN = at::empty({T, B, H}, G.options());     // da_n
   Tensor dhz = at::empty({B, H}, G.options());
   Tensor dh = d_hT.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "gru_after_backward", [&] {
@@ -205,18 +205,19 @@ std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Te
       const scalar_t* dout = d_out[t].data_ptr<scalar_t>();
       const scalar_t* dhp = dh.data_ptr<scalar_t>();
       scalar_t* dg = dG[t].data_ptr<scalar_t>();
-      scalar_t* dgi = dGI[t].data_ptr<scalar_t>();
+      scalar_t* dan = dAN[t].data_ptr<scalar_t>();
       scalar_t* dz = dhz.data_ptr<scalar_t>();
       for_rows(B, H, [&](int64_t b) {
         const int64_t o3 = b * 3 * H, o1 = b * H;
-        gru_after_bwd_row(H, dout + o1, dhp + o1, g + o3, n + o1, hp + o1, dg + o3, dgi + o3, dz + o1);
+        gru_after_bwd_row(H, dout + o1, dhp + o1, g + o3, n + o1, hp + o1, dg + o3, dan + o1, dz + o1);
       });
       at::addmm_out(dh, dhz, dG[t], w_hh);
     }
   });
   Tensor dW = dG.view({T * B, 3 * H}).t().mm(out.narrow(0, 0, T).reshape({T * B, H}));
   Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
-  return {dGI, dh, dW, db};
+  dG.narrow(2, 2 * H, H).copy_(dAN);  // now d_gi = [da_r, da_z, da_n]
+  return {dG, dh, dW, db};
 }
 
 // GRU, reset before the product (the lecture's form): n = tanh(x_n + (r ⊙ h) W_hnᵀ + b_hn).
