@@ -133,8 +133,8 @@ class _Stack(nn.Module):
         input_size: int,
         hidden_size: int,
         num_layers: int = 1,
-        bias: bool = True,
         dropout: float = 0.0,
+        bias: bool = True,
         fast: bool = True,
     ) -> None:
         super().__init__()
@@ -209,7 +209,7 @@ class GRU(_Stack):
         bias: bool = True,
         fast: bool = True,
     ) -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, dropout, fast)
+        super().__init__(input_size, hidden_size, num_layers, dropout, bias, fast)
         self.reset_after = reset_after
 
     def step(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
@@ -222,18 +222,7 @@ class GRU(_Stack):
 class RNN(_Stack):
     """Multi-layer tanh RNN, time-major, interface and parameter names of torch.nn.RNN."""
 
-    gates = 1
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        dropout: float = 0.0,
-        bias: bool = True,
-        fast: bool = True,
-    ) -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, dropout, fast)
+    gates = 1  # the constructor is _Stack's: (input_size, hidden_size, num_layers, dropout, bias, fast)
 
     def step(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
         return rnn_step(gi, h, w_hh, b_hh)
