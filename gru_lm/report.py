@@ -62,9 +62,11 @@ def plot_runs(run_dirs: list[Path], out_png: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    all_vals = []
     for run in run_dirs:
         rows = read_metrics(run)
         evals = [r for r in rows if "val_loss" in r]
+        all_vals += [r["val_loss"] for r in evals]
         for ax, key, scale in ((axes[0], "elapsed_s", 1.0), (axes[1], "chars", 1e6)):
             line, = ax.plot([r[key] / scale for r in evals], [r["val_loss"] for r in evals], marker=".",
                             label=f"{Path(run).name} (val)")
@@ -73,7 +75,6 @@ def plot_runs(run_dirs: list[Path], out_png: Path, title: str = "") -> None:
     axes[0].set_xlabel("wall time (s)")
     axes[1].set_xlabel("characters seen (millions)")
     axes[0].set_ylabel("loss (nats per character)")
-    all_vals = [r["val_loss"] for run in run_dirs for r in read_metrics(run) if "val_loss" in r]
     if all_vals:
         axes[0].set_ylim(min(all_vals) - 0.05, min(max(all_vals), min(all_vals) + 1.0) + 0.05)
     for ax in axes:

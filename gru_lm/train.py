@@ -371,13 +371,13 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
                 # leaves a line past last.pt, which --resume trims, never a step missing from the log
                 metrics.write(json.dumps(log) + "\n")
                 metrics.flush()
+                rate = (chars - chars0) / max(elapsed - elapsed0, 1e-9)
                 if at_eval or at_end:
                     stale = 0 if improved else stale + 1
                     stopped_early = bool(s.patience) and stale >= s.patience
                     os.fsync(metrics.fileno())
                     save_checkpoints(improved)
-                    bar.write(_eval_line(log, (chars - chars0) / max(elapsed - elapsed0, 1e-9)), file=sys.stderr)
-                rate = (chars - chars0) / max(elapsed - elapsed0, 1e-9)
+                    bar.write(_eval_line(log, rate), file=sys.stderr)
                 frac = budget_progress(s, step, elapsed)
                 bar.n = frac
                 val = f"{val_loss:.3f}" if math.isfinite(val_loss) else "-"
