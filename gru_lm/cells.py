@@ -174,6 +174,9 @@ class _Stack(nn.Module):
         w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
         gi = F.linear(x, w_ih, b_ih)  # all T input projections in one matrix product
         if self.fast:
+            if torch.is_autocast_enabled(gi.device.type):  # the hand-derived backward is float32 arithmetic
+                with torch.autocast(gi.device.type, enabled=False):
+                    return self.window(gi.float(), h.float().contiguous(), w_hh, b_hh)
             return self.window(gi, h.contiguous(), w_hh, b_hh)
         outs = []
         for t in range(x.shape[0]):

@@ -53,7 +53,8 @@ def _root(
 
 @app.command()
 def train(
-    file: Path = typer.Argument(..., help="UTF-8 text file to train on.", show_default=False),
+    file: Path = typer.Argument(..., help="UTF-8 text file to train on, or a folder made by `gru-lm prepare` "
+                                "(memory-mapped: for corpora of hundreds of MB).", show_default=False),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file of settings (flags override it)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder [default: runs/<config or file name>]."),
     cell: Optional[str] = typer.Option(None, help="Recurrent cell: gru or rnn (the plain RNN baseline). [default: gru]"),
@@ -71,12 +72,22 @@ def train(
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in all (0 = no limit). [default: 0]"),
     max_time: Optional[float] = typer.Option(None, help="Stop after this many wall seconds (0 = no limit). [default: 300]"),
     eval_every: Optional[int] = typer.Option(None, help="Evaluate and save last.pt every N steps. [default: 200]"),
+    eval_chars: Optional[int] = typer.Option(
+        None, help="Validate during training on at most this many characters from the start of the validation "
+        "split (0 = all of it; `gru-lm perplexity` always scores all). [default: 1000000]"),
     patience: Optional[int] = typer.Option(
         None, help="Stop early after N evaluations without a better validation loss (0 = never). [default: 0]"),
     val_fraction: Optional[float] = typer.Option(None, help="Last fraction of FILE kept for validation. [default: 0.1]"),
     val_file: Optional[Path] = typer.Option(None, help="Validate on this file instead of a split of FILE."),
     seed: Optional[int] = typer.Option(None, help="Seed of weights, dropout and data offsets. [default: 1337]"),
-    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or mps. [default: auto]"),
+    device: Optional[str] = typer.Option(None, help="auto (cuda, then mps, then cpu), cpu, cuda or mps. [default: auto]"),
+    dtype: Optional[str] = typer.Option(
+        None, help="float32, or bfloat16: autocast of the input projections and the read-out (the recurrence "
+        "stays float32). [default: float32]"),
+    nproc: int = typer.Option(
+        1, "--nproc", help="Train with N processes on this host (data-parallel; each takes B/N of the streams): "
+        "runs `torchrun --standalone --nproc_per_node N -m gru_lm train ...`. Over several hosts, run torchrun "
+        "yourself (see the README)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt, exactly."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run already in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -87,13 +98,19 @@ def train(
     folder. Ctrl-C saves last.pt and exits with 130; continue with --resume. Settings come from the
     built-in defaults, then --config, then the flags given here.
     """
+    from .distributed import from_env
     from .train import LOCKED_ON_RESUME, check_resumable
     from .train import train as run_training
 
+    if nproc != 1:
+        with _user_errors():
+            _relaunch(nproc)
+
     flags = dict(cell=cell, reset_after=reset_after, hidden_size=hidden_size, layers=layers, embed_size=embed_size,
                  dropout=dropout, seq_len=seq_len, batch_size=batch_size, lr=lr, max_steps=max_steps,
-                 max_time=max_time, eval_every=eval_every, patience=patience, val_fraction=val_fraction,
-                 val_file=str(val_file) if val_file else None, seed=seed, device=device)
+                 max_time=max_time, eval_every=eval_every, eval_chars=eval_chars, patience=patience,
+                 val_fraction=val_fraction, val_file=str(val_file) if val_file else None, seed=seed, device=device,
+                 dtype=dtype)
     with _user_errors():
         if out is None:
             name = config.stem if config else f"{file.stem}_{cell or 'gru'}"
@@ -107,11 +124,58 @@ def train(
                 if base.get(key) != getattr(settings, key):
                     raise UserError(f"--resume: {key} is {base.get(key)!r} in {out / 'last.pt'}; it cannot change to {getattr(settings, key)!r}")
         result = run_training(file, settings, out, resume=resume, overwrite=overwrite, progress=not quiet)
+    if not from_env().main:
+        raise typer.Exit(130 if result.interrupted else 0)
     if result.interrupted:
         print(f"interrupted at step {result.step}; saved {out / 'last.pt'} (continue with --resume)", file=sys.stderr)
         raise typer.Exit(130)
     print(f"done: step {result.step}, {result.chars:,} characters in {result.elapsed_s:.0f}s, "
           f"val loss {result.val_loss:.4f} (best {result.best_val_loss:.4f}); checkpoints in {out}", file=sys.stderr)
+
+
+def _relaunch(nproc: int) -> None:
+    """Run this same command again under torchrun with nproc processes (never returns)."""
+    import os
+
+    if nproc < 1:
+        raise UserError(f"--nproc must be at least 1, not {nproc}")
+    if "WORLD_SIZE" in os.environ:
+        raise UserError("--nproc inside torchrun: give the number of processes to torchrun only")
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "gru_lm", *args]
+    print("running: " + " ".join(cmd[1:]), file=sys.stderr)
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)
+
+
+@app.command()
+def prepare(
+    file: Path = typer.Argument(..., help="UTF-8 text file (or UTF-16/32 with a byte-order mark).", show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write ids.bin and vocab.json into.", show_default=False),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Encode a large text file once, for `gru-lm train OUT`: the characters become a compact id array
+    (1 byte each where there are at most 256 distinct characters, else 2 or 4) that training
+    memory-maps, so its memory stays about the same whatever the corpus size. Streams the file in
+    chunks: memory stays small while it encodes. The vocabulary is every character of the file."""
+    import time
+
+    from .prepare import prepare as run_prepare
+
+    with _user_errors():
+        t = time.perf_counter()
+        meta = run_prepare(file, out, progress=not quiet)
+        dt = time.perf_counter() - t
+    mb = meta["source_bytes"] / 1e6
+    print(f"prepared {out}: {meta['n_chars']:,} characters, {len(meta['chars']):,} distinct ({meta['dtype']}), "
+          f"from {mb:,.1f} MB in {dt:.1f}s ({mb / max(dt, 1e-9):,.1f} MB/s)", file=sys.stderr)
 
 
 @app.command()

@@ -38,17 +38,19 @@ class Settings:
     max_time: float = 300.0
     eval_every: int = 200
     eval_streams: int = 32
+    eval_chars: int = 1_000_000  # validation during training reads at most this many characters (0: all)
     patience: int = 0  # stop after this many evaluations without a better validation loss (0: never)
     log_every: int = 10
     seed: int = 1337
     device: str = "auto"
+    dtype: str = "float32"  # or bfloat16: autocast of the matrix products where the device has it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
-_CHOICES = {"cell": ("gru", "rnn"), "device": ("auto", "cpu", "cuda", "mps")}
+_CHOICES = {"cell": ("gru", "rnn"), "device": ("auto", "cpu", "cuda", "mps"), "dtype": ("float32", "bfloat16")}
 
 
 def _check_type(key: str, value: Any, source: str) -> Any:
@@ -91,7 +93,7 @@ def validate(s: Settings) -> Settings:
     for key in positive:
         if getattr(s, key) < 1:
             raise UserError(f"{key} must be at least 1, not {getattr(s, key)}")
-    for key in ("max_steps", "warmup_steps", "patience"):
+    for key in ("max_steps", "warmup_steps", "patience", "eval_chars"):
         if getattr(s, key) < 0:
             raise UserError(f"{key} must be 0 or more, not {getattr(s, key)}")
     if not 0.0 <= s.dropout < 1.0:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,52 +10,23 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
+from .prepare import iter_text, storage_dtype
 
 _CHUNK = 1 << 20  # characters encoded at a time, so encoding never holds 8 bytes per character of the corpus
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """Read a text file as UTF-8 (BOM dropped; UTF-16 or UTF-32 with a BOM is decoded too), or raise UserError."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{p}: no such file")
-    if p.is_dir():
-        raise UserError(f"{p}: is a directory, not a text file")
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise UserError(f"{p}: cannot read ({e.strerror})") from None
-    if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: FF FE 00 00 starts both
-        try:
-            text = raw.decode("utf-32")
-        except UnicodeDecodeError:
-            raise UserError(f"{p}: starts with a UTF-32 byte-order mark but is not valid UTF-32") from None
-    elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        try:
-            text = raw.decode("utf-16")
-        except UnicodeDecodeError:
-            raise UserError(f"{p}: starts with a UTF-16 byte-order mark but is not valid UTF-16") from None
-    else:
-        if b"\x00" in raw:
-            raise UserError(f"{p}: looks like a binary file (it contains NUL bytes), not UTF-8 text")
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise UserError(f"{p}: is not UTF-8 text (invalid byte at offset {e.start})") from None
-    if "\x00" in text:  # a binary file that happens to start like a UTF-16/32 byte-order mark
-        raise UserError(f"{p}: looks like a binary file (it contains NUL characters), not text")
-    if not text:
-        raise UserError(f"{p}: is empty")
-    return text
+    """Read a text file as UTF-8 (BOM dropped; UTF-16 or UTF-32 with a BOM is decoded too), or raise UserError.
+
+    For the prime, the validation file and `perplexity --file`: training streams its file instead
+    (prepare.iter_text, the same checks and messages).
+    """
+    return "".join(iter_text(path))
 
 
 def _storage_dtype(vocab_size: int) -> torch.dtype:
-    """1 byte per character where the vocabulary fits, else the smallest signed type that does."""
-    if vocab_size <= 256:
-        return torch.uint8
-    if vocab_size <= 32767:
-        return torch.int16
-    return torch.int32
+    """1 byte per character where the vocabulary fits, else 2 or 4 (as prepared corpora store them)."""
+    return {1: torch.uint8, 2: torch.uint16, 4: torch.uint32}[storage_dtype(vocab_size).itemsize]
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,43 @@ import torch
 from .errors import UserError
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """auto picks cuda, then mps, then cpu; an explicit device that is absent is a user error."""
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """auto picks cuda, then mps, then cpu; an explicit device that is absent is a user error.
+
+    Under torchrun each process of a host takes the CUDA device of its LOCAL_RANK.
+    """
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here (try --device cpu)")
     if name == "mps" and not has_mps:
         raise UserError("--device mps: no Apple MPS device is available here (try --device cpu)")
     if name not in ("cpu", "cuda", "mps"):
         raise UserError(f"--device must be auto, cpu, cuda or mps, not {name!r}")
+    if name == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"process {local_rank} of this host has no CUDA device: it has {torch.cuda.device_count()}")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     return torch.device(name)
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The dtype of autocast for --dtype (None: plain float32); bfloat16 where the device has it.
+
+    Under autocast the matrix products of the input projections and the read-out run in bfloat16;
+    the recurrence itself stays float32 (cells.py), as do the loss and the weights.
+    """
+    if name == "float32":
+        return None
+    if name != "bfloat16":
+        raise UserError(f"--dtype must be float32 or bfloat16, not {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--dtype bfloat16: this CUDA device has no bfloat16; use --dtype float32")
+    if device.type == "mps":
+        raise UserError("--dtype bfloat16 is not supported on mps here; use --dtype float32")
+    return torch.bfloat16
 
 
 def rng_state(device: torch.device) -> dict[str, torch.Tensor]:

@@ -11,8 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import checkpoint
+from .corpus import drop_missing, ids_of, remap
 from .data import Vocab, read_text
 from .errors import UserError
+from .prepare import load_prepared
 
 
 @torch.no_grad()
@@ -46,29 +48,37 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def validation_text(state: dict) -> tuple[str, str]:
-    """The validation split a checkpoint was trained with, re-read from disk: (label, text)."""
+def validation_ids(state: dict, vocab: Vocab) -> tuple[str, Tensor, int, str]:
+    """The validation split a checkpoint was trained with, re-read from disk: (label, ids, dropped, which)."""
     data = state.get("data") or {}
     if data.get("val_file"):
-        return data["val_file"], read_text(data["val_file"])
+        return (data["val_file"], *ids_of(data["val_file"], vocab))
     path = data.get("train_file")
     if not path:
         raise UserError("the checkpoint records no validation data; pass --file")
     if not Path(path).exists():
         raise UserError(f"{path}: the training file recorded in the checkpoint is gone; pass --file")
+    label = f"{path} [validation split]"
+    if data.get("prepared"):
+        pr = load_prepared(path)
+        if pr.sha256 != data.get("text_sha256"):
+            raise UserError(f"{path}: prepared from another text since the checkpoint was trained; pass --file")
+        ids, missing = remap(pr.ids[data["val_start"] :], pr.chars, vocab)
+        return (label, *drop_missing(ids, missing, pr.chars, pr.ids[data["val_start"] :]))
     text = read_text(path)
     if text_sha256(text) != data.get("text_sha256"):
         raise UserError(f"{path}: changed since the checkpoint was trained; pass --file")
-    return f"{path} [validation split]", text[data["val_start"] :]
+    text = text[data["val_start"] :]
+    ids, dropped = vocab.encode(text, drop_unknown=True)
+    return label, ids, dropped, vocab.unknown(text) if dropped else ""
 
 
 def measure(ckpt_path: str | Path, file: str | Path | None = None, device: str = "cpu") -> dict:
-    """Score one checkpoint on a file (or on its own validation split): one row of the perplexity table."""
+    """Score one checkpoint on a file or prepared folder (or on its own validation split): one row of the perplexity table."""
     state = checkpoint.load(ckpt_path)
     model = checkpoint.build_model(state, ckpt_path).to(device)
     vocab = Vocab(state["vocab"])
-    label, text = (str(file), read_text(file)) if file else validation_text(state)
-    ids, unknown = vocab.encode(text, drop_unknown=True)
+    label, ids, unknown, unknown_chars = (str(file), *ids_of(file, vocab)) if file else validation_ids(state, vocab)
     total, n = nll(model, ids, num_streams=1, device=device)
     if n == 0:
         raise UserError(f"{label}: needs at least two characters of the model's vocabulary to score")
@@ -83,5 +93,5 @@ def measure(ckpt_path: str | Path, file: str | Path | None = None, device: str =
         "perplexity": math.exp(loss),
         "bpc": loss / math.log(2),
         "unknown": unknown,
-        "unknown_chars": vocab.unknown(text) if unknown else "",
+        "unknown_chars": unknown_chars,
     }

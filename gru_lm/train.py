@@ -22,10 +22,12 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .config import Settings, to_toml
-from .data import StreamBatcher, Vocab, check_train_length, read_text, split_validation
-from .device import pick_device, rng_state, set_rng_state
+from .corpus import load_corpus
+from .data import StreamBatcher, Vocab
+from . import distributed
+from .device import autocast_dtype, pick_device, rng_state, set_rng_state
 from .errors import UserError
-from .evaluate import nll, text_sha256
+from .evaluate import nll
 from .kernels import compiled, keep_freed_memory
 from .model import CharModel, ModelConfig
 
@@ -50,39 +52,6 @@ class TrainResult:
     val_loss: float
     best_val_loss: float
     interrupted: bool = False
-
-
-@dataclass
-class Corpus:
-    vocab: Vocab
-    train_ids: torch.Tensor
-    val_ids: torch.Tensor
-    record: dict  # what the checkpoint keeps so `perplexity` can find the validation split again
-
-
-def load_corpus(file: str | Path, s: Settings, vocab: Vocab | None = None) -> Corpus:
-    """Read the training file, split off validation, build (or reuse) the vocabulary and encode both parts."""
-    text = read_text(file)
-    record = {"train_file": str(Path(file).resolve()), "text_sha256": text_sha256(text), "val_file": "", "val_start": 0}
-    if s.val_file:
-        train_text, val_text = text, read_text(s.val_file)
-        record["val_file"] = str(Path(s.val_file).resolve())
-    else:
-        train_text, val_text, record["val_start"] = split_validation(text, s.val_fraction)
-    if len(val_text) < 2:
-        raise UserError(f"{file}: the validation split has {len(val_text)} characters; it needs at least 2")
-    check_train_length(len(train_text), s.batch_size, s.seq_len, str(file))
-    vocab = vocab or Vocab.from_text(train_text)
-    try:
-        train_ids, _ = vocab.encode(train_text)
-    except ValueError as e:
-        raise UserError(f"{file}: {e} (the checkpoint's vocabulary was built from another text)") from None
-    val_ids, dropped = vocab.encode(val_text, drop_unknown=True)
-    if len(val_ids) < 2:
-        raise UserError(f"{s.val_file or file}: the validation text has fewer than 2 characters that occur in the training text")
-    if dropped:
-        print(f"note: {dropped} validation characters not seen in training are left out of val_loss", file=sys.stderr)
-    return Corpus(vocab, train_ids, val_ids, record)
 
 
 def learning_rate(s: Settings, step: int, elapsed_s: float) -> float:
@@ -223,13 +192,22 @@ def train(
     Ctrl-C does (save last.pt, no final evaluation).
     """
     out_dir = Path(out_dir)
-    created = make_out_dir(out_dir)
+    d = distributed.from_env()
+    device = pick_device(s.device, d.local_rank)
+    distributed.init(d, device)
+    created: list[Path] = []
     try:
-        with run_lock(out_dir):  # first: a second training into the folder is told so, whatever its flags
-            check_out_dir(out_dir, resume, overwrite)
-            _remove_stale_tmp(out_dir)
-            with catch_sigint() as sigint:
-                return _train(file, s, out_dir, resume, should_stop, sigint, progress)
+        with contextlib.ExitStack() as stack:
+
+            def claim_out_dir() -> None:  # rank 0 alone owns the folder: the lock, the checks, the clean-up
+                created[:] = make_out_dir(out_dir)
+                stack.enter_context(run_lock(out_dir))  # first: a second training into the folder is told so, whatever its flags
+                check_out_dir(out_dir, resume, overwrite)
+                _remove_stale_tmp(out_dir)
+
+            distributed.agree(d, claim_out_dir)
+            sigint = stack.enter_context(catch_sigint())
+            return _train(file, s, out_dir, resume, should_stop, sigint, progress and d.main, d, device)
     except UserError:
         _remove_if_unused(out_dir, created)
         raise
@@ -238,18 +216,31 @@ def train(
         where = e.filename or out_dir
         raise UserError(f"{where}: could not write the run ({e.strerror or e}); "
                         f"{out_dir / 'last.pt'} keeps the last step saved") from None
+    finally:
+        distributed.shutdown()
 
 
-def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, progress: bool) -> TrainResult:
-    device = pick_device(s.device)
+def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, progress: bool,
+           d: distributed.Dist, device: torch.device) -> TrainResult:
+    amp_dtype = autocast_dtype(s.dtype, device)
+    mine = distributed.streams(s.batch_size, d)  # this process's streams
+    local_batch = mine.stop - mine.start
     state = check_resumable(checkpoint.load(out_dir / "last.pt"), out_dir / "last.pt") if resume else None
-    corpus = load_corpus(file, s, Vocab(state["vocab"]) if state else None)
+    if state and state.get("world_size", 1) != d.world:
+        raise UserError(f"{out_dir / 'last.pt'}: was trained by {state.get('world_size', 1)} processes; "
+                        f"resume it with the same number, not {d.world}")
+    corpus = load_corpus(file, s, Vocab(state["vocab"]) if state else None, progress=progress)
     if state and state["data"]["text_sha256"] != corpus.record["text_sha256"]:
         raise UserError(f"{file}: is not the text the run in {out_dir} was trained on")
 
     torch.manual_seed(s.seed)
     cfg = ModelConfig(len(corpus.vocab), s.cell, s.hidden_size, s.layers, s.embed_size, s.dropout, s.reset_after)
     model = CharModel(cfg).to(device)
+    net = model
+    if d.on:  # the same initial weights everywhere (DDP also broadcasts rank 0's), then each its own dropout
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+        torch.manual_seed(s.seed + 7919 * (d.rank + 1))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("embed")]
     opt = torch.optim.AdamW(
@@ -261,7 +252,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
     elapsed0, best, val_loss = 0.0, math.inf, math.nan
     loss_sum, loss_n = 0.0, 0  # train losses since the last metrics line (their mean is logged)
     stale = 0  # evaluations in a row without a new best (early stopping with --patience)
-    h = model.init_state(s.batch_size, device)
+    h = model.init_state(local_batch, device)
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -269,27 +260,34 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
         elapsed0, best, val_loss = state["elapsed_s"], state["best_val_loss"], state["val_loss"]
         loss_sum, loss_n = state.get("loss_sum", 0.0), state.get("loss_n", 0)
         stale = state.get("stale_evals", 0)
-        h = state["hidden"].to(device)
-        set_rng_state(state["rng"], device)
+        h = state["hidden"][:, mine].to(device)
+        set_rng_state(state["rank_rng"][d.rank] if d.on else state["rng"], device)
     saved_step = step if state else None  # the step last.pt holds, for the NaN message
     config_text = f"# resolved settings of this run, trained on {Path(file)}; usable as --config\n" + to_toml(s.to_dict())
-    checkpoint.atomic_write(out_dir / "config.toml", lambda f: f.write(config_text.encode()))
     metrics_path = out_dir / "metrics.jsonl"
-    if state:
-        _trim_metrics(metrics_path, step)
-    else:  # a fresh run (or --overwrite): nothing of an earlier run may be resumed or mixed in
-        for name in ("metrics.jsonl", "last.pt", "best.pt"):
-            (out_dir / name).unlink(missing_ok=True)
+    if d.main:
+        checkpoint.atomic_write(out_dir / "config.toml", lambda f: f.write(config_text.encode()))
+        if state:
+            _trim_metrics(metrics_path, step)
+        else:  # a fresh run (or --overwrite): nothing of an earlier run may be resumed or mixed in
+            for name in ("metrics.jsonl", "last.pt", "best.pt"):
+                (out_dir / name).unlink(missing_ok=True)
 
     def snapshot() -> dict:
-        return {
+        """Everything --resume needs; every process takes part (its streams' state and RNG are gathered)."""
+        hidden = distributed.gather_streams(d, h.detach()).cpu()
+        rngs = distributed.gather_objects(d, rng_state(device))
+        snap = {
             "model_config": cfg.to_dict(), "settings": s.to_dict(), "vocab": corpus.vocab.chars,
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "step": step, "epoch": epoch, "window": window, "chars": chars,
             "elapsed_s": elapsed_now(), "val_loss": val_loss, "best_val_loss": best,
             "loss_sum": loss_sum, "loss_n": loss_n, "stale_evals": stale,
-            "rng": rng_state(device), "hidden": h.detach().cpu(), "data": corpus.record,
+            "rng": rngs[0], "hidden": hidden, "data": corpus.record,
         }
+        if d.on:
+            snap["world_size"], snap["rank_rng"] = d.world, rngs
+        return snap
 
     def not_finite(what: str, value: float, at: int) -> UserError:
         kept = (f"{out_dir / 'last.pt'} still holds step {saved_step}" if saved_step is not None
@@ -298,22 +296,29 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
 
     def save_last(snap: dict) -> None:
         nonlocal saved_step
-        checkpoint.save(out_dir / "last.pt", snap)
+        if d.main:
+            checkpoint.save(out_dir / "last.pt", snap)
         saved_step = snap["step"]
 
     compiled()  # build (or load) the compiled kernels before the clock starts
     keep_freed_memory()
+    distributed.barrier(d)  # every process has built its kernels: start the clocks together
     t0, chars0 = time.perf_counter(), chars
     elapsed_now = lambda: elapsed0 + time.perf_counter() - t0  # noqa: E731
-    budget_over = lambda: (s.max_steps and step >= s.max_steps) or (s.max_time and elapsed_now() >= s.max_time)  # noqa: E731
+    # the budget is judged on the clock all processes agree on (the slowest one's), once per step
+    budget_over = lambda clock: (s.max_steps and step >= s.max_steps) or (s.max_time and clock >= s.max_time)  # noqa: E731
 
     def evaluate(log: dict) -> bool:
         """Validation loss into log; returns whether it improved on the best so far."""
         nonlocal val_loss, best
-        total, n = nll(model, corpus.val_ids, s.eval_streams, device=device)
-        if not math.isfinite(total):
-            raise not_finite("validation loss", total / n, step)
-        val_loss = total / n
+        loss = math.nan
+        if d.main:  # the others wait for rank 0's figure
+            total, n = nll(model, corpus.val_ids[: s.eval_chars or None], s.eval_streams, device=device)
+            loss = total / n
+        loss = distributed.from_main(d, loss, device)
+        if not math.isfinite(loss):
+            raise not_finite("validation loss", loss, step)
+        val_loss = loss
         log["val_loss"] = val_loss
         improved = val_loss < best
         best = min(best, val_loss)
@@ -324,7 +329,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
         # best.pt first: a crash between the two writes leaves last.pt one evaluation behind,
         # and resuming from it redoes that evaluation and writes best.pt again. The other
         # order could leave a last.pt whose best_val_loss no best.pt holds, for good.
-        if improved:
+        if improved and d.main:
             checkpoint.save(out_dir / "best.pt", snap)
         save_last(snap)
 
@@ -332,16 +337,19 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
                bar_format="{desc} |{bar}| {percentage:3.0f}%")
     model.train()
     interrupted = stopped_early = False
-    with open(metrics_path, "a") as metrics, bar:
-        while not budget_over():
+    clock = elapsed_now()
+    say = bar.write if d.main else (lambda *a, **k: None)
+    with (open(metrics_path, "a") if d.main else open(os.devnull, "w")) as metrics, bar:
+        while not budget_over(clock):
             if window == 0:
-                h = model.init_state(s.batch_size, device)  # new epoch: streams re-offset, state starts afresh
-            x, y = (t.to(device) for t in batcher.get(epoch, window))
-            lr = learning_rate(s, step, elapsed_now())
+                h = model.init_state(local_batch, device)  # new epoch: streams re-offset, state starts afresh
+            x, y = (t[:, mine].to(device) for t in batcher.get(epoch, window))
+            lr = learning_rate(s, step, clock)
             for g in opt.param_groups:
                 g["lr"] = lr
-            logits, h_next = model(x, h)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits, h_next = net(x, h)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
             if not torch.isfinite(loss):
                 raise not_finite("loss", loss.item(), step + 1)
             opt.zero_grad(set_to_none=True)
@@ -354,17 +362,19 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
             opt.step()
             h = h_next.detach()  # truncated BPTT: the state carries on, its gradient stops here
             step += 1
-            chars += x.numel()
+            chars += x.numel() * d.world
             window += 1
             if window >= batcher.windows(epoch):
                 epoch, window = epoch + 1, 0
             loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
 
-            at_eval, at_end = step % s.eval_every == 0, bool(budget_over())
+            asked = sigint["stop"] or bool(should_stop and should_stop(step))
+            clock, stop = distributed.max_of(d, [elapsed_now(), float(asked)], device)
+            at_eval, at_end = step % s.eval_every == 0, bool(budget_over(clock))
             if step % s.log_every == 0 or at_eval or at_end:
-                elapsed = elapsed_now()
+                elapsed = clock
                 log = {"step": step, "chars": chars, "elapsed_s": round(elapsed, 3), "lr": lr,
-                       "train_loss": loss_sum / loss_n, "epoch": epoch}
+                       "train_loss": distributed.mean_of(d, loss_sum / loss_n, device), "epoch": epoch}
                 loss_sum, loss_n = 0.0, 0
                 improved = evaluate(log) if at_eval or at_end else False
                 # the metrics line goes to disk before the checkpoint of its step: a crash in between
@@ -375,9 +385,10 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
                 if at_eval or at_end:
                     stale = 0 if improved else stale + 1
                     stopped_early = bool(s.patience) and stale >= s.patience
-                    os.fsync(metrics.fileno())
+                    if d.main:
+                        os.fsync(metrics.fileno())
                     save_checkpoints(improved)
-                    bar.write(_eval_line(log, rate), file=sys.stderr)
+                    say(_eval_line(log, rate), file=sys.stderr)
                 frac = budget_progress(s, step, elapsed)
                 bar.n = frac
                 val = f"{val_loss:.3f}" if math.isfinite(val_loss) else "-"
@@ -386,9 +397,9 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
                     f"left {_fmt_time(_time_left(s, step, elapsed, rate))}"
                 )
             if stopped_early:
-                bar.write(f"early stop: no better validation loss in the last {s.patience} evaluations", file=sys.stderr)
+                say(f"early stop: no better validation loss in the last {s.patience} evaluations", file=sys.stderr)
                 break
-            if sigint["stop"] or (should_stop and should_stop(step)):
+            if stop:
                 if not at_eval and not at_end:
                     save_last(snapshot())
                 interrupted = True

@@ -28,7 +28,7 @@ def test_vocab_round_trip_any_unicode(text):
 def test_vocab_storage_is_compact():
     assert Vocab.from_text("abc").encode("abcabc")[0].dtype == torch.uint8
     big = "".join(chr(0x4E00 + i) for i in range(300))
-    assert Vocab.from_text(big).encode(big)[0].dtype == torch.int16
+    assert Vocab.from_text(big).encode(big)[0].dtype == torch.uint16
 
 
 def test_unknown_characters_are_refused_or_dropped():

@@ -1,0 +1,234 @@
+"""Streaming corpus encoding: a text file to a compact id array and its vocabulary (issue #7).
+
+The text is read in chunks of bytes through an incremental decoder, so neither `train` nor
+`gru-lm prepare` ever holds the whole text as a Python string: the largest thing in memory is
+the id array itself (1 byte per character where the vocabulary has at most 256 characters), and
+`prepare` writes even that chunk by chunk. Two passes: the first finds the characters (and the
+hash of the text), the second encodes with a lookup table indexed by code point.
+
+A prepared folder holds ids.bin (the ids, little-endian uint8/uint16/uint32) and vocab.json
+(the characters, the dtype, the length and the text's hash); `train` memory-maps ids.bin.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import UserError
+
+CHUNK_BYTES = 1 << 22  # 4 MB of bytes read and decoded at a time (up to 16 MB as code points)
+FORMAT = 1
+IDS, META = "ids.bin", "vocab.json"
+_MAX_CP = 0x110000
+_BAR_BYTES = 32 << 20  # smaller files encode in well under a second: no bar
+
+
+def storage_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned type that holds every id."""
+    for dt in (np.uint8, np.uint16):
+        if vocab_size <= np.iinfo(dt).max + 1:
+            return np.dtype(dt)
+    return np.dtype(np.uint32)
+
+
+def _open_checks(p: Path) -> None:
+    if not p.exists():
+        raise UserError(f"{p}: no such file")
+    if p.is_dir():
+        raise UserError(f"{p}: is a directory, not a text file")
+
+
+def iter_text(path: str | os.PathLike, chunk_bytes: int | None = None, bar: tqdm | None = None) -> Iterator[str]:
+    """The text of a file, chunk by chunk: UTF-8 (BOM dropped), or UTF-16/UTF-32 with a BOM.
+
+    Raises UserError for a missing, empty, binary or undecodable file (the byte offset is exact).
+    """
+    p = Path(path)
+    _open_checks(p)
+    try:
+        f = open(p, "rb")
+    except OSError as e:
+        raise UserError(f"{p}: cannot read ({e.strerror})") from None
+    with f:
+        head = f.read(4)
+        f.seek(0)
+        if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: FF FE 00 00 starts both
+            enc, name = "utf-32", "UTF-32"
+        elif head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            enc, name = "utf-16", "UTF-16"
+        else:
+            enc, name = "utf-8-sig", "UTF-8"
+        dec = codecs.getincrementaldecoder(enc)()
+        chunk_bytes = chunk_bytes or CHUNK_BYTES
+        offset, chars = 0, 0
+        while True:
+            try:
+                raw = f.read(chunk_bytes)
+            except OSError as e:
+                raise UserError(f"{p}: cannot read ({e.strerror})") from None
+            if enc == "utf-8-sig" and b"\x00" in raw:
+                raise UserError(f"{p}: looks like a binary file (it contains NUL bytes), not UTF-8 text")
+            pending = len(dec.getstate()[0])
+            try:
+                text = dec.decode(raw, final=not raw)
+            except UnicodeDecodeError as e:
+                if enc == "utf-8-sig":
+                    raise UserError(f"{p}: is not UTF-8 text (invalid byte at offset {offset - pending + e.start})") from None
+                raise UserError(f"{p}: starts with a {name} byte-order mark but is not valid {name}") from None
+            if "\x00" in text:  # a binary file that happens to start like a UTF-16/32 byte-order mark
+                raise UserError(f"{p}: looks like a binary file (it contains NUL characters), not text")
+            offset += len(raw)
+            if bar is not None:
+                bar.update(len(raw))
+            if text:
+                chars += len(text)
+                yield text
+            if not raw:
+                break
+    if not chars:
+        raise UserError(f"{p}: is empty")
+
+
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+@dataclass
+class Scan:
+    """What the first pass learns: the characters (sorted by code point), the length, the hash."""
+
+    chars: str
+    n: int
+    sha256: str  # of the text as UTF-8 (evaluate.text_sha256 of the whole text)
+
+
+def scan(path: str | os.PathLike, bar: tqdm | None = None) -> Scan:
+    seen = np.zeros(_MAX_CP, dtype=bool)
+    h, n = hashlib.sha256(), 0
+    for text in iter_text(path, bar=bar):
+        seen[_code_points(text)] = True
+        h.update(text.encode("utf-8"))
+        n += len(text)
+    return Scan("".join(map(chr, np.flatnonzero(seen))), n, h.hexdigest())
+
+
+def lookup_table(chars: str, dtype: np.dtype) -> np.ndarray:
+    """Code point -> id for the characters of the vocabulary (0 elsewhere; scan saw every character)."""
+    lut = np.zeros(_MAX_CP, dtype=dtype)
+    lut[_code_points(chars)] = np.arange(len(chars), dtype=dtype)
+    return lut
+
+
+def encode_chunks(path: str | os.PathLike, chars: str, bar: tqdm | None = None) -> Iterator[np.ndarray]:
+    """The ids of the file's text, chunk by chunk (second pass)."""
+    lut = lookup_table(chars, storage_dtype(len(chars)))
+    for text in iter_text(path, bar=bar):
+        yield lut[_code_points(text)]
+
+
+def _bar(path: Path, passes: int, show: bool) -> tqdm:
+    """A progress bar over the bytes of both passes, for files big enough to take a while."""
+    _open_checks(path)  # before any bar is drawn: a mistake is one line
+    size = path.stat().st_size
+    return tqdm(total=size * passes, unit="B", unit_scale=True, unit_divisor=1024, disable=not show or size < _BAR_BYTES,
+                desc=f"encoding {path.name}", dynamic_ncols=True, leave=False)
+
+
+def encode_file(path: str | os.PathLike, progress: bool = False) -> tuple[Scan, np.ndarray]:
+    """The whole file as an in-memory id array over the characters of the whole file (train's small-file path)."""
+    p = Path(path)
+    with _bar(p, 2, progress) as bar:
+        sc = scan(p, bar)
+        ids = np.empty(sc.n, dtype=storage_dtype(len(sc.chars)))
+        pos = 0
+        for part in encode_chunks(p, sc.chars, bar):
+            ids[pos : pos + len(part)] = part
+            pos += len(part)
+    return sc, ids
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prepare(path: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True) -> dict:
+    """Encode a text file into out_dir (ids.bin + vocab.json), streaming; returns the metadata written.
+
+    ids.bin goes through plain writes (not a writable memory map), so neither the page cache nor
+    resident memory of this process grows with the corpus. vocab.json is written last and marks
+    the folder complete.
+    """
+    p, out = Path(path), Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    with _bar(p, 2, progress) as bar:
+        sc = scan(p, bar)
+        dtype = storage_dtype(len(sc.chars))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / META).unlink(missing_ok=True)  # an older preparation in this folder is invalid from here on
+            tmp = out / f".{IDS}.tmp"
+            written = 0
+            with open(tmp, "wb") as f:
+                for part in encode_chunks(p, sc.chars, bar):
+                    f.write(part.astype(dtype.newbyteorder("<"), copy=False).tobytes())
+                    written += len(part)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_replace(tmp, out / IDS)
+            meta = {"format": FORMAT, "chars": sc.chars, "dtype": dtype.name, "n_chars": written,
+                    "text_sha256": sc.sha256, "source": str(p.resolve()), "source_bytes": p.stat().st_size}
+            tmp = out / f".{META}.tmp"
+            tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+            _fsync_replace(tmp, out / META)
+        except OSError as e:
+            raise UserError(f"{e.filename or out}: could not write the prepared corpus ({e.strerror or e})") from None
+    return meta
+
+
+def is_prepared(path: str | os.PathLike) -> bool:
+    return Path(path).is_dir() and (Path(path) / META).is_file()
+
+
+@dataclass
+class Prepared:
+    folder: Path
+    chars: str
+    ids: np.ndarray  # a memory map of ids.bin
+    sha256: str
+
+
+def load_prepared(folder: str | os.PathLike) -> Prepared:
+    """Memory-map a prepared folder (pages are read from disk as training reaches them)."""
+    d = Path(folder)
+    try:
+        meta = json.loads((d / META).read_text(encoding="utf-8"))
+        chars, n, dtype = meta["chars"], int(meta["n_chars"]), np.dtype(meta["dtype"]).newbyteorder("<")
+        sha = meta["text_sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{d / META}: not a readable prepared corpus ({e}); run gru-lm prepare again") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{d / META}: prepared by another version of gru-lm (format {meta.get('format')}); run gru-lm prepare again")
+    ids_path = d / IDS
+    size = ids_path.stat().st_size if ids_path.is_file() else -1
+    if size != n * dtype.itemsize or n < 1:
+        raise UserError(f"{ids_path}: holds {max(size, 0):,} bytes, not the {n * dtype.itemsize:,} that vocab.json "
+                        "announces; run gru-lm prepare again")
+    if len(chars) < 1 or storage_dtype(len(chars)).itemsize != dtype.itemsize:
+        raise UserError(f"{d / META}: its vocabulary does not match its dtype; run gru-lm prepare again")
+    ids = np.memmap(ids_path, dtype=dtype, mode="c", shape=(n,))  # copy-on-write: never written, and torch takes it
+    return Prepared(d, chars, ids, sha)
