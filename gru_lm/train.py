@@ -300,7 +300,8 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
             checkpoint.save(out_dir / "last.pt", snap)
         saved_step = snap["step"]
 
-    compiled()  # build (or load) the compiled kernels before the clock starts
+    if device.type == "cpu":
+        compiled()  # build (or load) the compiled CPU kernels before the clock starts
     keep_freed_memory()
     distributed.barrier(d)  # every process has built its kernels: start the clocks together
     t0, chars0 = time.perf_counter(), chars
