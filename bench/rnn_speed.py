@@ -4,6 +4,7 @@
     python bench/rnn_speed.py --grid full     # hidden 128..1024, layers 1-2, batch 1/32/128, window 64/256
     python bench/rnn_speed.py --memory        # also peak memory of a training step (one subprocess per cell, Linux)
     python bench/rnn_speed.py --end-to-end    # also `gru-lm train` and `gru-lm sample` characters per second
+    python bench/rnn_speed.py --repeat 5      # each shape 5 times: median ratio and its range
 
 Each measurement is a char-LM training step (embedding 64 -> recurrent stack -> linear read-out over 65
 characters -> cross-entropy -> backward -> Adam), timed over --seconds after a warm-up, cells
@@ -162,6 +163,8 @@ def main() -> None:
     ap.add_argument("--grid", choices=sorted(GRIDS), default="acceptance", help="which shapes to measure")
     ap.add_argument("--cells", nargs="*", default=None, help=f"subset of: {', '.join(CELLS)}")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per cell and shape")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure each shape N times; the table gives the median and the range of the ratios")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory (slower)")
     ap.add_argument("--end-to-end", action="store_true", help="also time gru-lm train and sample")
     ap.add_argument("--sample-only", type=Path, default=None, metavar="CKPT",
@@ -187,16 +190,22 @@ def main() -> None:
         names.insert(0, "torch.nn.GRU")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
-    print("| hidden | layers | batch | window | cell | chars/s | vs torch.nn.GRU |" + (" peak MiB | vs GRU |" if args.memory else ""))
-    print("|---|---|---|---|---|---|---|" + ("---|---|" if args.memory else ""))
+    spread = args.repeat > 1
+    print("| hidden | layers | batch | window | cell | chars/s | vs torch.nn.GRU |" + (" range |" if spread else "")
+          + (" peak MiB | vs GRU |" if args.memory else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|" if spread else "") + ("---|---|" if args.memory else ""))
     results = []
     for shape in GRIDS[args.grid]:
-        speed = throughput(names, shape, args.seconds)
+        runs = [throughput(names, shape, args.seconds) for _ in range(args.repeat)]
         mem = {n: peak_memory(n, shape) for n in names} if args.memory else {}
         for n in names:
-            row = dict(zip(("hidden", "layers", "batch", "window"), shape), cell=n, chars_per_s=speed[n],
-                       ratio=speed[n] / speed["torch.nn.GRU"])
-            line = f"| {shape[0]} | {shape[1]} | {shape[2]} | {shape[3]} | {n} | {speed[n]:,.0f} | {row['ratio']:.2f}x |"
+            ratios = sorted(r[n] / r["torch.nn.GRU"] for r in runs)
+            speed = sorted(r[n] for r in runs)[len(runs) // 2]
+            row = dict(zip(("hidden", "layers", "batch", "window"), shape), cell=n, chars_per_s=speed,
+                       ratio=ratios[len(ratios) // 2], ratios=ratios)
+            line = f"| {shape[0]} | {shape[1]} | {shape[2]} | {shape[3]} | {n} | {speed:,.0f} | {row['ratio']:.2f}x |"
+            if spread:
+                line += f" {ratios[0]:.2f}–{ratios[-1]:.2f} |"
             if mem:
                 row.update(peak_mib=mem[n], mem_ratio=mem[n] / max(mem["torch.nn.GRU"], 1e-9))
                 line += f" {mem[n]:.1f} | {row['mem_ratio']:.2f}x |"

@@ -32,18 +32,32 @@ from gru_lm.train import train  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "sweep.jsonl"
 RUNS = ROOT / "bench" / "results" / "runs"
 GRIDS: dict[str, list[dict]] = {
-    "g100": [
+    "g100": [  # 2026-11-25, then the learning rate, batch and window on 2026-11-26
         {"hidden_size": 256, "dropout": 0.1},
         {"hidden_size": 256},
         {"hidden_size": 384, "dropout": 0.1},
+        {"hidden_size": 384, "dropout": 0.1, "reset_after": True},
+        {"hidden_size": 384, "dropout": 0.1, "seq_len": 128},
+        {"hidden_size": 384, "dropout": 0.1, "batch_size": 64, "lr": 0.004},
+        {"hidden_size": 384, "dropout": 0.1, "batch_size": 16},
+        {"hidden_size": 384, "dropout": 0.1, "batch_size": 16, "lr": 0.002},
+        {"hidden_size": 384, "dropout": 0.1, "min_lr": 0.0001},
+        {"hidden_size": 384, "dropout": 0.1, "lr": 0.005},
+        {"hidden_size": 384, "dropout": 0.1, "lr": 0.007},
+        {"hidden_size": 384, "dropout": 0.1, "lr": 0.01},
+        {"hidden_size": 512, "dropout": 0.1, "lr": 0.005},
     ],
     "g300": [
         {"hidden_size": 512, "dropout": 0.2},
         {"hidden_size": 384, "dropout": 0.2},
         {"hidden_size": 384, "layers": 2, "dropout": 0.2},
+        {"hidden_size": 384, "layers": 2, "dropout": 0.2, "lr": 0.007},
+        {"hidden_size": 384, "layers": 2, "dropout": 0.2, "lr": 0.0045},
+        {"hidden_size": 512, "dropout": 0.2, "lr": 0.006},
+        {"hidden_size": 512, "dropout": 0.3, "lr": 0.006},
     ],
     "g1800": [
-        {"hidden_size": 512, "layers": 2, "dropout": 0.2},
+        {"hidden_size": 512, "layers": 2, "dropout": 0.3, "lr": 0.004},
     ],
 }
 
@@ -69,6 +83,9 @@ def main() -> None:
     ap.add_argument("--grid", choices=sorted(GRIDS), help="a named list of points")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one ad-hoc point (repeat keys)")
     ap.add_argument("--cell", default="gru", choices=["gru", "rnn"])
+    ap.add_argument("--again", action="store_true",
+                    help="measure points already in the results again (machines drift from day to day: "
+                    "compare points measured the same day)")
     args = ap.parse_args()
     points = list(GRIDS[args.grid]) if args.grid else []
     if args.set:
@@ -81,7 +98,7 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(ln) for ln in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
     for point in points:
-        if any(d["point"] == point and d["budget_s"] == args.budget and d["cell"] == args.cell for d in done):
+        if not args.again and any(d["point"] == point and d["budget_s"] == args.budget and d["cell"] == args.cell for d in done):
             print(f"skip (done): {point}")
             continue
         row = run_point(point, args.budget, args.cell)

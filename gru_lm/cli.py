@@ -85,9 +85,9 @@ def train(
         None, help="float32, or bfloat16: autocast of the input projections and the read-out (the recurrence "
         "stays float32). [default: float32]"),
     nproc: int = typer.Option(
-        1, "--nproc", help="Train with N processes on this host (data-parallel; each takes B/N of the streams): "
-        "runs `torchrun --standalone --nproc_per_node N -m gru_lm train ...`. Over several hosts, run torchrun "
-        "yourself (see the README)."),
+        1, "--nproc", help="Train with N processes on this host (data-parallel; each takes B/N of the streams), "
+        "as `torchrun --standalone --nproc_per_node N -m gru_lm train ...` would. Over several hosts, run "
+        "torchrun yourself (see the README)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt, exactly."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run already in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -98,13 +98,9 @@ def train(
     folder. Ctrl-C saves last.pt and exits with 130; continue with --resume. Settings come from the
     built-in defaults, then --config, then the flags given here.
     """
-    from .distributed import from_env
+    from .distributed import from_env, spawn, streams, Dist
     from .train import LOCKED_ON_RESUME, check_resumable
     from .train import train as run_training
-
-    if nproc != 1:
-        with _user_errors():
-            _relaunch(nproc)
 
     flags = dict(cell=cell, reset_after=reset_after, hidden_size=hidden_size, layers=layers, embed_size=embed_size,
                  dropout=dropout, seq_len=seq_len, batch_size=batch_size, lr=lr, max_steps=max_steps,
@@ -115,14 +111,26 @@ def train(
         if out is None:
             name = config.stem if config else f"{file.stem}_{cell or 'gru'}"
             out = Path("runs") / name
-        base = None
+        base, world = None, 1
         if resume and (out / "last.pt").exists():
-            base = check_resumable(checkpoint.load(out / "last.pt"), out / "last.pt")["settings"]
+            state = check_resumable(checkpoint.load(out / "last.pt"), out / "last.pt")
+            base, world = state["settings"], state.get("world_size", 1)
         settings = resolve(config, flags, base)
         if base:
             for key in LOCKED_ON_RESUME:
                 if base.get(key) != getattr(settings, key):
                     raise UserError(f"--resume: {key} is {base.get(key)!r} in {out / 'last.pt'}; it cannot change to {getattr(settings, key)!r}")
+        if nproc != 1:  # the mistakes one can see before starting the processes get one line here
+            if nproc < 1:
+                raise UserError(f"--nproc must be at least 1, not {nproc}")
+            if from_env().on:
+                raise UserError("--nproc inside torchrun: give the number of processes to torchrun only")
+            if base and world != nproc:
+                raise UserError(f"{out / 'last.pt'}: was trained by {world} processes; resume it with the same number, not {nproc}")
+            streams(settings.batch_size, Dist(0, nproc))
+            if not file.exists():
+                raise UserError(f"{file}: no such file")
+            raise typer.Exit(spawn(nproc, _without_nproc(sys.argv[1:])))
         result = run_training(file, settings, out, resume=resume, overwrite=overwrite, progress=not quiet)
     if not from_env().main:
         raise typer.Exit(130 if result.interrupted else 0)
@@ -133,26 +141,16 @@ def train(
           f"val loss {result.val_loss:.4f} (best {result.best_val_loss:.4f}); checkpoints in {out}", file=sys.stderr)
 
 
-def _relaunch(nproc: int) -> None:
-    """Run this same command again under torchrun with nproc processes (never returns)."""
-    import os
-
-    if nproc < 1:
-        raise UserError(f"--nproc must be at least 1, not {nproc}")
-    if "WORLD_SIZE" in os.environ:
-        raise UserError("--nproc inside torchrun: give the number of processes to torchrun only")
-    args, skip = [], False
-    for a in sys.argv[1:]:
+def _without_nproc(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
         if skip:
             skip = False
         elif a == "--nproc":
             skip = True
         elif not a.startswith("--nproc="):
-            args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "gru_lm", *args]
-    print("running: " + " ".join(cmd[1:]), file=sys.stderr)
-    sys.stderr.flush()
-    os.execv(sys.executable, cmd)
+            out.append(a)
+    return out
 
 
 @app.command()

@@ -115,6 +115,8 @@ def resolve(config_file: str | Path | None, flags: dict[str, Any], base: dict[st
     """Defaults (or base, a resumed run's settings), then the config file, then the flags given (None = not given)."""
     values: dict[str, Any] = {k: _check_type(k, v, "the checkpoint's settings") for k, v in (base or {}).items()
                               if k in FIELD_TYPES}
+    if base is not None and "eval_chars" not in base:
+        values["eval_chars"] = 0  # runs from before --eval-chars validated on the whole split
     if config_file:
         values.update(load_config(config_file))
     values.update({k: _check_type(k, v, "command line") for k, v in flags.items() if v is not None})

@@ -84,15 +84,15 @@ def load_corpus(file: str | Path, s: Settings, vocab: Vocab | None = None, progr
         record["val_file"] = str(Path(s.val_file).resolve())
     else:
         cut = record["val_start"] = int(n * (1.0 - s.val_fraction))
-    n_val = len(read_text(s.val_file)) if s.val_file else n - cut
-    if n_val < 2:
-        raise UserError(f"{file}: the validation split has {n_val} characters; it needs at least 2")
+    if not s.val_file and n - cut < 2:
+        raise UserError(f"{file}: the validation split has {n - cut} characters; it needs at least 2")
     check_train_length(cut, s.batch_size, s.seq_len, str(file))
     if vocab is None:
         if prepared:
             vocab = Vocab(chars)
         else:
-            counts = np.bincount(ids[:cut], minlength=len(chars))
+            counts = sum(np.bincount(ids[i : min(i + _CHUNK, cut)], minlength=len(chars))  # chunks: bincount
+                         for i in range(0, cut, _CHUNK))  # makes an int64 copy of what it counts
             vocab = Vocab("".join(c for c, k in zip(chars, counts) if k))
     train_ids, missing = remap(ids[:cut], chars, vocab)
     if missing is not None:

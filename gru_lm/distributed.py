@@ -78,8 +78,10 @@ def agree(d: Dist, fn: Callable[[], T]) -> T | None:
     if d.main:
         try:
             result = fn()
-        except UserError as e:
-            message = str(e)
+        except (UserError, OSError) as e:
+            if not d.on:  # one process: the caller's own handling, unchanged
+                raise
+            message = str(e) if isinstance(e, UserError) else f"{e.filename or 'the run folder'}: {e.strerror or e}"
     if d.on:
         box = [message]
         dist.broadcast_object_list(box, src=0)
@@ -135,3 +137,58 @@ def gather_objects(d: Dist, obj: T) -> list[T]:
 def barrier(d: Dist) -> None:
     if d.on:
         dist.barrier()
+
+
+def spawn(nproc: int, args: list[str]) -> int:
+    """Run `python -m gru_lm ARGS` as nproc processes of one job on this host; returns the exit code.
+
+    What `torchrun --standalone` does, without its tracebacks: rank 0 talks to the terminal, the
+    others' stderr is kept and shown only when one of them fails and rank 0 had nothing to say.
+    If a process fails, the others get a few seconds to notice, then are stopped. Ctrl-C reaches
+    every process (they share the terminal): each saves, and the exit code is 130.
+    """
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc),
+           "LOCAL_WORLD_SIZE": str(nproc)}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    logs = [None] + [tempfile.TemporaryFile("w+") for _ in range(1, nproc)]
+    procs = [subprocess.Popen([sys.executable, "-m", "gru_lm", *args], stderr=logs[r],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]
+    failed_at = None
+    try:
+        while any(p.poll() is None for p in procs):
+            if failed_at is None and any(p.returncode not in (None, 0) for p in procs):
+                failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > 10:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            time.sleep(0.1)
+    except KeyboardInterrupt:  # every process got the same Ctrl-C: let them save and stop
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for p in procs:
+            p.wait()
+    codes = [p.wait() for p in procs]
+    if all(c == 0 for c in codes):
+        return 0
+    if codes[0] in (2, 130):  # rank 0 has said what happened (one line) or saved after Ctrl-C
+        return codes[0]
+    for r, c in enumerate(codes[1:], start=1):  # a process that failed on its own
+        if c in (0, -signal.SIGKILL):
+            continue
+        logs[r].seek(0)
+        lines = [ln for ln in logs[r].read().splitlines() if ln.strip()]
+        mine = [ln for ln in lines if ln.startswith("gru-lm: error:")]
+        print(mine[-1] if mine else f"gru-lm: error: training process {r} failed (exit code {c}): "
+              f"{lines[-1] if lines else 'no message'}", file=sys.stderr)
+        return 2 if c == 2 else 1
+    return codes[0] if codes[0] > 0 else 1

@@ -12,9 +12,9 @@ from torch import Tensor
 
 from . import checkpoint
 from .corpus import drop_missing, ids_of, remap
-from .data import Vocab, read_text
+from .data import Vocab
 from .errors import UserError
-from .prepare import load_prepared
+from .prepare import encode_file, load_prepared
 
 
 @torch.no_grad()
@@ -30,16 +30,18 @@ def nll(model, ids: Tensor, num_streams: int = 1, chunk: int = 256, device: torc
         return 0.0, 0
     S = max(1, min(num_streams, n))
     L = math.ceil(n / S)
-    x = torch.zeros(S * L, dtype=torch.long)
-    y = torch.full((S * L,), -100, dtype=torch.long)
-    x[:n], y[:n] = ids[:-1], ids[1:]
-    x, y = x.view(S, L).t().to(device), y.view(S, L).t().to(device)
+    starts = torch.arange(S) * L  # stream s scores positions s*L .. s*L+L-1 (the last one fewer)
     was_training = model.training
     model.eval()
     h, total = None, 0.0
-    for t in range(0, L, chunk):
-        logits, h = model(x[t : t + chunk], h)
-        total += float(F.cross_entropy(logits.flatten(0, 1).float(), y[t : t + chunk].flatten(), ignore_index=-100, reduction="sum"))
+    for t in range(0, L, chunk):  # int64 ids one chunk at a time: a 200 MB corpus is never 1.6 GB of them
+        pos = torch.arange(t, min(t + chunk, L)).unsqueeze(1) + starts
+        pad = pos >= n
+        pos = pos.clamp(max=n - 1)
+        x = ids[pos].long().masked_fill_(pad, 0).to(device)
+        y = ids[pos + 1].long().masked_fill_(pad, -100).to(device)
+        logits, h = model(x, h)
+        total += float(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100, reduction="sum"))
     model.train(was_training)
     return total, n
 
@@ -65,12 +67,12 @@ def validation_ids(state: dict, vocab: Vocab) -> tuple[str, Tensor, int, str]:
             raise UserError(f"{path}: prepared from another text since the checkpoint was trained; pass --file")
         ids, missing = remap(pr.ids[data["val_start"] :], pr.chars, vocab)
         return (label, *drop_missing(ids, missing, pr.chars, pr.ids[data["val_start"] :]))
-    text = read_text(path)
-    if text_sha256(text) != data.get("text_sha256"):
+    sc, all_ids = encode_file(path)  # streamed: the training text is never one string here either
+    if sc.sha256 != data.get("text_sha256"):
         raise UserError(f"{path}: changed since the checkpoint was trained; pass --file")
-    text = text[data["val_start"] :]
-    ids, dropped = vocab.encode(text, drop_unknown=True)
-    return label, ids, dropped, vocab.unknown(text) if dropped else ""
+    val = all_ids[data["val_start"] :]
+    ids, missing = remap(val, sc.chars, vocab)
+    return (label, *drop_missing(ids, missing, sc.chars, val))
 
 
 def measure(ckpt_path: str | Path, file: str | Path | None = None, device: str = "cpu") -> dict:

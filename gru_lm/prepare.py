@@ -66,22 +66,24 @@ def iter_text(path: str | os.PathLike, chunk_bytes: int | None = None, bar: tqdm
         elif head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
             enc, name = "utf-16", "UTF-16"
         else:
-            enc, name = "utf-8-sig", "UTF-8"
+            enc, name = "utf-8", "UTF-8"
+        offset, chars = 0, 0
+        if head.startswith(codecs.BOM_UTF8):  # dropped here, so that error offsets count from the file's start
+            f.seek(offset := len(codecs.BOM_UTF8))
         dec = codecs.getincrementaldecoder(enc)()
         chunk_bytes = chunk_bytes or CHUNK_BYTES
-        offset, chars = 0, 0
         while True:
             try:
                 raw = f.read(chunk_bytes)
             except OSError as e:
                 raise UserError(f"{p}: cannot read ({e.strerror})") from None
-            if enc == "utf-8-sig" and b"\x00" in raw:
+            if enc == "utf-8" and b"\x00" in raw:
                 raise UserError(f"{p}: looks like a binary file (it contains NUL bytes), not UTF-8 text")
             pending = len(dec.getstate()[0])
             try:
                 text = dec.decode(raw, final=not raw)
             except UnicodeDecodeError as e:
-                if enc == "utf-8-sig":
+                if enc == "utf-8":
                     raise UserError(f"{p}: is not UTF-8 text (invalid byte at offset {offset - pending + e.start})") from None
                 raise UserError(f"{p}: starts with a {name} byte-order mark but is not valid {name}") from None
             if "\x00" in text:  # a binary file that happens to start like a UTF-16/32 byte-order mark
@@ -128,11 +130,20 @@ def lookup_table(chars: str, dtype: np.dtype) -> np.ndarray:
     return lut
 
 
-def encode_chunks(path: str | os.PathLike, chars: str, bar: tqdm | None = None) -> Iterator[np.ndarray]:
-    """The ids of the file's text, chunk by chunk (second pass)."""
-    lut = lookup_table(chars, storage_dtype(len(chars)))
+def encode_chunks(path: str | os.PathLike, sc: Scan, bar: tqdm | None = None) -> Iterator[np.ndarray]:
+    """The ids of the file's text, chunk by chunk (second pass); UserError if the file changed since the first."""
+    lut = lookup_table(sc.chars, storage_dtype(len(sc.chars)))
+    known = np.zeros(_MAX_CP, dtype=bool)
+    known[_code_points(sc.chars)] = True
+    n = 0
     for text in iter_text(path, bar=bar):
-        yield lut[_code_points(text)]
+        cps = _code_points(text)
+        n += len(cps)
+        if n > sc.n or not known[cps].all():
+            raise UserError(f"{path}: changed while it was being read; encode it again")
+        yield lut[cps]
+    if n != sc.n:
+        raise UserError(f"{path}: changed while it was being read; encode it again")
 
 
 def _bar(path: Path, passes: int, show: bool) -> tqdm:
@@ -150,7 +161,7 @@ def encode_file(path: str | os.PathLike, progress: bool = False) -> tuple[Scan, 
         sc = scan(p, bar)
         ids = np.empty(sc.n, dtype=storage_dtype(len(sc.chars)))
         pos = 0
-        for part in encode_chunks(p, sc.chars, bar):
+        for part in encode_chunks(p, sc, bar):
             ids[pos : pos + len(part)] = part
             pos += len(part)
     return sc, ids
@@ -183,12 +194,16 @@ def prepare(path: str | os.PathLike, out_dir: str | os.PathLike, progress: bool 
             (out / META).unlink(missing_ok=True)  # an older preparation in this folder is invalid from here on
             tmp = out / f".{IDS}.tmp"
             written = 0
-            with open(tmp, "wb") as f:
-                for part in encode_chunks(p, sc.chars, bar):
-                    f.write(part.astype(dtype.newbyteorder("<"), copy=False).tobytes())
-                    written += len(part)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with open(tmp, "wb") as f:
+                    for part in encode_chunks(p, sc, bar):
+                        f.write(part.astype(dtype.newbyteorder("<"), copy=False).tobytes())
+                        written += len(part)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:  # a changed file, a full disk, Ctrl-C: no half-written ids stay behind
+                tmp.unlink(missing_ok=True)
+                raise
             _fsync_replace(tmp, out / IDS)
             meta = {"format": FORMAT, "chars": sc.chars, "dtype": dtype.name, "n_chars": written,
                     "text_sha256": sc.sha256, "source": str(p.resolve()), "source_bytes": p.stat().st_size}

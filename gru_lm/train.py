@@ -33,7 +33,7 @@ from .model import CharModel, ModelConfig
 
 #: Settings a resumed run must share with the run it continues (they shape the model, data or RNG).
 LOCKED_ON_RESUME = ("cell", "reset_after", "hidden_size", "layers", "embed_size", "batch_size", "seq_len",
-                    "val_fraction", "val_file", "seed")
+                    "val_fraction", "val_file", "eval_chars", "seed")
 
 #: What a checkpoint must hold, beyond the model, to continue a run from it exactly.
 RESUME_KEYS = ("settings", "optimizer", "step", "epoch", "window", "chars", "elapsed_s", "val_loss", "best_val_loss",
@@ -282,7 +282,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
             "model": model.state_dict(), "optimizer": opt.state_dict(),
             "step": step, "epoch": epoch, "window": window, "chars": chars,
             "elapsed_s": elapsed_now(), "val_loss": val_loss, "best_val_loss": best,
-            "loss_sum": loss_sum, "loss_n": loss_n, "stale_evals": stale,
+            "loss_sum": distributed.mean_of(d, loss_sum, device), "loss_n": loss_n, "stale_evals": stale,
             "rng": rngs[0], "hidden": hidden, "data": corpus.record,
         }
         if d.on:
@@ -338,7 +338,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
                bar_format="{desc} |{bar}| {percentage:3.0f}%")
     model.train()
     interrupted = stopped_early = False
-    clock = elapsed_now()
+    clock = distributed.max_of(d, [elapsed_now()], device)[0]  # the first step's learning rate too
     say = bar.write if d.main else (lambda *a, **k: None)
     with (open(metrics_path, "a") if d.main else open(os.devnull, "w")) as metrics, bar:
         while not budget_over(clock):
@@ -351,7 +351,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits, h_next = net(x, h)
                 loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-            if not torch.isfinite(loss):
+            if not d.on and not torch.isfinite(loss):  # (under DDP the norm below, the same on every rank, catches it)
                 raise not_finite("loss", loss.item(), step + 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()

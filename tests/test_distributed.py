@@ -106,8 +106,13 @@ def test_two_processes_average_to_the_one_process_gradient(corpus, tmp_path):
         assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4), x["step"]
 
 
-def test_batch_must_split_over_the_processes(corpus, tmp_path):
-    r = gru_lm("train", corpus, *TINY, "--batch-size", "7", "--max-steps", "2", "--out", tmp_path / "r",
-               "--nproc", "2", timeout=300)
-    assert r.returncode != 0
-    assert "multiple of 2" in r.stderr and not (tmp_path / "r").exists()
+def test_nproc_mistakes_are_one_line(corpus, tmp_path, pair):
+    r = gru_lm("train", corpus, *TINY, "--batch-size", "7", "--max-steps", "2", "--out", tmp_path / "r", "--nproc", "2")
+    assert_user_error(r, "multiple of 2")
+    assert not (tmp_path / "r").exists()
+    _, cut, _ = pair
+    assert_user_error(gru_lm("train", corpus, *TINY, "--out", cut, "--resume", "--nproc", "4"), "2 processes")
+    # a mistake only the processes find (here: a text too short for the batch) is one line too
+    short = tmp_path / "short.txt"
+    short.write_text("abc" * 30)
+    assert_user_error(gru_lm("train", short, *TINY, "--out", tmp_path / "s", "--nproc", "2", timeout=300), "training characters")

@@ -35,13 +35,26 @@ def test_iter_text_decodes_across_chunk_edges(tmp_path, small_chunks):
         assert "".join(P.iter_text(p)) == MIXED, (codec, bom)
 
 
-def test_invalid_utf8_offset_is_exact_across_chunks(tmp_path, small_chunks):
-    raw = "abcdé☃fgh".encode() + b"\xff" + b"tail"
+@pytest.mark.parametrize("bom", [b"", codecs.BOM_UTF8])
+def test_invalid_utf8_offset_is_exact_across_chunks(tmp_path, small_chunks, bom):
+    raw = bom + "abcdé☃fgh".encode() + b"\xff" + b"tail"
     p = tmp_path / "bad.txt"
     p.write_bytes(raw)
-    at = raw.index(b"\xff")
-    with pytest.raises(UserError, match=f"offset {at}"):
+    at = raw.index(b"\xff")  # counted from the file's first byte, BOM included
+    with pytest.raises(UserError, match=f"offset {at}\\)"):
         list(P.iter_text(p))
+
+
+def test_a_file_that_changes_between_the_passes_is_refused(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("hello world")
+    sc = P.scan(p)
+    p.write_text("hello world!")  # a new character, and a longer text
+    with pytest.raises(UserError, match="changed while it was being read"):
+        list(P.encode_chunks(p, sc))
+    p.write_text("hello")  # shorter
+    with pytest.raises(UserError, match="changed while it was being read"):
+        list(P.encode_chunks(p, sc))
 
 
 @pytest.mark.parametrize("n_chars, dtype", [(60, "uint8"), (256, "uint8"), (257, "uint16"), (70_000, "uint32")])
