@@ -98,7 +98,7 @@ def train(
     folder. Ctrl-C saves last.pt and exits with 130; continue with --resume. Settings come from the
     built-in defaults, then --config, then the flags given here.
     """
-    from .distributed import from_env, spawn, streams, Dist
+    from .distributed import Dist, from_env, spawn, streams
     from .train import LOCKED_ON_RESUME, check_resumable
     from .train import train as run_training
 

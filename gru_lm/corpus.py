@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .config import Settings
-from .data import Vocab, check_train_length, read_text
+from .data import Vocab, check_train_length, read_text, validation_start
 from .errors import UserError
 from .prepare import encode_file, is_prepared, load_prepared, storage_dtype
 
@@ -55,6 +55,7 @@ def ids_of(path: str | Path, vocab: Vocab) -> tuple[torch.Tensor, int, str]:
 
 
 def drop_missing(ids: np.ndarray, missing: np.ndarray | None, chars: str, original: np.ndarray) -> tuple[torch.Tensor, int, str]:
+    """Leave out the ids a vocabulary lacks: (kept ids, how many were left out, which characters they were)."""
     if missing is None:
         return torch.from_numpy(ids), 0, ""
     which = "".join(chars[int(i)] for i in np.unique(original[missing]))
@@ -83,7 +84,7 @@ def load_corpus(file: str | Path, s: Settings, vocab: Vocab | None = None, progr
         cut = n
         record["val_file"] = str(Path(s.val_file).resolve())
     else:
-        cut = record["val_start"] = int(n * (1.0 - s.val_fraction))
+        cut = record["val_start"] = validation_start(n, s.val_fraction)
     if not s.val_file and n - cut < 2:
         raise UserError(f"{file}: the validation split has {n - cut} characters; it needs at least 2")
     check_train_length(cut, s.batch_size, s.seq_len, str(file))

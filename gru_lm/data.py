@@ -84,8 +84,13 @@ def split_validation(text: str, val_fraction: float) -> tuple[str, str, int]:
 
     The cut is int(n * (1 - f)), as nanoGPT's: Tiny Shakespeare keeps its last 111,540 characters.
     """
-    cut = int(len(text) * (1.0 - val_fraction))
+    cut = validation_start(len(text), val_fraction)
     return text[:cut], text[cut:], cut
+
+
+def validation_start(n: int, val_fraction: float) -> int:
+    """Where the validation split of n characters (or ids) starts."""
+    return int(n * (1.0 - val_fraction))
 
 
 def min_train_chars(batch_size: int, seq_len: int) -> int:

@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import Settings, to_toml
 from .corpus import load_corpus
 from .data import StreamBatcher, Vocab
-from . import distributed
 from .device import autocast_dtype, pick_device, rng_state, set_rng_state
 from .errors import UserError
 from .evaluate import nll
