@@ -55,7 +55,7 @@ def test_measure_on_own_validation_split_and_on_a_file(trained_run, corpus, tmp_
     assert row["unknown"] == 3 and row["chars"] == len("ROMEO:  is here\n") - 1
 
 
-@given(st.text(alphabet=st.one_of(st.sampled_from("ROMEO: the\n"), st.characters()), max_size=80))
+@given(st.text(alphabet=st.one_of(st.sampled_from("ROMEO: the\n"), st.characters(codec="utf-8")), max_size=80))
 @settings(max_examples=40, deadline=None)
 def test_perplexity_of_any_text_never_crashes(trained_run, text):
     """Any text, unknown characters and all: a row whose counts add up, or a one-line UserError."""
