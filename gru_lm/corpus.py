@@ -58,8 +58,12 @@ def drop_missing(ids: np.ndarray, missing: np.ndarray | None, chars: str, origin
     """Leave out the ids a vocabulary lacks: (kept ids, how many were left out, which characters they were)."""
     if missing is None:
         return torch.from_numpy(ids), 0, ""
-    which = "".join(chars[int(i)] for i in np.unique(original[missing]))
-    return torch.from_numpy(ids[~missing]), int(missing.sum()), which
+    return torch.from_numpy(ids[~missing]), int(missing.sum()), _chars_of(original[missing], chars)
+
+
+def _chars_of(ids: np.ndarray, chars: str) -> str:
+    """The distinct characters that ids stand for, in code-point order."""
+    return "".join(chars[int(i)] for i in np.unique(ids))
 
 
 def load_corpus(file: str | Path, s: Settings, vocab: Vocab | None = None, progress: bool = False) -> Corpus:
@@ -97,7 +101,7 @@ def load_corpus(file: str | Path, s: Settings, vocab: Vocab | None = None, progr
             vocab = Vocab("".join(c for c, k in zip(chars, counts) if k))
     train_ids, missing = remap(ids[:cut], chars, vocab)
     if missing is not None:
-        bad = "".join(dict.fromkeys(chars[int(i)] for i in np.unique(ids[:cut][missing])))
+        bad = _chars_of(ids[:cut][missing], chars)
         raise UserError(f"{file}: characters not in the vocabulary: {bad!r} (the checkpoint's vocabulary was built from another text)")
     if s.val_file:
         val_ids, dropped, _ = ids_of(s.val_file, vocab)

@@ -100,8 +100,9 @@ def write_report(run_dirs: list[Path], out_dir: Path, title: str) -> Path:
         text += (f"\nBest GRU against best RNN: validation loss {g['val_loss']:.4f} against {r['val_loss']:.4f} nats/char "
                  f"(RNN minus GRU: {r['val_loss'] - g['val_loss']:+.4f}); perplexity {g['perplexity']:.3f} against "
                  f"{r['perplexity']:.3f} (the GRU's is {g['perplexity'] / r['perplexity']:.3f}× the RNN's).\n")
-    text += ("\nLosses in nats per character; validation as during training (the whole split in 32 contiguous "
-             "streams, each from a zero state); `gru-lm perplexity` gives the exact single-stream figure.\n"
+    text += ("\nLosses in nats per character; validation as during training (the validation split, at most its "
+             "first eval_chars characters, in eval_streams contiguous streams, each from a zero state; 32 and "
+             "1,000,000 by default); `gru-lm perplexity` gives the exact single-stream figure.\n"
              "\n![validation loss against wall time and characters seen](loss.png)\n")
     (out_dir / "report.md").write_text(text)
     return out_dir / "report.md"
