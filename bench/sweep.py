@@ -56,6 +56,15 @@ GRIDS: dict[str, list[dict]] = {
         {"hidden_size": 512, "dropout": 0.2, "lr": 0.006},
         {"hidden_size": 512, "dropout": 0.3, "lr": 0.006},
     ],
+    "g300bf": [  # 2026-11-26 (session 3): mixed precision (bfloat16 products on the AMX units), and
+        # the float32 default again the same day for comparison
+        {"hidden_size": 384, "layers": 2, "dropout": 0.2},
+        {"hidden_size": 384, "layers": 2, "dropout": 0.2, "dtype": "bfloat16"},
+        {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16"},
+        {"hidden_size": 384, "layers": 2, "dropout": 0.2, "batch_size": 64, "lr": 0.004, "dtype": "bfloat16"},
+        {"hidden_size": 512, "layers": 2, "dropout": 0.2, "batch_size": 64, "lr": 0.004, "dtype": "bfloat16"},
+        {"hidden_size": 512, "dropout": 0.2, "lr": 0.006, "dtype": "bfloat16"},
+    ],
     "g1800": [
         {"hidden_size": 512, "layers": 2, "dropout": 0.3, "lr": 0.004},
     ],

@@ -32,8 +32,9 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """The dtype of autocast for --dtype (None: plain float32); bfloat16 where the device has it.
 
-    Under autocast the matrix products of the input projections and the read-out run in bfloat16;
-    the recurrence itself stays float32 (cells.py), as do the loss and the weights.
+    Under autocast the matrix products of the input projections and the read-out run in bfloat16, and
+    the recurrent window (cells.py, fast.py) gives its products bfloat16 operands too; the states,
+    gates, loss, gradients and weights stay float32.
     """
     if name == "float32":
         return None

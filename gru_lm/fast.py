@@ -22,8 +22,31 @@ from torch import Tensor
 from .kernels import compiled
 
 
+LOW = torch.bfloat16  # the products' operand dtype under mixed precision (train --dtype bfloat16)
+
+
+def _operands(w: Tensor, low: bool) -> Tensor:
+    """A weight in the products' operand dtype: bfloat16 under mixed precision, else itself. Only the
+    operands of the matrix products are rounded; states, gates and gradients stay float32."""
+    return w.to(LOW) if low else w
+
+
 def _mm_bias(bias: Tensor | None, a: Tensor, b: Tensor, out: Tensor) -> Tensor:
+    """out = a @ b (+ bias), b already in the operand dtype."""
+    if a.dtype != b.dtype:
+        out.copy_(a.to(b.dtype).mm(b))
+        return out.add_(bias) if bias is not None else out
     return torch.addmm(bias, a, b, out=out) if bias is not None else torch.mm(a, b, out=out)
+
+
+def _addmm(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """c + a @ b, b already in the operand dtype; the result in c's dtype."""
+    return c + a.to(b.dtype).mm(b) if a.dtype != b.dtype else torch.addmm(c, a, b)
+
+
+def _mm_as(a: Tensor, b: Tensor, low: bool) -> Tensor:
+    """a @ b with operands in the operand dtype, returned in a's dtype (the weight gradients)."""
+    return a.to(LOW).mm(b.to(LOW)).to(a.dtype) if low else a.mm(b)
 
 
 def _states(gi: Tensor, h0: Tensor) -> Tensor:
@@ -34,11 +57,11 @@ def _states(gi: Tensor, h0: Tensor) -> Tensor:
 
 # ---- GRU, reset after the product (torch.nn.GRU): n = tanh(x_n + r ⊙ (h W_hnᵀ + b_hn)) ----
 
-def gru_after_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None):
+def gru_after_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, low: bool = False):
     """Returns out, G = [r, z, h W_hnᵀ + b_hn] and N = n for every step."""
     T, B, H3 = gi.shape
     H = H3 // 3
-    w_t = w_hh.t().contiguous()  # h @ Wᵀ with Wᵀ contiguous: the faster layout for MKL (see csrc)
+    w_t = _operands(w_hh.t().contiguous(), low)  # h @ Wᵀ with Wᵀ contiguous: the faster layout for MKL (see csrc)
     out, G, N = _states(gi, h0), gi.new_empty(T, B, 3 * H), gi.new_empty(T, B, H)
     for t in range(T):
         g = _mm_bias(b_hh, out[t], w_t, G[t])
@@ -49,8 +72,10 @@ def gru_after_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None)
     return out, G, N
 
 
-def gru_after_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, G: Tensor, N: Tensor, w_hh: Tensor, has_bias: bool):
+def gru_after_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, G: Tensor, N: Tensor, w_hh: Tensor, has_bias: bool,
+                       low: bool = False):
     T, B, H = N.shape
+    w = _operands(w_hh, low)
     r, z, ghn = G[..., :H], G[..., H : 2 * H], G[..., 2 * H :]
     h_prev = out[:-1]
     c_n = (1 - z) * (1 - N * N)  # ∂h'/∂a_n per unit of dh
@@ -61,9 +86,9 @@ def gru_after_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, G: Tensor, N: T
     for t in range(T - 1, -1, -1):
         dh = torch.add(d_out[t], dh, out=dH[t])
         dg = torch.mul(dh.unsqueeze(1), C[t], out=dG[t].view(B, 3, H)).view(B, 3 * H)
-        dh = torch.addmm(dh * z[t], dg, w_hh)
+        dh = _addmm(dh * z[t], dg, w)
     flat = dG.view(T * B, 3 * H)
-    d_w = flat.t().mm(h_prev.reshape(T * B, H))
+    d_w = _mm_as(flat.t(), h_prev.reshape(T * B, H), low)
     d_b = flat.sum(0) if has_bias else None
     torch.mul(dH, c_n, out=dG[..., 2 * H :])  # d_gi = [da_r, da_z, da_n]: dG's n part, reused once read
     return dG, dh, d_w, d_b
@@ -71,11 +96,11 @@ def gru_after_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, G: Tensor, N: T
 
 # ---- GRU, reset before the product (the lecture's): n = tanh(x_n + (r ⊙ h) W_hnᵀ + b_hn) ----
 
-def gru_before_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None):
+def gru_before_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, low: bool = False):
     """Returns out, RZ = [r, z], Q = r ⊙ h and N = n for every step."""
     T, B, H3 = gi.shape
     H = H3 // 3
-    w_rz_t, w_n_t = w_hh[: 2 * H].t().contiguous(), w_hh[2 * H :].t().contiguous()
+    w_rz_t, w_n_t = (_operands(w.t().contiguous(), low) for w in (w_hh[: 2 * H], w_hh[2 * H :]))
     b_rz, b_n = (None, None) if b_hh is None else (b_hh[: 2 * H], b_hh[2 * H :])
     out, RZ = _states(gi, h0), gi.new_empty(T, B, 2 * H)
     Q, N = gi.new_empty(T, B, H), gi.new_empty(T, B, H)
@@ -87,10 +112,10 @@ def gru_before_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None
     return out, RZ, Q, N
 
 
-def gru_before_backward(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias: bool):
+def gru_before_backward(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias: bool, low: bool = False):
     T, B, H = N.shape
     r, z = RZ[..., :H], RZ[..., H:]
-    w_rz, w_n = w_hh[: 2 * H], w_hh[2 * H :]
+    w_rz, w_n = _operands(w_hh[: 2 * H], low), _operands(w_hh[2 * H :], low)
     h_prev = out[:-1]
     c_n = (1 - z) * (1 - N * N)  # ∂h'/∂a_n per unit of dh
     c_z = (h_prev - N) * z * (1 - z)  # ∂h'/∂a_z
@@ -101,36 +126,39 @@ def gru_before_backward(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias: bool):
         dh = d_out[t] + dh
         da = dA[t]
         dan = torch.mul(dh, c_n[t], out=da[:, 2 * H :])
-        dq = dan.mm(w_n)
+        dq = dan.to(w_n.dtype).mm(w_n).to(dan.dtype)
         torch.mul(dq, c_r[t], out=da[:, :H])
         torch.mul(dh, c_z[t], out=da[:, H : 2 * H])
-        dh = torch.addmm(torch.addcmul(dh * z[t], dq, r[t]), da[:, : 2 * H], w_rz)
+        dh = _addmm(torch.addcmul(dh * z[t], dq, r[t]), da[:, : 2 * H], w_rz)
     flat = dA.view(T * B, 3 * H)
-    d_w = torch.cat([flat[:, : 2 * H].t().mm(h_prev.reshape(T * B, H)), flat[:, 2 * H :].t().mm(Q.view(T * B, H))])
+    d_w = torch.cat([_mm_as(flat[:, : 2 * H].t(), h_prev.reshape(T * B, H), low),
+                     _mm_as(flat[:, 2 * H :].t(), Q.view(T * B, H), low)])
     d_b = flat.sum(0) if has_bias else None
     return dA, dh, d_w, d_b
 
 
 # ---- plain RNN: h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh) ----
 
-def rnn_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+def rnn_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, low: bool = False) -> Tensor:
     a = gi + b_hh if b_hh is not None else gi
-    w_t = w_hh.t().contiguous()
+    w_t = _operands(w_hh.t().contiguous(), low)
     out = _states(gi, h0)
     for t in range(gi.shape[0]):
-        torch.addmm(a[t], out[t], w_t, out=out[t + 1]).tanh_()
+        _mm_bias(a[t], out[t], w_t, out[t + 1]).tanh_()
     return out
 
 
-def rnn_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, w_hh: Tensor, has_bias: bool):
+def rnn_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, w_hh: Tensor, has_bias: bool, low: bool = False):
     T, B, H = d_out.shape
+    w = _operands(w_hh, low)
     c = 1 - out[1:] * out[1:]
     dA = torch.empty_like(d_out)
     dh = d_hT
     for t in range(T - 1, -1, -1):
-        dh = torch.mul(d_out[t] + dh, c[t], out=dA[t]).mm(w_hh)
+        da = torch.mul(d_out[t] + dh, c[t], out=dA[t])
+        dh = da.to(w.dtype).mm(w).to(da.dtype)
     flat = dA.view(T * B, H)
-    d_w = flat.t().mm(out[:-1].reshape(T * B, H))
+    d_w = _mm_as(flat.t(), out[:-1].reshape(T * B, H), low)
     return dA, dh, d_w, flat.sum(0) if has_bias else None
 
 
@@ -143,38 +171,40 @@ def _impl(name: str, t: Tensor):
 
 class GRUWindow(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool):
+    def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool, low: bool):
         kind = "gru_after" if reset_after else "gru_before"
-        saved = _impl(kind + "_forward", gi)(gi, h0.contiguous(), w_hh, b_hh)
+        saved = _impl(kind + "_forward", gi)(gi, h0.contiguous(), w_hh, b_hh, low)
         ctx.save_for_backward(w_hh, *saved)
-        ctx.kind, ctx.has_bias = kind, b_hh is not None
+        ctx.kind, ctx.has_bias, ctx.low = kind, b_hh is not None, low
         out = saved[0]
         return out[1:], out[-1].clone()
 
     @staticmethod
     def backward(ctx, d_out: Tensor, d_hT: Tensor):
         w_hh, *saved = ctx.saved_tensors
-        d_gi, d_h0, d_w, d_b = _impl(ctx.kind + "_backward", w_hh)(d_out, d_hT, *saved, w_hh, ctx.has_bias)
-        return d_gi, d_h0, d_w, d_b, None
+        d_gi, d_h0, d_w, d_b = _impl(ctx.kind + "_backward", w_hh)(d_out, d_hT, *saved, w_hh, ctx.has_bias, ctx.low)
+        return d_gi, d_h0, d_w, d_b, None, None
 
 
 class RNNWindow(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None):
-        out = _impl("rnn_forward", gi)(gi, h0.contiguous(), w_hh, b_hh)
+    def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, low: bool):
+        out = _impl("rnn_forward", gi)(gi, h0.contiguous(), w_hh, b_hh, low)
         ctx.save_for_backward(w_hh, out)
-        ctx.has_bias = b_hh is not None
+        ctx.has_bias, ctx.low = b_hh is not None, low
         return out[1:], out[-1].clone()
 
     @staticmethod
     def backward(ctx, d_out: Tensor, d_hT: Tensor):
         w_hh, out = ctx.saved_tensors
-        return tuple(_impl("rnn_backward", w_hh)(d_out, d_hT, out, w_hh, ctx.has_bias))
+        return (*_impl("rnn_backward", w_hh)(d_out, d_hT, out, w_hh, ctx.has_bias, ctx.low), None)
 
 
-def gru_window(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool) -> tuple[Tensor, Tensor]:
-    return GRUWindow.apply(gi, h0, w_hh, b_hh, reset_after)
+def gru_window(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool,
+               low: bool = False) -> tuple[Tensor, Tensor]:
+    """low: bfloat16 operands for the matrix products (mixed precision), float32 everywhere else."""
+    return GRUWindow.apply(gi, h0, w_hh, b_hh, reset_after, low)
 
 
-def rnn_window(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
-    return RNNWindow.apply(gi, h0, w_hh, b_hh)
+def rnn_window(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, low: bool = False) -> tuple[Tensor, Tensor]:
+    return RNNWindow.apply(gi, h0, w_hh, b_hh, low)

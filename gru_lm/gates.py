@@ -119,7 +119,7 @@ def trace(model, vocab: Vocab, text: str, layer: int = -1) -> Trace:
                 x, _ = rnn.run_layer(k, x, h0)
             if k == layer:
                 h = x[:, 0]
-        logp = torch.log_softmax(model.head(model.drop(x[:, 0])).float(), -1)  # T×V
+        logp = torch.log_softmax(model.head(x[:, 0]).float(), -1)  # T×V (eval mode: no dropout)
     finally:
         model.train(was_training)
     surprise = torch.full((len(ids),), math.nan, device=device)

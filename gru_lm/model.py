@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from torch import Tensor, nn
 
-from .cells import GRU, RNN
+from .cells import GRU, RNN, dropout
 
 
 @dataclass
@@ -42,7 +42,6 @@ class CharModel(nn.Module):
             self.rnn = RNN(cfg.embed_size, cfg.hidden_size, cfg.layers, dropout=cfg.dropout)
         else:
             raise ValueError(f"unknown cell {cfg.cell!r}")
-        self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
 
     def init_state(self, batch_size: int, device=None) -> Tensor:
@@ -51,7 +50,7 @@ class CharModel(nn.Module):
     def forward(self, ids: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """ids: T×B (long), h: L×B×H -> (logits T×B×V, new state L×B×H)."""
         out, h = self.rnn(self.embed(ids), h)
-        return self.head(self.drop(out)), h
+        return self.head(dropout(out, self.cfg.dropout, self.training)), h
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

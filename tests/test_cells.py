@@ -265,3 +265,48 @@ def test_fast_path_equals_the_reference_loop(make, bias, backend, shape, monkeyp
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
 def test_compiled_kernels_build_where_there_is_a_compiler():
     assert compiled() is not None
+
+
+@pytest.mark.parametrize("backend", ["compiled", "python"])
+@pytest.mark.parametrize("make", [lambda: GRU(6, 32, 2), lambda: GRU(6, 32, 2, reset_after=True), lambda: RNN(6, 32, 2)],
+                         ids=["gru-before", "gru-after", "rnn"])
+def test_bfloat16_autocast_rounds_only_the_products(make, backend, monkeypatch):
+    """Under CPU autocast to bfloat16 (train --dtype bfloat16) the window's products take bfloat16
+    operands: outputs and gradients move by bfloat16 rounding (~1e-3 relative), not more, and do move,
+    so the mixed path is really taken. States and gradients stay float32."""
+    if backend == "python":
+        monkeypatch.setattr(fast, "compiled", lambda: None)
+    elif compiled() is None:
+        pytest.skip("no compiler here: the compiled kernels could not be built")
+    torch.manual_seed(3)
+    exact, mixed = make(), make()
+    mixed.load_state_dict(exact.state_dict())
+    x, h0 = torch.randn(12, 4, 6), torch.randn(2, 4, 32)
+    w = torch.randn(12, 4, 32)
+    outs = []
+    for m, amp in ((exact, False), (mixed, True)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out, hn = m(x, h0)
+        assert out.dtype == hn.dtype == torch.float32
+        ((out.float() * w).sum() + (hn * hn).sum()).backward()
+        outs.append(out.float())
+    diff = (outs[0] - outs[1]).abs().max().item()
+    assert 0 < diff < 3e-2
+    for (name, a), b in zip(exact.named_parameters(), mixed.parameters()):
+        assert b.grad.dtype == torch.float32
+        rel = (a.grad - b.grad).norm() / a.grad.norm()
+        assert 0 < rel < 3e-2, f"gradient of {name}: relative difference {rel:.2e}"
+
+
+def test_dropout_keeps_the_expected_fraction_and_scales():
+    from gru_lm.cells import dropout
+
+    x = torch.ones(200_000, requires_grad=True)
+    y = dropout(x, 0.3, training=True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)  # the gradient flows through the kept values only
+    assert dropout(x, 0.3, training=False) is x
+    assert (dropout(x, 1.0, training=True) == 0).all()

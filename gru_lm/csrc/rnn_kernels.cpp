@@ -155,11 +155,47 @@ Tensor bias_or_zeros(const c10::optional<Tensor>& b, int64_t n, const Tensor& li
   return b.has_value() ? b->contiguous() : at::zeros({n}, like.options());
 }
 
+// Mixed precision (train --dtype bfloat16): the matrix products take bfloat16 operands (AMX or
+// AVX-512 BF16 where the processor has them, float32 accumulation inside the BLAS), while the states,
+// gates and every gradient stay float32, so the element-wise passes above are the same code. `low` is
+// the operands' dtype: the tensors' own dtype on the exact path, where the helpers below change nothing.
+at::ScalarType operand_type(bool low_precision, const Tensor& like) {
+  return low_precision ? at::kBFloat16 : like.scalar_type();
+}
+
+Tensor as_type(const Tensor& t, at::ScalarType low) { return t.scalar_type() == low ? t : t.to(low); }
+
+// out = a @ b into the float32 out, with b already in the operands' dtype.
+void mm_into(Tensor out, const Tensor& a, const Tensor& b) {
+  if (a.scalar_type() == b.scalar_type()) {
+    at::mm_out(out, a, b);
+  } else {
+    out.copy_(at::mm(a.to(b.scalar_type()), b));
+  }
+}
+
+// out = c + a @ b, as above.
+void addmm_into(Tensor out, const Tensor& c, const Tensor& a, const Tensor& b) {
+  if (a.scalar_type() == b.scalar_type()) {
+    at::addmm_out(out, c, a, b);
+  } else {
+    out.copy_(at::mm(a.to(b.scalar_type()), b));
+    out.add_(c);
+  }
+}
+
+// a @ b with operands in `low`, returned in a's dtype (the window's weight gradients).
+Tensor mm_as(const Tensor& a, const Tensor& b, at::ScalarType low) {
+  if (a.scalar_type() == low) return a.mm(b);
+  return a.to(low).mm(b.to(low)).to(a.scalar_type());
+}
+
 }  // namespace
 
 // GRU, reset after the product: n = tanh(x_n + r ⊙ (h W_hnᵀ + b_hn)).
 // Returns out (T+1)×B×H (out[0] = h0), G T×B×3H = [r, z, h W_hnᵀ + b_hn], N T×B×H = n.
-std::vector<Tensor> gru_after_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt) {
+std::vector<Tensor> gru_after_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt,
+                                      bool low_precision) {
   gi = gi.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
   Tensor bias = bias_or_zeros(b_opt, 3 * H, gi);
@@ -167,12 +203,12 @@ std::vector<Tensor> gru_after_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::op
   out[0].copy_(h0);
   Tensor G = at::empty({T, B, 3 * H}, gi.options());
   Tensor N = at::empty({T, B, H}, gi.options());
-  Tensor wT = transposed(w_hh);
+  Tensor wT = as_type(transposed(w_hh), operand_type(low_precision, gi));
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "gru_after_forward", [&] {
     const scalar_t* bp = bias.data_ptr<scalar_t>();
     for (int64_t t = 0; t < T; ++t) {
       Tensor g_t = G[t];
-      at::mm_out(g_t, out[t], wT);
+      mm_into(g_t, out[t], wT);
       scalar_t* g = g_t.data_ptr<scalar_t>();
       const scalar_t* x = gi[t].data_ptr<scalar_t>();
       const scalar_t* hp = out[t].data_ptr<scalar_t>();
@@ -190,13 +226,15 @@ std::vector<Tensor> gru_after_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::op
 // d_gi differs from dG only in its n part (da_n instead of d(h W_hnᵀ + b_hn) = da_n ⊙ r): that part is
 // kept aside (T×B×H) and written over dG once the weight gradients are taken, so no second T×B×3H buffer.
 std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor G, Tensor N, Tensor w_hh,
-                                       bool has_bias) {
+                                       bool has_bias, bool low_precision) {
   d_out = d_out.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = N.size(2);
   Tensor dG = at::empty({T, B, 3 * H}, G.options());  // [da_r, da_z, d(h W_hnᵀ + b_hn)]
   Tensor dAN = at::empty({T, B, H}, G.options());     // da_n
   Tensor dhz = at::empty({B, H}, G.options());
   Tensor dh = d_hT.contiguous().clone();
+  const at::ScalarType low = operand_type(low_precision, G);
+  Tensor w = as_type(w_hh, low);
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "gru_after_backward", [&] {
     for (int64_t t = T - 1; t >= 0; --t) {
       const scalar_t* g = G[t].data_ptr<scalar_t>();
@@ -211,10 +249,10 @@ std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Te
         const int64_t o3 = b * 3 * H, o1 = b * H;
         gru_after_bwd_row(H, dout + o1, dhp + o1, g + o3, n + o1, hp + o1, dg + o3, dan + o1, dz + o1);
       });
-      at::addmm_out(dh, dhz, dG[t], w_hh);
+      addmm_into(dh, dhz, dG[t], w);
     }
   });
-  Tensor dW = dG.view({T * B, 3 * H}).t().mm(out.narrow(0, 0, T).reshape({T * B, H}));
+  Tensor dW = mm_as(dG.view({T * B, 3 * H}).t(), out.narrow(0, 0, T).reshape({T * B, H}), low);
   Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
   dG.narrow(2, 2 * H, H).copy_(dAN);  // now d_gi = [da_r, da_z, da_n]
   return {dG, dh, dW, db};
@@ -222,11 +260,14 @@ std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Te
 
 // GRU, reset before the product (the lecture's form): n = tanh(x_n + (r ⊙ h) W_hnᵀ + b_hn).
 // Returns out (T+1)×B×H, RZ T×B×2H = [r, z], Q T×B×H = r ⊙ h, N T×B×H = n.
-std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt) {
+std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt,
+                                       bool low_precision) {
   gi = gi.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
   Tensor bias = bias_or_zeros(b_opt, 3 * H, gi);
-  Tensor w_rzT = transposed(w_hh.narrow(0, 0, 2 * H)), w_nT = transposed(w_hh.narrow(0, 2 * H, H));
+  const at::ScalarType low = operand_type(low_precision, gi);
+  Tensor w_rzT = as_type(transposed(w_hh.narrow(0, 0, 2 * H)), low);
+  Tensor w_nT = as_type(transposed(w_hh.narrow(0, 2 * H, H)), low);
   Tensor out = at::empty({T + 1, B, H}, gi.options());
   out[0].copy_(h0);
   Tensor RZ = at::empty({T, B, 2 * H}, gi.options());
@@ -236,7 +277,7 @@ std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::o
     const scalar_t* bp = bias.data_ptr<scalar_t>();
     for (int64_t t = 0; t < T; ++t) {
       Tensor rz_t = RZ[t], n_t = N[t];
-      at::mm_out(rz_t, out[t], w_rzT);
+      mm_into(rz_t, out[t], w_rzT);
       scalar_t* rz = rz_t.data_ptr<scalar_t>();
       scalar_t* q = Q[t].data_ptr<scalar_t>();
       const scalar_t* x = gi[t].data_ptr<scalar_t>();
@@ -244,7 +285,7 @@ std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::o
       for_rows(B, H, [&](int64_t b) {
         gru_before_gates_row(H, x + b * 3 * H, bp, rz + b * 2 * H, hp + b * H, q + b * H);
       });
-      at::mm_out(n_t, Q[t], w_nT);
+      mm_into(n_t, Q[t], w_nT);
       scalar_t* n = n_t.data_ptr<scalar_t>();
       scalar_t* hn = out[t + 1].data_ptr<scalar_t>();
       for_rows(B, H, [&](int64_t b) {
@@ -258,10 +299,11 @@ std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::o
 
 // Returns d_gi T×B×3H = [da_r, da_z, da_n], d_h0, d_w_hh, d_b_hh.
 std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor RZ, Tensor Q, Tensor N,
-                                        Tensor w_hh, bool has_bias) {
+                                        Tensor w_hh, bool has_bias, bool low_precision) {
   d_out = d_out.contiguous();
   const int64_t T = RZ.size(0), B = RZ.size(1), H = N.size(2);
-  Tensor w_rz = w_hh.narrow(0, 0, 2 * H), w_n = w_hh.narrow(0, 2 * H, H);
+  const at::ScalarType low = operand_type(low_precision, RZ);
+  Tensor w_rz = as_type(w_hh.narrow(0, 0, 2 * H), low), w_n = as_type(w_hh.narrow(0, 2 * H, H), low);
   Tensor dA = at::empty({T, B, 3 * H}, RZ.options());
   Tensor dan = at::empty({B, H}, RZ.options());
   Tensor dq = at::empty({B, H}, RZ.options());
@@ -284,33 +326,34 @@ std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, T
         gru_before_bwd_row1(H, dout + o1, dhp + o1, rz + 2 * o1, n + o1, hp + o1, da + 3 * o1, dn + o1, drz + 2 * o1,
                             dz + o1);
       });
-      at::mm_out(dq, dan, w_n);  // dL/d(r ⊙ h)
+      mm_into(dq, dan, w_n);  // dL/d(r ⊙ h)
       const scalar_t* dqp = dq.data_ptr<scalar_t>();
       for_rows(B, H, [&](int64_t b) {
         const int64_t o1 = b * H;
         gru_before_bwd_row2(H, dqp + o1, rz + 2 * o1, hp + o1, da + 3 * o1, drz + 2 * o1, dz + o1);
       });
-      at::addmm_out(dh, dhz, darz, w_rz);
+      addmm_into(dh, dhz, darz, w_rz);
     }
   });
   Tensor h_prev = out.narrow(0, 0, T).reshape({T * B, H});
   Tensor flat = dA.view({T * B, 3 * H});
-  Tensor dW = at::cat({flat.narrow(1, 0, 2 * H).t().mm(h_prev), flat.narrow(1, 2 * H, H).t().mm(Q.view({T * B, H}))});
+  Tensor dW = at::cat({mm_as(flat.narrow(1, 0, 2 * H).t(), h_prev, low),
+                       mm_as(flat.narrow(1, 2 * H, H).t(), Q.view({T * B, H}), low)});
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
   return {dA, dh, dW, db};
 }
 
 // Plain RNN: h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh). Returns out (T+1)×B×H.
-Tensor rnn_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt) {
+Tensor rnn_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt, bool low_precision) {
   Tensor a = b_opt.has_value() ? (gi + *b_opt).contiguous() : gi.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
   Tensor out = at::empty({T + 1, B, H}, gi.options());
   out[0].copy_(h0);
-  Tensor wT = transposed(w_hh);
+  Tensor wT = as_type(transposed(w_hh), operand_type(low_precision, gi));
   AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "rnn_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {
       Tensor o = out[t + 1];
-      at::mm_out(o, out[t], wT);
+      mm_into(o, out[t], wT);
       const scalar_t* ap = a[t].data_ptr<scalar_t>();
       scalar_t* op = o.data_ptr<scalar_t>();
       for_rows(B, H, [&](int64_t b) { rnn_fwd_row(H, ap + b * H, op + b * H); });
@@ -319,11 +362,14 @@ Tensor rnn_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_op
   return out;
 }
 
-std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w_hh, bool has_bias) {
+std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w_hh, bool has_bias,
+                                 bool low_precision) {
   d_out = d_out.contiguous();
   const int64_t T = out.size(0) - 1, B = out.size(1), H = out.size(2);
   Tensor dA = at::empty({T, B, H}, out.options());
   Tensor dh = d_hT.contiguous().clone();
+  const at::ScalarType low = operand_type(low_precision, out);
+  Tensor w = as_type(w_hh, low);
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnn_backward", [&] {
     for (int64_t t = T - 1; t >= 0; --t) {
       const scalar_t* h = out[t + 1].data_ptr<scalar_t>();
@@ -331,10 +377,10 @@ std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w
       const scalar_t* dhp = dh.data_ptr<scalar_t>();
       scalar_t* da = dA[t].data_ptr<scalar_t>();
       for_rows(B, H, [&](int64_t b) { rnn_bwd_row(H, dout + b * H, dhp + b * H, h + b * H, da + b * H); });
-      at::mm_out(dh, dA[t], w_hh);
+      mm_into(dh, dA[t], w);
     }
   });
-  Tensor dW = dA.view({T * B, H}).t().mm(out.narrow(0, 0, T).reshape({T * B, H}));
+  Tensor dW = mm_as(dA.view({T * B, H}).t(), out.narrow(0, 0, T).reshape({T * B, H}), low);
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
   return {dA, dh, dW, db};
 }
