@@ -5,6 +5,7 @@
     python bench/rnn_speed.py --memory        # also peak memory of a training step (one subprocess per cell, Linux)
     python bench/rnn_speed.py --end-to-end    # also `gru-lm train` and `gru-lm sample` characters per second
     python bench/rnn_speed.py --repeat 5      # each shape 5 times: median ratio and its range
+    python bench/rnn_speed.py --bf16          # also the cells under bfloat16 autocast (train --dtype bfloat16)
 
 Each measurement is a char-LM training step (embedding 64 -> recurrent stack -> linear read-out over 65
 characters -> cross-entropy -> backward -> Adam), timed over --seconds after a warm-up, cells
@@ -44,6 +45,10 @@ CELLS = {
     "ours RNN": lambda H, L: RNN(E, H, L),
     "torch.nn.LSTM": lambda H, L: nn.LSTM(E, H, L),
 }
+# the same cells under CPU autocast to bfloat16, as `gru-lm train --dtype bfloat16` runs them
+BF16 = " (bf16)"
+for _name in ("torch.nn.GRU", "ours GRU reset-after", "ours GRU reset-before"):
+    CELLS[_name + BF16] = CELLS[_name]
 GRIDS = {
     "acceptance": [(H, L, 32, 64) for H in (256, 512) for L in (1, 2)],
     "full": list(itertools.product((128, 256, 512, 1024), (1, 2), (1, 32, 128), (64, 256))),
@@ -56,6 +61,7 @@ class Step:
     def __init__(self, name: str, H: int, L: int, B: int, T: int, seed: int = 0) -> None:
         torch.manual_seed(seed)
         self.rnn = CELLS[name](H, L)
+        self.amp = name.endswith(BF16)
         self.lstm = isinstance(self.rnn, nn.LSTM)
         self.emb, self.head = nn.Embedding(V, E), nn.Linear(H, V)
         params = [*self.emb.parameters(), *self.rnn.parameters(), *self.head.parameters()]
@@ -66,12 +72,14 @@ class Step:
         self.chars = T * B
 
     def __call__(self) -> None:
-        out, h = self.rnn(self.emb(self.x), self.h)
-        loss = nn.functional.cross_entropy(self.head(out).flatten(0, 1), self.y.flatten())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
+            out, h = self.rnn(self.emb(self.x), self.h)
+            logits = self.head(out)
+        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), self.y.flatten())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        self.h = tuple(t.detach() for t in h) if self.lstm else h.detach()
+        self.h = tuple(t.detach().float() for t in h) if self.lstm else h.detach().float()
 
 
 def throughput(names: list[str], shape: tuple, seconds: float, rounds: int = 3) -> dict[str, float]:
@@ -112,7 +120,7 @@ def peak_memory(name: str, shape: tuple) -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
-def end_to_end(seconds: float) -> list[tuple[str, float]]:
+def end_to_end(seconds: float, bf16: bool = False) -> list[tuple[str, float]]:
     """Characters per second of the real commands on Tiny Shakespeare with the default config."""
     import tempfile
 
@@ -123,10 +131,13 @@ def end_to_end(seconds: float) -> list[tuple[str, float]]:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for cfg in ("shakespeare_gru", "shakespeare_rnn"):
-            s = resolve(ROOT / "configs" / f"{cfg}.toml", {"max_time": seconds, "eval_every": 10**9})
-            res = train(ROOT / "data" / "tinyshakespeare.txt", s, Path(tmp) / cfg, progress=False)
-            rows.append((f"gru-lm train --config configs/{cfg}.toml (incl. final eval)", res.chars / res.elapsed_s))
+        runs = [("shakespeare_gru", "float32"), ("shakespeare_rnn", "float32")]
+        runs += [("shakespeare_gru", "bfloat16"), ("shakespeare_30min", "float32"), ("shakespeare_30min", "bfloat16")] if bf16 else []
+        for cfg, dtype in runs:
+            s = resolve(ROOT / "configs" / f"{cfg}.toml", {"max_time": seconds, "eval_every": 10**9, "dtype": dtype})
+            res = train(ROOT / "data" / "tinyshakespeare.txt", s, Path(tmp) / cfg, overwrite=True, progress=False)
+            flag = " --dtype bfloat16" if dtype == "bfloat16" else ""
+            rows.append((f"gru-lm train --config configs/{cfg}.toml{flag} (incl. final eval)", res.chars / res.elapsed_s))
         state = checkpoint.load(Path(tmp) / "shakespeare_gru" / "last.pt")
         rows += sampling_speed(checkpoint.build_model(state), Vocab(state["vocab"]))
     return rows
@@ -167,6 +178,8 @@ def main() -> None:
                     help="measure each shape N times; the table gives the median and the range of the ratios")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory (slower)")
     ap.add_argument("--end-to-end", action="store_true", help="also time gru-lm train and sample")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also the GRUs under CPU autocast to bfloat16 (mixed precision; not the same arithmetic)")
     ap.add_argument("--sample-only", type=Path, default=None, metavar="CKPT",
                     help="only time sampling from this checkpoint against torch.nn.GRU")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -185,7 +198,7 @@ def main() -> None:
         for name, rate in sampling_speed(checkpoint.build_model(state), Vocab(state["vocab"])):
             print(f"| {name} | {rate:,.0f} |")
         return
-    names = args.cells or [n for n in CELLS if "reference" not in n]
+    names = args.cells or [n for n in CELLS if "reference" not in n and (args.bf16 or not n.endswith(BF16))]
     if "torch.nn.GRU" not in names:
         names.insert(0, "torch.nn.GRU")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -213,7 +226,7 @@ def main() -> None:
             results.append(row)
     if args.end_to_end:
         print("\n| command | chars/s |\n|---|---|")
-        for name, rate in end_to_end(max(args.seconds * 10, 20)):
+        for name, rate in end_to_end(max(args.seconds * 10, 20), args.bf16):
             print(f"| {name} | {rate:,.0f} |", flush=True)
             results.append({"command": name, "chars_per_s": rate})
     if args.json:
