@@ -136,7 +136,7 @@ def end_to_end(seconds: float, bf16: bool = False) -> list[tuple[str, float]]:
         for cfg, dtype in runs:
             s = resolve(ROOT / "configs" / f"{cfg}.toml", {"max_time": seconds, "eval_every": 10**9, "dtype": dtype})
             res = train(ROOT / "data" / "tinyshakespeare.txt", s, Path(tmp) / cfg, overwrite=True, progress=False)
-            flag = " --dtype bfloat16" if dtype == "bfloat16" else ""
+            flag = f" --dtype {dtype}"
             rows.append((f"gru-lm train --config configs/{cfg}.toml{flag} (incl. final eval)", res.chars / res.elapsed_s))
         state = checkpoint.load(Path(tmp) / "shakespeare_gru" / "last.pt")
         rows += sampling_speed(checkpoint.build_model(state), Vocab(state["vocab"]))

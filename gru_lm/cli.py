@@ -84,7 +84,8 @@ def train(
     dtype: Optional[str] = typer.Option(
         None, help="float32, or bfloat16: mixed precision. Every matrix product (input projections, recurrence, "
         "read-out) takes bfloat16 operands; states, gates, gradients and weights stay float32. Faster where the "
-        "processor has bfloat16 units (AMX, AVX-512 BF16) or on a GPU. [default: float32]"),
+        "processor has bfloat16 units (AMX, AVX-512 BF16). auto: bfloat16 on such a CPU, else float32. "
+        "[default: float32]"),
     nproc: int = typer.Option(
         1, "--nproc", help="Train with N processes on this host (data-parallel; each takes B/N of the streams), "
         "as `torchrun --standalone --nproc_per_node N -m gru_lm train ...` would. Over several hosts, run "

@@ -43,14 +43,15 @@ class Settings:
     log_every: int = 10
     seed: int = 1337
     device: str = "auto"
-    dtype: str = "float32"  # or bfloat16: autocast of the matrix products where the device has it
+    dtype: str = "float32"  # bfloat16: mixed precision (bfloat16 operands for every product); auto: bfloat16
+    # on a CPU with bfloat16 units (AMX, AVX-512 BF16), else float32
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
-_CHOICES = {"cell": ("gru", "rnn"), "device": ("auto", "cpu", "cuda", "mps"), "dtype": ("float32", "bfloat16")}
+_CHOICES = {"cell": ("gru", "rnn"), "device": ("auto", "cpu", "cuda", "mps"), "dtype": ("float32", "bfloat16", "auto")}
 
 
 def _check_type(key: str, value: Any, source: str) -> Any:

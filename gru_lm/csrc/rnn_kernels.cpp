@@ -211,9 +211,14 @@ bool packing_enabled() {
 // MKL's packed sgemm layout for float32 (the same arithmetic, bit for bit), oneDNN's blocked layout
 // for bfloat16 operands (AMX where present). Where this torch has neither operator (or with
 // GRU_LM_PACK=0), a plain mm with Wᵀ stored contiguously.
+//
+// MKL's packed buffer carries ~8 MB beyond the weight, whatever its size, and MKL keeps freed buffers
+// for reuse: a window that packs two float32 weights per pass (the reset-before GRU) rose to 1.26×
+// torch.nn.GRU's peak memory at hidden 256 and 512. So float32 packing is asked for (mkl = true) only
+// where a pass packs one weight; oneDNN's bfloat16 buffers are the weight's own size.
 class RecurrentProduct {
  public:
-  RecurrentProduct(const Tensor& w, int64_t batch, bool low) : batch_(batch) {
+  RecurrentProduct(const Tensor& w, int64_t batch, bool low, bool mkl = true) : batch_(batch) {
     static const auto mkl_pack = cpu_op("mkl::_mkl_reorder_linear_weight");
     static const auto mkl_linear = cpu_op("mkl::_mkl_linear");
     static const auto dnn_pack = cpu_op("mkldnn::_reorder_linear_weight");
@@ -223,7 +228,7 @@ class RecurrentProduct {
       mode_ = DNN;
       op_ = &*dnn_linear;
       w_ = call(*dnn_pack, {w.to(at::kBFloat16).contiguous(), c10::IValue(batch)});
-    } else if (!low && pack && w.scalar_type() == at::kFloat && mkl_pack && mkl_linear) {
+    } else if (!low && mkl && pack && w.scalar_type() == at::kFloat && mkl_pack && mkl_linear) {
       mode_ = MKL;
       op_ = &*mkl_linear;
       orig_ = w.contiguous();
@@ -379,8 +384,8 @@ std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::o
   gi = gi.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
   Tensor bias = bias_or_zeros(b_opt, 3 * H, gi);
-  const RecurrentProduct w_rz(w_hh.narrow(0, 0, 2 * H), B, low_precision);
-  const RecurrentProduct w_n(w_hh.narrow(0, 2 * H, H), B, low_precision);
+  const RecurrentProduct w_rz(w_hh.narrow(0, 0, 2 * H), B, low_precision, /*mkl=*/false);
+  const RecurrentProduct w_n(w_hh.narrow(0, 2 * H, H), B, low_precision, /*mkl=*/false);
   Tensor out = at::empty({T + 1, B, H}, gi.options());
   out[0].copy_(h0);
   Tensor RZ = at::empty({T, B, 2 * H}, gi.options());
@@ -435,8 +440,8 @@ std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, T
   d_out = d_out.contiguous();
   const int64_t T = RZ.size(0), B = RZ.size(1), H = N.size(2);
   const at::ScalarType low = operand_type(low_precision, RZ);
-  const RecurrentProduct w_rz(w_hh.narrow(0, 0, 2 * H).t(), B, low_precision);
-  const RecurrentProduct w_n(w_hh.narrow(0, 2 * H, H).t(), B, low_precision);
+  const RecurrentProduct w_rz(w_hh.narrow(0, 0, 2 * H).t(), B, low_precision, /*mkl=*/false);
+  const RecurrentProduct w_n(w_hh.narrow(0, 2 * H, H).t(), B, low_precision, /*mkl=*/false);
   Tensor dA = at::empty({T, B, 3 * H}, RZ.options());
   Tensor dan = at::empty({B, H}, RZ.options());
   Tensor dq = at::empty({B, H}, RZ.options());
