@@ -267,17 +267,20 @@ def test_compiled_kernels_build_where_there_is_a_compiler():
     assert compiled() is not None
 
 
-@pytest.mark.parametrize("backend", ["compiled", "python"])
+@pytest.mark.parametrize("backend", ["compiled", "compiled-unpacked", "python"])
 @pytest.mark.parametrize("make", [lambda: GRU(6, 32, 2), lambda: GRU(6, 32, 2, reset_after=True), lambda: RNN(6, 32, 2)],
                          ids=["gru-before", "gru-after", "rnn"])
 def test_bfloat16_autocast_rounds_only_the_products(make, backend, monkeypatch):
     """Under CPU autocast to bfloat16 (train --dtype bfloat16) the window's products take bfloat16
     operands: outputs and gradients move by bfloat16 rounding (~1e-3 relative), not more, and do move,
-    so the mixed path is really taken. States and gradients stay float32."""
+    so the mixed path is really taken. States and gradients stay float32. "compiled-unpacked" is the
+    plain-product path that processors without oneDNN's bfloat16 support take."""
     if backend == "python":
         monkeypatch.setattr(fast, "compiled", lambda: None)
     elif compiled() is None:
         pytest.skip("no compiler here: the compiled kernels could not be built")
+    if backend == "compiled-unpacked":
+        monkeypatch.setenv("GRU_LM_PACK", "0")
     torch.manual_seed(3)
     exact, mixed = make(), make()
     mixed.load_state_dict(exact.state_dict())

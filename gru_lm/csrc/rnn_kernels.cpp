@@ -225,19 +225,24 @@ class RecurrentProduct {
     static const auto dnn_linear = cpu_op("mkldnn::_linear_pointwise");
     const bool pack = packing_enabled();
     if (low && pack && dnn_pack && dnn_linear) {
-      mode_ = DNN;
-      op_ = &*dnn_linear;
-      w_ = call(*dnn_pack, {w.to(at::kBFloat16).contiguous(), c10::IValue(batch)});
-    } else if (!low && mkl && pack && w.scalar_type() == at::kFloat && mkl_pack && mkl_linear) {
+      try {  // oneDNN refuses bfloat16 on a processor without AVX-512 (or AVX-NE-CONVERT)
+        w_ = call(*dnn_pack, {w.to(at::kBFloat16).contiguous(), c10::IValue(batch)});
+        mode_ = DNN;
+        op_ = &*dnn_linear;
+        return;
+      } catch (const c10::Error&) {
+      }
+    }
+    if (!low && mkl && pack && w.scalar_type() == at::kFloat && mkl_pack && mkl_linear) {
       mode_ = MKL;
       op_ = &*mkl_linear;
       orig_ = w.contiguous();
       w_ = call(*mkl_pack, {orig_, c10::IValue(batch)});
-    } else {
-      mode_ = PLAIN;
-      w_ = w.t().contiguous();  // h @ Wᵀ with Wᵀ contiguous: MKL runs that layout ~1.4× faster
-      if (low) w_ = w_.to(at::kBFloat16);
+      return;
     }
+    mode_ = PLAIN;
+    w_ = w.t().contiguous();  // h @ Wᵀ with Wᵀ contiguous: MKL runs that layout ~1.4× faster
+    if (low) w_ = w_.to(at::kBFloat16);
   }
 
   // out = a @ Wᵀ, into the float32 (or float64) out.
