@@ -26,7 +26,7 @@ LOW = torch.bfloat16  # the products' operand dtype under mixed precision (train
 
 
 def _operands(w: Tensor, low: bool) -> Tensor:
-    """A weight in the products' operand dtype: bfloat16 under mixed precision, else itself. Only the
+    """A product's operand in the operand dtype: bfloat16 under mixed precision, else itself. Only the
     operands of the matrix products are rounded; states, gates and gradients stay float32."""
     return w.to(LOW) if low else w
 
@@ -39,14 +39,14 @@ def _mm_bias(bias: Tensor | None, a: Tensor, b: Tensor, out: Tensor) -> Tensor:
     return torch.addmm(bias, a, b, out=out) if bias is not None else torch.mm(a, b, out=out)
 
 
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b, b already in the operand dtype; the result in a's dtype."""
+    return a.to(b.dtype).mm(b).to(a.dtype) if a.dtype != b.dtype else a.mm(b)
+
+
 def _addmm(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """c + a @ b, b already in the operand dtype; the result in c's dtype."""
-    return c + a.to(b.dtype).mm(b) if a.dtype != b.dtype else torch.addmm(c, a, b)
-
-
-def _mm_as(a: Tensor, b: Tensor, low: bool) -> Tensor:
-    """a @ b with operands in the operand dtype, returned in a's dtype (the weight gradients)."""
-    return a.to(LOW).mm(b.to(LOW)).to(a.dtype) if low else a.mm(b)
+    return c + _mm(a, b) if a.dtype != b.dtype else torch.addmm(c, a, b)
 
 
 def _states(gi: Tensor, h0: Tensor) -> Tensor:
@@ -88,7 +88,7 @@ def gru_after_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, G: Tensor, N: T
         dg = torch.mul(dh.unsqueeze(1), C[t], out=dG[t].view(B, 3, H)).view(B, 3 * H)
         dh = _addmm(dh * z[t], dg, w)
     flat = dG.view(T * B, 3 * H)
-    d_w = _mm_as(flat.t(), h_prev.reshape(T * B, H), low)
+    d_w = _mm(flat.t(), _operands(h_prev.reshape(T * B, H), low))
     d_b = flat.sum(0) if has_bias else None
     torch.mul(dH, c_n, out=dG[..., 2 * H :])  # d_gi = [da_r, da_z, da_n]: dG's n part, reused once read
     return dG, dh, d_w, d_b
@@ -126,13 +126,13 @@ def gru_before_backward(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias: bool, low: b
         dh = d_out[t] + dh
         da = dA[t]
         dan = torch.mul(dh, c_n[t], out=da[:, 2 * H :])
-        dq = dan.to(w_n.dtype).mm(w_n).to(dan.dtype)
+        dq = _mm(dan, w_n)
         torch.mul(dq, c_r[t], out=da[:, :H])
         torch.mul(dh, c_z[t], out=da[:, H : 2 * H])
         dh = _addmm(torch.addcmul(dh * z[t], dq, r[t]), da[:, : 2 * H], w_rz)
     flat = dA.view(T * B, 3 * H)
-    d_w = torch.cat([_mm_as(flat[:, : 2 * H].t(), h_prev.reshape(T * B, H), low),
-                     _mm_as(flat[:, 2 * H :].t(), Q.view(T * B, H), low)])
+    d_w = torch.cat([_mm(flat[:, : 2 * H].t(), _operands(h_prev.reshape(T * B, H), low)),
+                     _mm(flat[:, 2 * H :].t(), _operands(Q.view(T * B, H), low))])
     d_b = flat.sum(0) if has_bias else None
     return dA, dh, d_w, d_b
 
@@ -155,10 +155,9 @@ def rnn_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, w_hh: Tensor, has_bia
     dA = torch.empty_like(d_out)
     dh = d_hT
     for t in range(T - 1, -1, -1):
-        da = torch.mul(d_out[t] + dh, c[t], out=dA[t])
-        dh = da.to(w.dtype).mm(w).to(da.dtype)
+        dh = _mm(torch.mul(d_out[t] + dh, c[t], out=dA[t]), w)
     flat = dA.view(T * B, H)
-    d_w = _mm_as(flat.t(), out[:-1].reshape(T * B, H), low)
+    d_w = _mm(flat.t(), _operands(out[:-1].reshape(T * B, H), low))
     return dA, dh, d_w, flat.sum(0) if has_bias else None
 
 

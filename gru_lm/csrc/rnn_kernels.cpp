@@ -247,20 +247,12 @@ class RecurrentProduct {
 
   // out = a @ Wᵀ, into the float32 (or float64) out.
   void into(Tensor out, const Tensor& a) const {
-    switch (mode_) {
-      case DNN:
-        out.copy_(call(*op_, {a.to(at::kBFloat16), w_, c10::IValue(), std::string("none"),
-                              c10::List<c10::optional<c10::Scalar>>(), std::string("")}));
-        break;
-      case MKL:
-        out.copy_(call(*op_, {a, w_, orig_, c10::IValue(), c10::IValue(batch_)}));
-        break;
-      default:
-        if (a.scalar_type() == w_.scalar_type()) {
-          at::mm_out(out, a, w_);
-        } else {
-          out.copy_(at::mm(a.to(w_.scalar_type()), w_));
-        }
+    if (mode_ == MKL) {
+      out.copy_(call(*op_, {a, w_, orig_, c10::IValue(), c10::IValue(batch_)}));
+    } else if (w_.scalar_type() == at::kBFloat16) {  // mixed precision, packed or not
+      out.copy_(product(a.to(at::kBFloat16)));
+    } else {
+      at::mm_out(out, a, w_);
     }
   }
 
