@@ -77,6 +77,9 @@ def train(
         "split (0 = all of it; `gru-lm perplexity` always scores all). [default: 1000000]"),
     patience: Optional[int] = typer.Option(
         None, help="Stop early after N evaluations without a better validation loss (0 = never). [default: 0]"),
+    ema_decay: Optional[float] = typer.Option(
+        None, help="Evaluate, save as the checkpoint's model and sample from an exponential moving average of the "
+        "weights, folded in after every step with this decay (0 = off; 0.99 averages over ~100 steps). [default: 0]"),
     val_fraction: Optional[float] = typer.Option(None, help="Last fraction of FILE kept for validation. [default: 0.1]"),
     val_file: Optional[Path] = typer.Option(None, help="Validate on this file instead of a split of FILE."),
     seed: Optional[int] = typer.Option(None, help="Seed of weights, dropout and data offsets. [default: 1337]"),
@@ -106,7 +109,7 @@ def train(
 
     flags = dict(cell=cell, reset_after=reset_after, hidden_size=hidden_size, layers=layers, embed_size=embed_size,
                  dropout=dropout, seq_len=seq_len, batch_size=batch_size, lr=lr, max_steps=max_steps,
-                 max_time=max_time, eval_every=eval_every, eval_chars=eval_chars, patience=patience,
+                 max_time=max_time, eval_every=eval_every, eval_chars=eval_chars, patience=patience, ema_decay=ema_decay,
                  val_fraction=val_fraction, val_file=str(val_file) if val_file else None, seed=seed, device=device,
                  dtype=dtype)
     with _user_errors():
@@ -119,9 +122,11 @@ def train(
             base, world = state["settings"], state.get("world_size", 1)
         settings = resolve(config, flags, base)
         if base:
+            was = resolve(None, {}, base)  # (settings newer than the run read as what it ran with)
             for key in LOCKED_ON_RESUME:
-                if base.get(key) != getattr(settings, key):
-                    raise UserError(f"--resume: {key} is {base.get(key)!r} in {out / 'last.pt'}; it cannot change to {getattr(settings, key)!r}")
+                if getattr(was, key) != getattr(settings, key):
+                    raise UserError(f"--resume: {key} is {getattr(was, key)!r} in {out / 'last.pt'}; "
+                                    f"it cannot change to {getattr(settings, key)!r}")
         if nproc != 1:  # the mistakes one can see before starting the processes get one line here
             if nproc < 1:
                 raise UserError(f"--nproc must be at least 1, not {nproc}")

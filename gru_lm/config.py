@@ -40,6 +40,7 @@ class Settings:
     eval_streams: int = 32
     eval_chars: int = 1_000_000  # validation during training reads at most this many characters (0: all)
     patience: int = 0  # stop after this many evaluations without a better validation loss (0: never)
+    ema_decay: float = 0.0  # evaluate and save an exponential moving average of the weights (0: off)
     log_every: int = 10
     seed: int = 1337
     device: str = "auto"
@@ -97,6 +98,8 @@ def validate(s: Settings) -> Settings:
     for key in ("max_steps", "warmup_steps", "patience", "eval_chars"):
         if getattr(s, key) < 0:
             raise UserError(f"{key} must be 0 or more, not {getattr(s, key)}")
+    if not 0.0 <= s.ema_decay < 1.0:
+        raise UserError(f"ema_decay must be in [0, 1), not {s.ema_decay}")
     if not 0.0 <= s.dropout < 1.0:
         raise UserError(f"dropout must be in [0, 1), not {s.dropout}")
     if not s.val_file and not 0.0 < s.val_fraction < 1.0:

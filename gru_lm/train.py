@@ -26,13 +26,14 @@ from .corpus import load_corpus
 from .data import StreamBatcher, Vocab
 from .device import autocast_dtype, pick_device, rng_state, set_rng_state
 from .errors import UserError
+from .average import WeightAverage
 from .evaluate import nll
 from .kernels import compiled, keep_freed_memory
 from .model import CharModel, ModelConfig
 
 #: Settings a resumed run must share with the run it continues (they shape the model, data or RNG).
 LOCKED_ON_RESUME = ("cell", "reset_after", "hidden_size", "layers", "embed_size", "batch_size", "seq_len",
-                    "val_fraction", "val_file", "eval_chars", "seed")
+                    "val_fraction", "val_file", "eval_chars", "seed", "ema_decay")
 
 #: What a checkpoint must hold, beyond the model, to continue a run from it exactly.
 RESUME_KEYS = ("settings", "optimizer", "step", "epoch", "window", "chars", "elapsed_s", "val_loss", "best_val_loss",
@@ -252,8 +253,8 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
     loss_sum, loss_n = 0.0, 0  # train losses since the last metrics line (their mean is logged)
     stale = 0  # evaluations in a row without a new best (early stopping with --patience)
     h = model.init_state(local_batch, device)
-    if state:
-        model.load_state_dict(state["model"])
+    if state:  # with averaging, "model" is the average and "train_model" the optimiser's weights
+        model.load_state_dict(state.get("train_model", state["model"]))
         opt.load_state_dict(state["optimizer"])
         step, epoch, window, chars = state["step"], state["epoch"], state["window"], state["chars"]
         elapsed0, best, val_loss = state["elapsed_s"], state["best_val_loss"], state["val_loss"]
@@ -261,6 +262,9 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
         stale = state.get("stale_evals", 0)
         h = state["hidden"][:, mine].to(device)
         set_rng_state(state["rank_rng"][d.rank] if d.on else state["rng"], device)
+    avg = WeightAverage(model, s.ema_decay) if s.ema_decay else None  # what is evaluated and saved
+    if avg and state:
+        avg.model.load_state_dict(state["model"])
     saved_step = step if state else None  # the step last.pt holds, for the NaN message
     config_text = f"# resolved settings of this run, trained on {Path(file)}; usable as --config\n" + to_toml(s.to_dict())
     metrics_path = out_dir / "metrics.jsonl"
@@ -278,12 +282,14 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
         rngs = distributed.gather_objects(d, rng_state(device))
         snap = {
             "model_config": cfg.to_dict(), "settings": s.to_dict(), "vocab": corpus.vocab.chars,
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "model": (avg.model if avg else model).state_dict(), "optimizer": opt.state_dict(),
             "step": step, "epoch": epoch, "window": window, "chars": chars,
             "elapsed_s": elapsed_now(), "val_loss": val_loss, "best_val_loss": best,
             "loss_sum": distributed.mean_of(d, loss_sum, device), "loss_n": loss_n, "stale_evals": stale,
             "rng": rngs[0], "hidden": hidden, "data": corpus.record,
         }
+        if avg:
+            snap["train_model"] = model.state_dict()
         if d.on:
             snap["world_size"], snap["rank_rng"] = d.world, rngs
         return snap
@@ -313,7 +319,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
         nonlocal val_loss, best
         loss = math.nan
         if d.main:  # the others wait for rank 0's figure
-            total, n = nll(model, corpus.val_ids[: s.eval_chars or None], s.eval_streams, device=device)
+            total, n = nll(avg.model if avg else model, corpus.val_ids[: s.eval_chars or None], s.eval_streams, device=device)
             loss = total / n
         loss = distributed.from_main(d, loss, device)
         if not math.isfinite(loss):
@@ -360,6 +366,8 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
             if not math.isfinite(norm):
                 raise not_finite("gradient norm", norm, step + 1)
             opt.step()
+            if avg:
+                avg.update(step)
             h = h_next.detach()  # truncated BPTT: the state carries on, its gradient stops here
             step += 1
             chars += x.numel() * d.world

@@ -15,7 +15,10 @@ import torch
 from gru_lm import checkpoint
 from gru_lm.config import Settings, resolve
 from gru_lm.errors import UserError
-from gru_lm.model import CharModel
+from gru_lm.average import WeightAverage
+from gru_lm.corpus import load_corpus
+from gru_lm.evaluate import nll
+from gru_lm.model import CharModel, ModelConfig
 from gru_lm.train import learning_rate, run_lock, train
 
 from .conftest import ROOT
@@ -80,8 +83,9 @@ def test_training_writes_outputs_and_learns(trained_run):
     assert state["step"] == 60 and state["hidden"].shape == (1, 4, 32)
 
 
-def test_exact_resume_matches_an_uninterrupted_run(corpus, smoke, tmp_path):
-    s = smoke(max_steps=40, eval_every=15, dropout=0.2, layers=2)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_exact_resume_matches_an_uninterrupted_run(corpus, smoke, tmp_path, ema_decay):
+    s = smoke(max_steps=40, eval_every=15, dropout=0.2, layers=2, ema_decay=ema_decay)
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(corpus, s, straight, progress=False)
     first = train(corpus, s, split, progress=False, should_stop=lambda step: step == 22)
@@ -89,8 +93,41 @@ def test_exact_resume_matches_an_uninterrupted_run(corpus, smoke, tmp_path):
     train(corpus, s, split, resume=True, progress=False)
     assert _losses(split) == _losses(straight)  # every step's train loss and every val loss, bit for bit
     a, b = (torch.load(d / "last.pt", weights_only=True) for d in (straight, split))
-    for name in a["model"]:
-        assert torch.equal(a["model"][name], b["model"][name])
+    assert ("train_model" in a) == ("train_model" in b) == bool(ema_decay)  # the optimiser's weights beside the average
+    for key in ("model", "train_model") if ema_decay else ("model",):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name])
+
+
+def test_weight_average_follows_the_weights_with_a_warm_up():
+    model = torch.nn.Linear(2, 1)
+    avg = WeightAverage(model, decay=0.9)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    avg.update(step=0)  # the first decay is 1/10: the average moves most of the way
+    assert torch.allclose(avg.model.weight, 0.1 * start + 0.9)
+    before = avg.model.weight.detach().clone()
+    avg.update(step=10_000)  # later the decay is 0.9
+    assert torch.allclose(avg.model.weight, 0.9 * before + 0.1)
+    assert not avg.model.weight.requires_grad and avg.model.weight.data_ptr() != model.weight.data_ptr()
+
+
+def test_averaged_weights_are_what_is_evaluated_and_saved(corpus, smoke, tmp_path):
+    s = smoke(max_steps=30, eval_every=15, ema_decay=0.95)
+    result = train(corpus, s, tmp_path / "r", progress=False)
+    state = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    val = load_corpus(corpus, s).val_ids
+    losses = {}
+    for key in ("model", "train_model"):
+        model = CharModel(ModelConfig(**state["model_config"]))
+        model.load_state_dict(state[key])
+        total, n = nll(model, val, s.eval_streams)
+        losses[key] = total / n
+    assert losses["model"] == pytest.approx(result.val_loss, abs=1e-6)  # the logged loss is the average's
+    assert abs(losses["train_model"] - losses["model"]) > 1e-4  # and the two sets of weights differ
+    with pytest.raises(UserError, match="ema_decay"):
+        resolve(None, {"ema_decay": 1.0})
 
 
 def test_resume_continues_to_a_larger_max_steps(corpus, smoke, tmp_path):
