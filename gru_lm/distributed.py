@@ -145,7 +145,7 @@ def spawn(nproc: int, args: list[str]) -> int:
     What `torchrun --standalone` does, without its tracebacks: rank 0 talks to the terminal, the
     others' stderr is kept and shown only when one of them fails and rank 0 had nothing to say.
     If a process fails, the others get a few seconds to notice, then are stopped. Ctrl-C reaches
-    every process (they share the terminal): each saves, and the exit code is 130.
+    every process (they share the terminal), and a SIGTERM is passed on: each saves, and the exit code is 130.
     """
     import signal
     import socket
@@ -164,6 +164,8 @@ def spawn(nproc: int, args: list[str]) -> int:
     procs = [subprocess.Popen([sys.executable, "-m", "gru_lm", *args], stderr=logs[r],
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]
     failed_at = None
+    # a SIGTERM to this launcher (kill, timeout, a job scheduler) reaches every process: each saves
+    signal.signal(signal.SIGTERM, lambda signum, frame: [p.send_signal(signum) for p in procs if p.poll() is None])
     try:
         while any(p.poll() is None for p in procs):
             if failed_at is None and any(p.returncode not in (None, 0) for p in procs):

@@ -82,7 +82,10 @@ def run_lock(out_dir: Path):
 
 @contextlib.contextmanager
 def catch_sigint():
-    """Turn the first Ctrl-C into a flag checked between steps (so last.pt is saved); a second one aborts."""
+    """Turn the first Ctrl-C or SIGTERM into a flag checked between steps (so last.pt is saved); a second aborts.
+
+    SIGTERM is what `kill`, `timeout` and job schedulers send before they stop a job for good.
+    """
     flag = {"stop": False}
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -93,11 +96,12 @@ def catch_sigint():
             raise KeyboardInterrupt
         flag["stop"] = True
 
-    old = signal.signal(signal.SIGINT, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, old)
+        for sig, was in old.items():
+            signal.signal(sig, was)
 
 
 def make_out_dir(out_dir: Path) -> list[Path]:

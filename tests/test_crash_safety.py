@@ -227,3 +227,23 @@ def test_second_training_is_refused_and_ctrl_c_saves_and_exits_130(warm, corpus,
                          cwd=tmp_path, log=tmp_path / "resume.log")
     assert warm.wait(resumed) == 0, (tmp_path / "resume.log").read_text()
     assert checkpoint.load(out / "last.pt")["step"] == step + 3
+
+
+def test_sigterm_saves_like_ctrl_c(warm, corpus, tmp_path):
+    """`kill`, `timeout` and job schedulers send SIGTERM: the run saves last.pt and exits 130, resumable."""
+    out, log = tmp_path / "run", tmp_path / "term.log"
+    run = warm.start("train", corpus, "--config", SMOKE, "--out", out, "--max-steps", 0, "--max-time", 0,
+                     "--eval-every", 5, "-q", cwd=tmp_path, log=log)
+    try:
+        _wait_for(lambda: (out / "last.pt").exists(), "the first checkpoint", warm, poll=0.02)
+        warm.signal(run, signal.SIGTERM)
+        assert warm.wait(run) == 130, log.read_text()
+    except BaseException:
+        if warm.running():
+            warm.signal(run, signal.SIGKILL)
+            warm.wait(run)
+        raise
+    err = log.read_text()
+    step = checkpoint.load(out / "last.pt")["step"]
+    assert f"interrupted at step {step};" in err and "Traceback" not in err
+    assert [r[0] for r in _losses(out)] == list(range(1, step + 1))
