@@ -148,12 +148,13 @@ class _Stack(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         fast: bool = True,
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError("num_layers must be at least 1")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.dropout, self.fast = bias, dropout, fast
+        self.bias, self.dropout, self.fast, self.weight_drop = bias, dropout, fast, weight_drop
         G, H = self.gates, hidden_size
         for k in range(num_layers):
             in_k = input_size if k == 0 else H
@@ -185,6 +186,10 @@ class _Stack(nn.Module):
     def run_layer(self, k: int, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """Layer k over a whole window: x is T×B×I, h is B×H; returns (T×B×H, B×H)."""
         w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
+        if self.weight_drop > 0 and self.training:
+            # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per window, the
+            # same for every step and stream, so the state's own path is what gets regularised
+            w_hh = dropout(w_hh, self.weight_drop, training=True)
         gi = F.linear(x, w_ih, b_ih)  # all T input projections in one matrix product
         if self.fast:
             device = gi.device.type
@@ -228,8 +233,9 @@ class GRU(_Stack):
         reset_after: bool = False,
         bias: bool = True,
         fast: bool = True,
+        weight_drop: float = 0.0,
     ) -> None:
-        super().__init__(input_size, hidden_size, num_layers, dropout, bias, fast)
+        super().__init__(input_size, hidden_size, num_layers, dropout, bias, fast, weight_drop)
         self.reset_after = reset_after
 
     def step(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
@@ -243,7 +249,7 @@ class GRU(_Stack):
 class RNN(_Stack):
     """Multi-layer tanh RNN, time-major, interface and parameter names of torch.nn.RNN."""
 
-    gates = 1  # the constructor is _Stack's: (input_size, hidden_size, num_layers, dropout, bias, fast)
+    gates = 1  # the constructor is _Stack's: (input_size, hidden_size, num_layers, dropout, bias, fast, weight_drop)
 
     def step(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
         return rnn_step(gi, h, w_hh, b_hh)

@@ -66,6 +66,9 @@ def train(
     layers: Optional[int] = typer.Option(None, help="Stacked recurrent layers. [default: 1]"),
     embed_size: Optional[int] = typer.Option(None, help="Character embedding size. [default: 64]"),
     dropout: Optional[float] = typer.Option(None, help="Dropout between layers and before the read-out. [default: 0]"),
+    weight_drop: Optional[float] = typer.Option(
+        None, help="DropConnect on the recurrent weights: each window drops this fraction of every W_hh's entries, "
+        "the same ones at every step (AWD-LSTM's weight drop). [default: 0]"),
     seq_len: Optional[int] = typer.Option(None, help="Window T of truncated backpropagation through time. [default: 64]"),
     batch_size: Optional[int] = typer.Option(None, help="B contiguous streams trained side by side. [default: 32]"),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate of AdamW. [default: 0.003]"),
@@ -108,7 +111,7 @@ def train(
     from .train import train as run_training
 
     flags = dict(cell=cell, reset_after=reset_after, hidden_size=hidden_size, layers=layers, embed_size=embed_size,
-                 dropout=dropout, seq_len=seq_len, batch_size=batch_size, lr=lr, max_steps=max_steps,
+                 dropout=dropout, weight_drop=weight_drop, seq_len=seq_len, batch_size=batch_size, lr=lr, max_steps=max_steps,
                  max_time=max_time, eval_every=eval_every, eval_chars=eval_chars, patience=patience, ema_decay=ema_decay,
                  val_fraction=val_fraction, val_file=str(val_file) if val_file else None, seed=seed, device=device,
                  dtype=dtype)

@@ -22,6 +22,7 @@ class Settings:
     layers: int = 1
     embed_size: int = 64
     dropout: float = 0.0
+    weight_drop: float = 0.0  # DropConnect on the recurrent weights, one mask per window
     # data
     seq_len: int = 64
     batch_size: int = 32
@@ -100,8 +101,9 @@ def validate(s: Settings) -> Settings:
             raise UserError(f"{key} must be 0 or more, not {getattr(s, key)}")
     if not 0.0 <= s.ema_decay < 1.0:
         raise UserError(f"ema_decay must be in [0, 1), not {s.ema_decay}")
-    if not 0.0 <= s.dropout < 1.0:
-        raise UserError(f"dropout must be in [0, 1), not {s.dropout}")
+    for key in ("dropout", "weight_drop"):
+        if not 0.0 <= getattr(s, key) < 1.0:
+            raise UserError(f"{key} must be in [0, 1), not {getattr(s, key)}")
     if not s.val_file and not 0.0 < s.val_fraction < 1.0:
         raise UserError(f"val_fraction must be in (0, 1), not {s.val_fraction}")
     for key in ("lr", "min_lr", "weight_decay", "grad_clip", "max_time"):

@@ -18,6 +18,7 @@ class ModelConfig:
     embed_size: int = 64
     dropout: float = 0.0
     reset_after: bool = False
+    weight_drop: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,10 +37,11 @@ class CharModel(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
         if cfg.cell == "gru":
             self.rnn: nn.Module = GRU(
-                cfg.embed_size, cfg.hidden_size, cfg.layers, dropout=cfg.dropout, reset_after=cfg.reset_after
+                cfg.embed_size, cfg.hidden_size, cfg.layers, dropout=cfg.dropout, reset_after=cfg.reset_after,
+                weight_drop=cfg.weight_drop,
             )
         elif cfg.cell == "rnn":
-            self.rnn = RNN(cfg.embed_size, cfg.hidden_size, cfg.layers, dropout=cfg.dropout)
+            self.rnn = RNN(cfg.embed_size, cfg.hidden_size, cfg.layers, dropout=cfg.dropout, weight_drop=cfg.weight_drop)
         else:
             raise ValueError(f"unknown cell {cfg.cell!r}")
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)

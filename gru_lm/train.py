@@ -238,7 +238,8 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
         raise UserError(f"{file}: is not the text the run in {out_dir} was trained on")
 
     torch.manual_seed(s.seed)
-    cfg = ModelConfig(len(corpus.vocab), s.cell, s.hidden_size, s.layers, s.embed_size, s.dropout, s.reset_after)
+    cfg = ModelConfig(len(corpus.vocab), s.cell, s.hidden_size, s.layers, s.embed_size, s.dropout, s.reset_after,
+                      s.weight_drop)
     model = CharModel(cfg).to(device)
     net = model
     if d.on:  # the same initial weights everywhere (DDP also broadcasts rank 0's), then each its own dropout

@@ -229,6 +229,35 @@ def test_dropout_between_layers_only_in_training():
     assert (c - d).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("kind", ["gru", "rnn"])
+def test_weight_drop_masks_the_recurrent_weights_once_per_window(kind):
+    """DropConnect: in training the compiled window sees W_hh with a fraction of its entries zeroed
+    (the same ones at every step): it matches the reference loop given the same draws, no gradient
+    reaches a dropped entry, and in eval mode the weights are whole."""
+    cls = GRU if kind == "gru" else RNN
+    fast_m, ref_m = cls(6, 16, 2, weight_drop=0.5), cls(6, 16, 2, weight_drop=0.5, fast=False)
+    ref_m.load_state_dict(fast_m.state_dict())
+    x = torch.randn(7, 3, 6)
+    outs = []
+    for m in (fast_m, ref_m):
+        torch.manual_seed(5)
+        out, h = m(x)
+        (out.square().sum() + h.sum()).backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1])
+    for (name, a), b in zip(fast_m.named_parameters(), ref_m.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    dropped = fast_m.weight_hh_l0.grad == 0
+    assert 0.35 < dropped.float().mean().item() < 0.65  # the gradient reaches the kept entries only
+    fast_m.eval()
+    plain = cls(6, 16, 2)
+    plain.load_state_dict(fast_m.state_dict())
+    torch.testing.assert_close(fast_m(x)[0], plain.eval()(x)[0])
+    fast_m.train()
+    torch.manual_seed(5)
+    assert (fast_m(x)[0] - plain.train()(x)[0]).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("shape", [(11, 5, 8), (5, 16, 256)], ids=["small", "rows-split-over-threads"])
 @pytest.mark.parametrize("backend", ["compiled", "python"])
 @pytest.mark.parametrize("bias", [True, False])
