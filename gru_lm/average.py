@@ -26,7 +26,7 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self, step: int) -> None:
-        """Fold in the weights after `step` optimiser steps.
+        """Fold in the weights just updated by optimiser step number `step` (counting from 0).
 
         The decay starts small, (1 + step) / (10 + step), so that the average is not dominated by
         the random initial weights in a short run (the warm-up of TensorFlow's ExponentialMovingAverage).

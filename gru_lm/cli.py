@@ -425,7 +425,11 @@ def compare(
                 continue
             settings = resolve(cfg, {"max_time": max_time})
             print(f"training {cfg} into {run_dir}", file=sys.stderr)
-            run_training(file, settings, run_dir, overwrite=True, progress=not quiet)
+            result = run_training(file, settings, run_dir, overwrite=True, progress=not quiet)
+            if result.interrupted:  # Ctrl-C or SIGTERM: stop here, not go on to the next config
+                print(f"interrupted at step {result.step}; saved {run_dir / 'last.pt'} (continue with "
+                      f"`gru-lm train {file} --out {run_dir} --resume`)", file=sys.stderr)
+                raise typer.Exit(130)
         report = write_report(runs, out, title=f"{file.name}: {out.name}")
     print(report)
 

@@ -99,9 +99,7 @@ def validate(s: Settings) -> Settings:
     for key in ("max_steps", "warmup_steps", "patience", "eval_chars"):
         if getattr(s, key) < 0:
             raise UserError(f"{key} must be 0 or more, not {getattr(s, key)}")
-    if not 0.0 <= s.ema_decay < 1.0:
-        raise UserError(f"ema_decay must be in [0, 1), not {s.ema_decay}")
-    for key in ("dropout", "weight_drop"):
+    for key in ("dropout", "weight_drop", "ema_decay"):
         if not 0.0 <= getattr(s, key) < 1.0:
             raise UserError(f"{key} must be in [0, 1), not {getattr(s, key)}")
     if not s.val_file and not 0.0 < s.val_fraction < 1.0:

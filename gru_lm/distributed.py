@@ -161,11 +161,13 @@ def spawn(nproc: int, args: list[str]) -> int:
            "LOCAL_WORLD_SIZE": str(nproc)}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     logs = [None] + [tempfile.TemporaryFile("w+") for _ in range(1, nproc)]
-    procs = [subprocess.Popen([sys.executable, "-m", "gru_lm", *args], stderr=logs[r],
-                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(nproc)]
-    failed_at = None
+    procs: list[subprocess.Popen] = []
     # a SIGTERM to this launcher (kill, timeout, a job scheduler) reaches every process: each saves
-    signal.signal(signal.SIGTERM, lambda signum, frame: [p.send_signal(signum) for p in procs if p.poll() is None])
+    was = signal.signal(signal.SIGTERM, lambda signum, frame: [p.send_signal(signum) for p in procs if p.poll() is None])
+    for r in range(nproc):
+        procs.append(subprocess.Popen([sys.executable, "-m", "gru_lm", *args], stderr=logs[r],
+                                      env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}))
+    failed_at = None
     try:
         while any(p.poll() is None for p in procs):
             if failed_at is None and any(p.returncode not in (None, 0) for p in procs):
@@ -180,6 +182,7 @@ def spawn(nproc: int, args: list[str]) -> int:
         for p in procs:
             p.wait()
     codes = [p.wait() for p in procs]
+    signal.signal(signal.SIGTERM, was)
     if all(c == 0 for c in codes):
         return 0
     if codes[0] in (2, 130):  # rank 0 has said what happened (one line) or saved after Ctrl-C

@@ -21,19 +21,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint, distributed
+from .average import WeightAverage
 from .config import Settings, to_toml
 from .corpus import load_corpus
 from .data import StreamBatcher, Vocab
 from .device import autocast_dtype, pick_device, rng_state, set_rng_state
 from .errors import UserError
-from .average import WeightAverage
 from .evaluate import nll
 from .kernels import compiled, keep_freed_memory
 from .model import CharModel, ModelConfig
 
 #: Settings a resumed run must share with the run it continues (they shape the model, data or RNG).
 LOCKED_ON_RESUME = ("cell", "reset_after", "hidden_size", "layers", "embed_size", "batch_size", "seq_len",
-                    "val_fraction", "val_file", "eval_chars", "seed", "ema_decay")
+                    "val_fraction", "val_file", "eval_chars", "seed")
 
 #: What a checkpoint must hold, beyond the model, to continue a run from it exactly.
 RESUME_KEYS = ("settings", "optimizer", "step", "epoch", "window", "chars", "elapsed_s", "val_loss", "best_val_loss",
@@ -81,10 +81,12 @@ def run_lock(out_dir: Path):
 
 
 @contextlib.contextmanager
-def catch_sigint():
-    """Turn the first Ctrl-C or SIGTERM into a flag checked between steps (so last.pt is saved); a second aborts.
+def catch_stop_signals():
+    """Turn the first Ctrl-C or SIGTERM into a flag checked between steps (so last.pt is saved).
 
-    SIGTERM is what `kill`, `timeout` and job schedulers send before they stop a job for good.
+    SIGTERM is what `kill`, `timeout` and job schedulers send before they stop a job for good; some
+    send it to every process of a job, so a worker of --nproc can get it twice (also from the launcher),
+    and a repeated SIGTERM changes nothing. A second Ctrl-C aborts at once.
     """
     flag = {"stop": False}
     if threading.current_thread() is not threading.main_thread():
@@ -92,7 +94,7 @@ def catch_sigint():
         return
 
     def handler(signum, frame):
-        if flag["stop"]:
+        if flag["stop"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag["stop"] = True
 
@@ -138,6 +140,9 @@ def check_resumable(state: dict, path: Path) -> dict:
             raise UserError(f"{path}: cannot resume from this checkpoint: it holds no '{key}'")
     if not isinstance(state["settings"], dict) or not isinstance(state["data"], dict):
         raise UserError(f"{path}: cannot resume from this checkpoint: its settings are corrupt")
+    if state["settings"].get("ema_decay") and not isinstance(state.get("train_model"), dict):
+        raise UserError(f"{path}: cannot resume from this checkpoint: it holds no 'train_model' (the weights "
+                        "behind its average; best.pt leaves them out)")
     return state
 
 
@@ -210,8 +215,8 @@ def train(
                 _remove_stale_tmp(out_dir)
 
             distributed.agree(d, claim_out_dir)
-            sigint = stack.enter_context(catch_sigint())
-            return _train(file, s, out_dir, resume, should_stop, sigint, progress and d.main, d, device)
+            signals = stack.enter_context(catch_stop_signals())
+            return _train(file, s, out_dir, resume, should_stop, signals, progress and d.main, d, device)
     except UserError:
         _remove_if_unused(out_dir, created)
         raise
@@ -224,7 +229,7 @@ def train(
         distributed.shutdown()
 
 
-def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, progress: bool,
+def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, signals, progress: bool,
            d: distributed.Dist, device: torch.device) -> TrainResult:
     amp_dtype = autocast_dtype(s.dtype, device)
     mine = distributed.streams(s.batch_size, d)  # this process's streams
@@ -267,9 +272,10 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
         stale = state.get("stale_evals", 0)
         h = state["hidden"][:, mine].to(device)
         set_rng_state(state["rank_rng"][d.rank] if d.on else state["rng"], device)
-    avg = WeightAverage(model, s.ema_decay) if s.ema_decay else None  # what is evaluated and saved
-    if avg and state:
+    avg = WeightAverage(model, s.ema_decay) if s.ema_decay else None
+    if avg and state:  # (a run that averaged nothing before starts its average from its weights)
         avg.model.load_state_dict(state["model"])
+    eval_model = avg.model if avg else model  # what is evaluated and saved as the checkpoint's model
     saved_step = step if state else None  # the step last.pt holds, for the NaN message
     config_text = f"# resolved settings of this run, trained on {Path(file)}; usable as --config\n" + to_toml(s.to_dict())
     metrics_path = out_dir / "metrics.jsonl"
@@ -287,7 +293,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
         rngs = distributed.gather_objects(d, rng_state(device))
         snap = {
             "model_config": cfg.to_dict(), "settings": s.to_dict(), "vocab": corpus.vocab.chars,
-            "model": (avg.model if avg else model).state_dict(), "optimizer": opt.state_dict(),
+            "model": eval_model.state_dict(), "optimizer": opt.state_dict(),
             "step": step, "epoch": epoch, "window": window, "chars": chars,
             "elapsed_s": elapsed_now(), "val_loss": val_loss, "best_val_loss": best,
             "loss_sum": distributed.mean_of(d, loss_sum, device), "loss_n": loss_n, "stale_evals": stale,
@@ -324,7 +330,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
         nonlocal val_loss, best
         loss = math.nan
         if d.main:  # the others wait for rank 0's figure
-            total, n = nll(avg.model if avg else model, corpus.val_ids[: s.eval_chars or None], s.eval_streams, device=device)
+            total, n = nll(eval_model, corpus.val_ids[: s.eval_chars or None], s.eval_streams, device=device)
             loss = total / n
         loss = distributed.from_main(d, loss, device)
         if not math.isfinite(loss):
@@ -340,8 +346,8 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
         # best.pt first: a crash between the two writes leaves last.pt one evaluation behind,
         # and resuming from it redoes that evaluation and writes best.pt again. The other
         # order could leave a last.pt whose best_val_loss no best.pt holds, for good.
-        if improved and d.main:
-            checkpoint.save(out_dir / "best.pt", snap)
+        if improved and d.main:  # (the optimiser's own weights matter to --resume only, from last.pt)
+            checkpoint.save(out_dir / "best.pt", {k: v for k, v in snap.items() if k != "train_model"})
         save_last(snap)
 
     bar = tqdm(total=1.0, disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=True, mininterval=0.5,
@@ -381,7 +387,7 @@ def _train(file, s: Settings, out_dir: Path, resume: bool, should_stop, sigint, 
                 epoch, window = epoch + 1, 0
             loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
 
-            asked = sigint["stop"] or bool(should_stop and should_stop(step))
+            asked = signals["stop"] or bool(should_stop and should_stop(step))
             clock, stop = distributed.max_of(d, [elapsed_now(), float(asked)], device)
             at_eval, at_end = step % s.eval_every == 0, bool(budget_over(clock))
             if step % s.log_every == 0 or at_eval or at_end:

@@ -52,3 +52,24 @@ def test_plot_and_compare_commands(corpus, trained_run, tmp_path):
     assert "| smoke |" in text and "| run |" in text
     r = gru_lm("plot", tmp_path / "nothing")
     assert r.returncode == 2 and "no metrics.jsonl" in r.stderr
+
+
+def test_compare_stops_at_an_interrupted_training(corpus, tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM during one of compare's trainings saves that run and stops (exit 130): it
+    does not go on to train the next config, nor write a report of a run without best.pt."""
+    from typer.testing import CliRunner
+
+    from gru_lm import cli
+    from gru_lm import train as training
+
+    trained = []
+
+    def interrupted(file, s, out, **kw):
+        trained.append(out)
+        return training.TrainResult(out, 3, 192, 0.5, math.nan, math.inf, interrupted=True)
+
+    monkeypatch.setattr(training, "train", interrupted)
+    out = tmp_path / "cmp"
+    r = CliRunner().invoke(cli.app, ["compare", str(corpus), "-c", str(SMOKE), "-c", str(SMOKE), "--out", str(out), "-q"])
+    assert r.exit_code == 130 and len(trained) == 1, r.output
+    assert "interrupted at step 3" in r.output and not (out / "report.md").exists()

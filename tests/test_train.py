@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from gru_lm import checkpoint
-from gru_lm.config import Settings, resolve
-from gru_lm.errors import UserError
 from gru_lm.average import WeightAverage
+from gru_lm.config import Settings, resolve
 from gru_lm.corpus import load_corpus
+from gru_lm.errors import UserError
 from gru_lm.evaluate import nll
 from gru_lm.model import CharModel, ModelConfig
-from gru_lm.train import learning_rate, run_lock, train
+from gru_lm.train import check_resumable, learning_rate, run_lock, train
 
 from .conftest import ROOT
 
@@ -126,6 +126,10 @@ def test_averaged_weights_are_what_is_evaluated_and_saved(corpus, smoke, tmp_pat
         losses[key] = total / n
     assert losses["model"] == pytest.approx(result.val_loss, abs=1e-6)  # the logged loss is the average's
     assert abs(losses["train_model"] - losses["model"]) > 1e-4  # and the two sets of weights differ
+    best = torch.load(tmp_path / "r" / "best.pt", weights_only=True)
+    assert "train_model" not in best and best["model"].keys() == state["model"].keys()  # best.pt: the average only
+    with pytest.raises(UserError, match="train_model"):  # so it cannot stand in for last.pt
+        check_resumable(best, tmp_path / "r" / "best.pt")
     with pytest.raises(UserError, match="ema_decay"):
         resolve(None, {"ema_decay": 1.0})
 
@@ -360,3 +364,15 @@ def test_bfloat16_training_learns_like_float32(corpus, smoke, tmp_path):
     assert abs(mixed.val_loss - exact.val_loss) < 0.02
     state = checkpoint.load(tmp_path / "bf16" / "last.pt")
     assert all(t.dtype == torch.float32 for t in state["model"].values())
+
+
+def test_averaging_can_start_or_stop_on_resume(corpus, smoke, tmp_path):
+    out = tmp_path / "r"
+    train(corpus, smoke(max_steps=10), out, progress=False)
+    train(corpus, smoke(max_steps=20, ema_decay=0.9), out, resume=True, progress=False)  # starts from the weights
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["step"] == 20 and "train_model" in state
+    assert any(not torch.equal(state["model"][k], state["train_model"][k]) for k in state["model"])
+    train(corpus, smoke(max_steps=25), out, resume=True, progress=False)  # back to the optimiser's own weights
+    after = torch.load(out / "last.pt", weights_only=True)
+    assert after["step"] == 25 and "train_model" not in after
