@@ -69,9 +69,20 @@ GRIDS: dict[str, list[dict]] = {
         {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16"},
         {"hidden_size": 512, "layers": 2, "dropout": 0.2, "batch_size": 64, "lr": 0.004, "dtype": "bfloat16"},
     ],
+    "g300ema": [  # session 4: the cosine down to ~0 (min_lr 1e-5), then weight averaging on top
+        {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16", "min_lr": 1e-05},
+        {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16", "min_lr": 1e-05, "ema_decay": 0.995},
+        {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16", "min_lr": 1e-05, "ema_decay": 0.995,
+         "weight_decay": 0.1},
+        {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16", "min_lr": 1e-05, "ema_decay": 0.995,
+         "weight_decay": 0.1, "weight_drop": 0.2},
+    ],
     "g1800": [
         {"hidden_size": 512, "layers": 2, "dropout": 0.3, "lr": 0.004},
         {"hidden_size": 512, "layers": 2, "dropout": 0.3, "lr": 0.004, "dtype": "bfloat16"},  # session 3
+        # session 4: wider, more dropout, the cosine down to ~0 and weight averaging
+        {"hidden_size": 768, "layers": 2, "dropout": 0.4, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
+         "ema_decay": 0.998},
     ],
 }
 
