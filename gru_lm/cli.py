@@ -103,8 +103,8 @@ def train(
     """Train a character-level language model on FILE.
 
     Writes last.pt, best.pt (lowest validation loss), metrics.jsonl and config.toml into the run
-    folder. Ctrl-C (or SIGTERM) saves last.pt and exits with 130; continue with --resume. Settings come from the
-    built-in defaults, then --config, then the flags given here.
+    folder. Ctrl-C (or SIGTERM) saves last.pt and exits with 130; continue with --resume. Settings
+    come from the built-in defaults, then --config, then the flags given here.
     """
     from .distributed import Dist, from_env, spawn, streams
     from .train import LOCKED_ON_RESUME, check_resumable
