@@ -85,6 +85,8 @@ GRIDS: dict[str, list[dict]] = {
          "ema_decay": 0.998},
         {"hidden_size": 768, "layers": 2, "dropout": 0.4, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
          "ema_decay": 0.998, "weight_decay": 0.1, "weight_drop": 0.25},
+        {"hidden_size": 1024, "layers": 2, "dropout": 0.4, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
+         "ema_decay": 0.998, "weight_decay": 0.1, "weight_drop": 0.25},
     ],
 }
 
