@@ -453,4 +453,7 @@ def main() -> None:
             raise
         print(f"gru-lm: error: {e.format_message()}", file=sys.stderr)
         code = e.exit_code
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if "gru_lm.distributed" in sys.modules:  # a process of a --nproc or torchrun job: see exit_process
+        sys.modules["gru_lm.distributed"].exit_process(code)
+    sys.exit(code)
