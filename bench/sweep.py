@@ -87,6 +87,14 @@ GRIDS: dict[str, list[dict]] = {
          "ema_decay": 0.998, "weight_decay": 0.1, "weight_drop": 0.25},
         {"hidden_size": 1024, "layers": 2, "dropout": 0.4, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
          "ema_decay": 0.998, "weight_decay": 0.1, "weight_drop": 0.25},
+        # session 5: three layers of 512; then two layers of 512 with the new recipe. Stopped early, and
+        # so not recorded: 3 x 512 with dropout 0.35 and weight drop 0.35 (val 1.5978 at 427 s, where the
+        # point below read 1.5291 at 416 s), and 4 x 512 otherwise as the point below (1.4953 at 1,028 s,
+        # where it read 1.4666 at 1,014 s).
+        {"hidden_size": 512, "layers": 3, "dropout": 0.3, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
+         "ema_decay": 0.998, "weight_decay": 0.1, "weight_drop": 0.2},
+        {"hidden_size": 512, "layers": 2, "dropout": 0.3, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
+         "ema_decay": 0.998, "weight_decay": 0.1, "weight_drop": 0.15},
     ],
 }
 
@@ -96,10 +104,13 @@ def run_dir(point: dict, budget: float, cell: str) -> Path:
     return RUNS / f"{budget:.0f}s" / name
 
 
-def run_point(point: dict, budget: float, cell: str) -> dict:
+def run_point(point: dict, budget: float, cell: str) -> dict | None:
+    """The point's row, or None when the run was stopped (Ctrl-C, SIGTERM) before its budget ran out."""
     s = resolve(None, {**point, "cell": cell, "max_time": float(budget), "max_steps": 0, "eval_every": 250})
     out = run_dir(point, budget, cell)
     res = train(ROOT / "data" / "tinyshakespeare.txt", s, out, overwrite=True, progress=False)
+    if res.interrupted:
+        return None
     return {"budget_s": budget, "cell": cell, "point": point, "run": str(out.relative_to(ROOT)), "best_val_loss": res.best_val_loss,
             "final_val_loss": res.val_loss, "steps": res.step, "chars": res.chars, "elapsed_s": round(res.elapsed_s, 1),
             "chars_per_s": round(res.chars / res.elapsed_s), "machine": f"{platform.machine()} {os.cpu_count()} cores",
@@ -131,6 +142,9 @@ def main() -> None:
             print(f"skip (done): {point}")
             continue
         row = run_point(point, args.budget, args.cell)
+        if row is None:  # a stopped run's loss is not the budget's: leave it out, and stop the sweep
+            print(f"stopped: {point} not recorded", file=sys.stderr)
+            sys.exit(130)
         with RESULTS.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{args.cell} {args.budget:.0f}s {point}: best val {row['best_val_loss']:.4f} "
