@@ -7,13 +7,16 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, NoReturn, Optional
 
 import typer
 
 from . import __version__, checkpoint
 from .config import resolve
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .train import TrainResult
 
 app = typer.Typer(
     add_completion=False,
@@ -145,10 +148,15 @@ def train(
     if not from_env().main:
         raise typer.Exit(130 if result.interrupted else 0)
     if result.interrupted:
-        print(f"interrupted at step {result.step}; saved {out / 'last.pt'} (continue with --resume)", file=sys.stderr)
-        raise typer.Exit(130)
+        _interrupted(result, "continue with --resume")
     print(f"done: step {result.step}, {result.chars:,} characters in {result.elapsed_s:.0f}s, "
           f"val loss {result.val_loss:.4f} (best {result.best_val_loss:.4f}); checkpoints in {out}", file=sys.stderr)
+
+
+def _interrupted(result: TrainResult, hint: str) -> NoReturn:
+    """After Ctrl-C or SIGTERM: say where the run was saved, and exit with 130."""
+    print(f"interrupted at step {result.step}; saved {result.out_dir / 'last.pt'} ({hint})", file=sys.stderr)
+    raise typer.Exit(130)
 
 
 def _without_nproc(args: list[str]) -> list[str]:
@@ -427,9 +435,7 @@ def compare(
             print(f"training {cfg} into {run_dir}", file=sys.stderr)
             result = run_training(file, settings, run_dir, overwrite=True, progress=not quiet)
             if result.interrupted:  # Ctrl-C or SIGTERM: stop here, not go on to the next config
-                print(f"interrupted at step {result.step}; saved {run_dir / 'last.pt'} (continue with "
-                      f"`gru-lm train {file} --out {run_dir} --resume`)", file=sys.stderr)
-                raise typer.Exit(130)
+                _interrupted(result, f"continue with `gru-lm train {file} --out {run_dir} --resume`")
         report = write_report(runs, out, title=f"{file.name}: {out.name}")
     print(report)
 
