@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gru_lm.cells import GRU, RNN  # noqa: E402
-from gru_lm.kernels import keep_freed_memory  # noqa: E402
+from gru_lm.memory import keep_freed_memory  # noqa: E402
 
 V, E = 65, 64
 CELLS = {

@@ -1,12 +1,13 @@
 """Recurrent cells written from their equations, shaped like torch.nn.GRU / torch.nn.RNN.
 
-Notation (SPEC §1): x is one step's input (B×I), h the previous state (B×H).
+The GRU is the one of Dive into Deep Learning's GRU chapter (Zhang, Lipton, Li, Smola) and Cho et al.
+2014. Notation: x is one step's input (B×I), h the previous state (B×H), weights as torch lays them out.
 
 GRU, gates in the order r, z, n (as torch.nn.GRU lays them out):
 
     r  = σ(x W_ir + b_ir + h W_hr + b_hr)            reset gate
     z  = σ(x W_iz + b_iz + h W_hz + b_hz)            update gate
-    n  = tanh(x W_in + b_in + (r ⊙ h) W_hn + b_hn)   reset BEFORE the product (lecture, Cho et al. 2014)
+    n  = tanh(x W_in + b_in + (r ⊙ h) W_hn + b_hn)   reset BEFORE the product (Dive into Deep Learning, Cho et al.)
     n  = tanh(x W_in + b_in + r ⊙ (h W_hn + b_hn))   reset AFTER the product (torch.nn.GRU, cuDNN)
     h' = z ⊙ h + (1 − z) ⊙ n
 
@@ -17,8 +18,8 @@ Plain RNN: h' = tanh(x W_ih + b_ih + h W_hh + b_hh).
 
 The sequence modules compute the input projections of a whole window in one matrix product
 (they do not depend on h) and then step through time with only the recurrent products left.
-By default they run the window through fast.py (the same equations with a hand-derived backward);
-`fast=False` runs the plain loop below under autograd, the reference the tests hold fast.py to.
+By default they run the window through window.py (the same equations with a hand-derived backward);
+`fast=False` runs the plain loop below under autograd, the reference the tests hold window.py to.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fast import gru_window, rnn_window
+from .window import gru_window, rnn_window
 
 CELLS = ("gru", "rnn")
 
@@ -127,7 +128,7 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Inverted dropout, as F.dropout: keep each value with probability 1 − p and scale by 1/(1 − p).
 
     The mask comes from uniform draws (torch.rand_like) rather than F.dropout's bernoulli_, which runs
-    ~3× slower on CPU: at 2 × 512 it took ~6% of a training step here."""
+    several times slower on CPU."""
     if not training or p == 0:
         return x
     if p >= 1:
@@ -180,7 +181,7 @@ class _Stack(nn.Module):
         raise NotImplementedError
 
     def window(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None,
-               low: bool = False) -> tuple[Tensor, Tensor]:
+               bf16_operands: bool = False) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
     def run_layer(self, k: int, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -196,9 +197,9 @@ class _Stack(nn.Module):
             if torch.is_autocast_enabled(device):
                 # mixed precision: the window's matrix products take bfloat16 operands, while its
                 # states, gates and hand-derived backward stay float32 arithmetic
-                low = torch.get_autocast_dtype(device) == torch.bfloat16
+                bf16 = torch.get_autocast_dtype(device) == torch.bfloat16
                 with torch.autocast(device, enabled=False):
-                    return self.window(gi.float(), h.float().contiguous(), w_hh, b_hh, low)
+                    return self.window(gi.float(), h.float().contiguous(), w_hh, b_hh, bf16)
             return self.window(gi, h.contiguous(), w_hh, b_hh)
         outs = []
         for t in range(x.shape[0]):
@@ -242,8 +243,8 @@ class GRU(_Stack):
         return gru_step(gi, h, w_hh, b_hh, self.reset_after)
 
     def window(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None,
-               low: bool = False) -> tuple[Tensor, Tensor]:
-        return gru_window(gi, h, w_hh, b_hh, self.reset_after, low)
+               bf16_operands: bool = False) -> tuple[Tensor, Tensor]:
+        return gru_window(gi, h, w_hh, b_hh, self.reset_after, bf16_operands)
 
 
 class RNN(_Stack):
@@ -255,5 +256,5 @@ class RNN(_Stack):
         return rnn_step(gi, h, w_hh, b_hh)
 
     def window(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None,
-               low: bool = False) -> tuple[Tensor, Tensor]:
-        return rnn_window(gi, h, w_hh, b_hh, low)
+               bf16_operands: bool = False) -> tuple[Tensor, Tensor]:
+        return rnn_window(gi, h, w_hh, b_hh, bf16_operands)

@@ -1,14 +1,23 @@
-"""Training settings: built-in defaults < TOML config file < command-line flags (SPEC §3)."""
+"""Training settings: built-in defaults < TOML config file < command-line flags.
+
+Each field of Settings is one TOML key and one `gru-lm train` flag (`hidden_size` is `--hidden-size`);
+its help text lives beside its default, and the command line is built from them.
+"""
 
 from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+
+
+def setting(default: Any, help: str) -> Any:
+    """A Settings field with the help text that `gru-lm train --help` shows for it."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -16,44 +25,52 @@ class Settings:
     """Everything a training run needs; field names are the TOML keys and the flags (with - for _)."""
 
     # model
-    cell: str = "gru"
-    reset_after: bool = False
-    hidden_size: int = 256
-    layers: int = 1
-    embed_size: int = 64
-    dropout: float = 0.0
-    weight_drop: float = 0.0  # DropConnect on the recurrent weights, one mask per window
+    cell: str = setting("gru", "Recurrent cell: gru, or rnn (the plain RNN baseline).")
+    reset_after: bool = setting(False, "GRU candidate: reset after the recurrent product (torch.nn.GRU, cuDNN) "
+                                "or before it (Dive into Deep Learning, Cho et al. 2014).")
+    hidden_size: int = setting(256, "Units per recurrent layer.")
+    layers: int = setting(1, "Stacked recurrent layers.")
+    embed_size: int = setting(64, "Character embedding size.")
+    dropout: float = setting(0.0, "Dropout between layers and before the read-out.")
+    weight_drop: float = setting(0.0, "DropConnect on the recurrent weights: each window drops this fraction of "
+                                 "every W_hh's entries, the same ones at every step (AWD-LSTM's weight drop).")
     # data
-    seq_len: int = 64
-    batch_size: int = 32
-    val_fraction: float = 0.1
-    val_file: str = ""
+    seq_len: int = setting(64, "Window T of truncated backpropagation through time.")
+    batch_size: int = setting(32, "B contiguous streams trained side by side.")
+    val_fraction: float = setting(0.1, "Last fraction of FILE kept for validation.")
+    val_file: str = setting("", "Validate on this file instead of a split of FILE.")
     # optimisation
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    lr: float = setting(3e-3, "Peak learning rate of AdamW.")
+    min_lr: float = setting(3e-4, "Learning rate at the end of the cosine decay.")
+    warmup_steps: int = setting(100, "Steps of linear learning-rate warm-up.")
+    weight_decay: float = setting(0.01, "AdamW weight decay on the weight matrices (not embeddings or biases).")
+    grad_clip: float = setting(1.0, "Clip the gradient norm to this (0 = no clipping).")
+    ema_decay: float = setting(0.0, "Evaluate, save as the checkpoint's model and sample from an exponential "
+                               "moving average of the weights with this decay (0 = off; 0.99 averages ~100 steps).")
     # budget and bookkeeping (0 means no limit)
-    max_steps: int = 0
-    max_time: float = 300.0
-    eval_every: int = 200
-    eval_streams: int = 32
-    eval_chars: int = 1_000_000  # validation during training reads at most this many characters (0: all)
-    patience: int = 0  # stop after this many evaluations without a better validation loss (0: never)
-    ema_decay: float = 0.0  # evaluate and save an exponential moving average of the weights (0: off)
-    log_every: int = 10
-    seed: int = 1337
-    device: str = "auto"
-    dtype: str = "float32"  # bfloat16: mixed precision (bfloat16 operands for every product); auto: bfloat16
-    # on a CPU with bfloat16 units (AMX, AVX-512 BF16), else float32
+    max_steps: int = setting(0, "Stop after this many steps in all (0 = no limit).")
+    max_time: float = setting(300.0, "Stop after this many wall seconds (0 = no limit).")
+    eval_every: int = setting(200, "Evaluate and save last.pt every N steps.")
+    eval_streams: int = setting(32, "Contiguous streams the validation text is cut into during training.")
+    eval_chars: int = setting(1_000_000, "Validate during training on at most this many characters from the start "
+                              "of the validation split (0 = all; `gru-lm perplexity` always scores all).")
+    patience: int = setting(0, "Stop after N evaluations without a better validation loss (0 = never).")
+    log_every: int = setting(10, "Write a metrics line every N steps.")
+    seed: int = setting(1337, "Seed of the weights, dropout and data offsets.")
+    device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps.")
+    dtype: str = setting("float32", "float32, or bfloat16: mixed precision (every matrix product takes bfloat16 "
+                         "operands; states, gates, gradients and weights stay float32), faster on CPUs with "
+                         "bfloat16 units (AMX, AVX-512 BF16). auto: bfloat16 on such a CPU, else float32.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
-_CHOICES = {"cell": ("gru", "rnn"), "device": ("auto", "cpu", "cuda", "mps"), "dtype": ("float32", "bfloat16", "auto")}
+HELP = {f.name: f.metadata["help"] for f in fields(Settings)}
+DEFAULTS = Settings().to_dict()
+CHOICES = {"cell": ("gru", "rnn"), "device": ("auto", "cpu", "cuda", "mps"),
+           "dtype": ("float32", "bfloat16", "auto")}
 
 
 def _check_type(key: str, value: Any, source: str) -> Any:
@@ -87,32 +104,37 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def validate(s: Settings) -> Settings:
+def validate(settings: Settings) -> Settings:
     """Range checks that types alone cannot express."""
-    for key, choices in _CHOICES.items():
-        if getattr(s, key) not in choices:
-            raise UserError(f"{key} must be one of {', '.join(choices)}, not {getattr(s, key)!r}")
+    for key, choices in CHOICES.items():
+        if getattr(settings, key) not in choices:
+            raise UserError(f"{key} must be one of {', '.join(choices)}, not {getattr(settings, key)!r}")
     positive = ("hidden_size", "layers", "embed_size", "seq_len", "batch_size", "eval_every", "eval_streams", "log_every")
     for key in positive:
-        if getattr(s, key) < 1:
-            raise UserError(f"{key} must be at least 1, not {getattr(s, key)}")
+        if getattr(settings, key) < 1:
+            raise UserError(f"{key} must be at least 1, not {getattr(settings, key)}")
     for key in ("max_steps", "warmup_steps", "patience", "eval_chars"):
-        if getattr(s, key) < 0:
-            raise UserError(f"{key} must be 0 or more, not {getattr(s, key)}")
+        if getattr(settings, key) < 0:
+            raise UserError(f"{key} must be 0 or more, not {getattr(settings, key)}")
     for key in ("dropout", "weight_drop", "ema_decay"):
-        if not 0.0 <= getattr(s, key) < 1.0:
-            raise UserError(f"{key} must be in [0, 1), not {getattr(s, key)}")
-    if not s.val_file and not 0.0 < s.val_fraction < 1.0:
-        raise UserError(f"val_fraction must be in (0, 1), not {s.val_fraction}")
+        if not 0.0 <= getattr(settings, key) < 1.0:
+            raise UserError(f"{key} must be in [0, 1), not {getattr(settings, key)}")
+    if not settings.val_file and not 0.0 < settings.val_fraction < 1.0:
+        raise UserError(f"val_fraction must be in (0, 1), not {settings.val_fraction}")
     for key in ("lr", "min_lr", "weight_decay", "grad_clip", "max_time"):
-        v = getattr(s, key)
+        v = getattr(settings, key)
         if not math.isfinite(v) or v < 0:
             raise UserError(f"{key} must be a finite number >= 0, not {v}")
-    if s.lr == 0:
+    if settings.lr == 0:
         raise UserError("lr must be greater than 0")
-    if not 0 <= s.seed < 2**63:
-        raise UserError(f"seed must be in [0, 2^63), not {s.seed}")
-    return s
+    check_seed(settings.seed, "seed")
+    return settings
+
+
+def check_seed(seed: int, name: str = "--seed") -> int:
+    if not 0 <= seed < 2**63:
+        raise UserError(f"{name} must be in [0, 2^63), not {seed}")
+    return seed
 
 
 def resolve(config_file: str | Path | None, flags: dict[str, Any], base: dict[str, Any] | None = None) -> Settings:

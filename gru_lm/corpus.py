@@ -1,4 +1,9 @@
-"""The ids a run trains and validates on, from a text file (encoded in memory) or a prepared folder (memory-mapped)."""
+"""The ids a run trains and validates on, from a text file (encoded in memory) or a prepared folder (memory-mapped).
+
+A run records where its data came from (the file, the text's SHA-256, where validation starts), so
+`gru-lm perplexity` can find a checkpoint's validation split again with `validation_ids`, through the
+same code that cut it for training.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,10 @@ import numpy as np
 import torch
 
 from .config import Settings
-from .data import Vocab, check_train_length, read_text, validation_start
+from .data import Vocab, check_train_length, validation_start
 from .errors import UserError
 from .prepare import encode_file, is_prepared, load_prepared, storage_dtype
+from .text import read_text
 
 _CHUNK = 1 << 24  # ids remapped at a time
 
@@ -22,7 +28,26 @@ class Corpus:
     vocab: Vocab
     train_ids: torch.Tensor
     val_ids: torch.Tensor
-    record: dict  # what the checkpoint keeps so `perplexity` can find the validation split again
+    source: dict  # where the ids came from; the checkpoint keeps it as "data"
+
+
+@dataclass
+class Encoded:
+    """A whole text as ids over its own characters (sorted by code point)."""
+
+    chars: str
+    ids: np.ndarray
+    sha256: str
+    prepared: bool
+
+
+def read_ids(path: str | Path, progress: bool = False) -> Encoded:
+    """A prepared folder, memory-mapped, or a text file, encoded in memory (streaming)."""
+    if is_prepared(path):
+        pr = load_prepared(path)
+        return Encoded(pr.chars, pr.ids, pr.sha256, True)
+    scan, ids = encode_file(path, progress)
+    return Encoded(scan.chars, ids, scan.sha256, False)
 
 
 def remap(ids: np.ndarray, chars: str, vocab: Vocab) -> tuple[np.ndarray, np.ndarray | None]:
@@ -43,73 +68,87 @@ def remap(ids: np.ndarray, chars: str, vocab: Vocab) -> tuple[np.ndarray, np.nda
     return out, (missing if missing.any() else None)
 
 
+def known_ids(ids: np.ndarray, chars: str, vocab: Vocab) -> tuple[torch.Tensor, int, str]:
+    """ids over `chars` as ids over vocab, the characters vocab lacks left out: (ids, how many, which)."""
+    mapped, missing = remap(ids, chars, vocab)
+    if missing is None:
+        return torch.from_numpy(mapped), 0, ""
+    return torch.from_numpy(mapped[~missing]), int(missing.sum()), chars_of(ids[missing], chars)
+
+
+def chars_of(ids: np.ndarray, chars: str) -> str:
+    """The distinct characters that ids stand for, in code-point order."""
+    return "".join(chars[int(i)] for i in np.unique(ids))
+
+
 def ids_of(path: str | Path, vocab: Vocab) -> tuple[torch.Tensor, int, str]:
     """A text file's or prepared folder's ids over vocab, unknown characters left out: (ids, dropped, which)."""
     if is_prepared(path):
         pr = load_prepared(path)
-        ids, missing = remap(pr.ids, pr.chars, vocab)
-        return drop_missing(ids, missing, pr.chars, pr.ids)
+        return known_ids(pr.ids, pr.chars, vocab)
     text = read_text(path)
     ids, dropped = vocab.encode(text, drop_unknown=True)
     return ids, dropped, vocab.unknown(text) if dropped else ""
 
 
-def drop_missing(ids: np.ndarray, missing: np.ndarray | None, chars: str, original: np.ndarray) -> tuple[torch.Tensor, int, str]:
-    """Leave out the ids a vocabulary lacks: (kept ids, how many were left out, which characters they were)."""
-    if missing is None:
-        return torch.from_numpy(ids), 0, ""
-    return torch.from_numpy(ids[~missing]), int(missing.sum()), _chars_of(original[missing], chars)
+def _training_vocab(enc: Encoded, cut: int) -> Vocab:
+    """A text file's vocabulary is the characters of its training part; a prepared folder's, all of its own."""
+    if enc.prepared:
+        return Vocab(enc.chars)
+    counts = sum(np.bincount(enc.ids[i : min(i + _CHUNK, cut)], minlength=len(enc.chars))  # chunks: bincount
+                 for i in range(0, cut, _CHUNK))  # makes an int64 copy of what it counts
+    return Vocab("".join(c for c, k in zip(enc.chars, counts) if k))
 
 
-def _chars_of(ids: np.ndarray, chars: str) -> str:
-    """The distinct characters that ids stand for, in code-point order."""
-    return "".join(chars[int(i)] for i in np.unique(ids))
-
-
-def load_corpus(file: str | Path, s: Settings, vocab: Vocab | None = None, progress: bool = False) -> Corpus:
+def load_corpus(file: str | Path, settings: Settings, vocab: Vocab | None = None, progress: bool = False) -> Corpus:
     """Training and validation ids of a run, its vocabulary (vocab on resume) and the record of where they came from.
 
-    A text file is encoded in memory, streaming; the vocabulary is the characters of its training
-    part and validation characters outside it are left out. A prepared folder is memory-mapped and
-    keeps the vocabulary of the whole text it was prepared from.
+    Validation characters outside the vocabulary are left out (with a note); training characters
+    outside a given vocabulary are an error.
     """
-    prepared = is_prepared(file)
-    if prepared:
-        pr = load_prepared(file)
-        chars, ids, sha = pr.chars, pr.ids, pr.sha256
-    else:
-        sc, ids = encode_file(file, progress)
-        chars, sha = sc.chars, sc.sha256
-    record = {"train_file": str(Path(file).resolve()), "text_sha256": sha, "val_file": "", "val_start": 0}
-    if prepared:
-        record["prepared"] = True
-    n = len(ids)
-    if s.val_file:
+    enc = read_ids(file, progress)
+    source = {"train_file": str(Path(file).resolve()), "text_sha256": enc.sha256, "val_file": "", "val_start": 0}
+    if enc.prepared:
+        source["prepared"] = True
+    n = len(enc.ids)
+    if settings.val_file:
         cut = n
-        record["val_file"] = str(Path(s.val_file).resolve())
+        source["val_file"] = str(Path(settings.val_file).resolve())
     else:
-        cut = record["val_start"] = validation_start(n, s.val_fraction)
-    if not s.val_file and n - cut < 2:
-        raise UserError(f"{file}: the validation split has {n - cut} characters; it needs at least 2")
-    check_train_length(cut, s.batch_size, s.seq_len, str(file))
-    if vocab is None:
-        if prepared:
-            vocab = Vocab(chars)
-        else:
-            counts = sum(np.bincount(ids[i : min(i + _CHUNK, cut)], minlength=len(chars))  # chunks: bincount
-                         for i in range(0, cut, _CHUNK))  # makes an int64 copy of what it counts
-            vocab = Vocab("".join(c for c, k in zip(chars, counts) if k))
-    train_ids, missing = remap(ids[:cut], chars, vocab)
+        cut = source["val_start"] = validation_start(n, settings.val_fraction)
+        if n - cut < 2:
+            raise UserError(f"{file}: the validation split has {n - cut} characters; it needs at least 2")
+    check_train_length(cut, settings.batch_size, settings.seq_len, str(file))
+    vocab = vocab or _training_vocab(enc, cut)
+    train_ids, missing = remap(enc.ids[:cut], enc.chars, vocab)
     if missing is not None:
-        bad = _chars_of(ids[:cut][missing], chars)
+        bad = chars_of(enc.ids[:cut][missing], enc.chars)
         raise UserError(f"{file}: characters not in the vocabulary: {bad!r} (the checkpoint's vocabulary was built from another text)")
-    if s.val_file:
-        val_ids, dropped, _ = ids_of(s.val_file, vocab)
+    if settings.val_file:
+        val_ids, dropped, _ = ids_of(settings.val_file, vocab)
     else:
-        val_part, missing = remap(ids[cut:], chars, vocab)
-        val_ids, dropped, _ = drop_missing(val_part, missing, chars, ids[cut:])
+        val_ids, dropped, _ = known_ids(enc.ids[cut:], enc.chars, vocab)
     if len(val_ids) < 2:
-        raise UserError(f"{s.val_file or file}: the validation text has fewer than 2 characters that occur in the training text")
+        raise UserError(f"{settings.val_file or file}: the validation text has fewer than 2 characters that occur in the training text")
     if dropped:
         print(f"note: {dropped} validation characters not seen in training are left out of val_loss", file=sys.stderr)
-    return Corpus(vocab, torch.from_numpy(train_ids), val_ids, record)
+    return Corpus(vocab, torch.from_numpy(train_ids), val_ids, source)
+
+
+def validation_ids(source: dict, vocab: Vocab) -> tuple[str, torch.Tensor, int, str]:
+    """The validation split a checkpoint was trained with, read again from disk: (label, ids, dropped, which).
+
+    source is the checkpoint's record of its data; the file must still hold the same text.
+    """
+    if source.get("val_file"):
+        return (source["val_file"], *ids_of(source["val_file"], vocab))
+    path = source.get("train_file")
+    if not path:
+        raise UserError("the checkpoint records no validation data; pass --file")
+    if not Path(path).exists():
+        raise UserError(f"{path}: the training file recorded in the checkpoint is gone; pass --file")
+    enc = read_ids(path)
+    if enc.sha256 != source.get("text_sha256"):
+        again = "prepared from another text" if enc.prepared else "changed"
+        raise UserError(f"{path}: {again} since the checkpoint was trained; pass --file")
+    return (f"{path} [validation split]", *known_ids(enc.ids[source["val_start"] :], enc.chars, vocab))

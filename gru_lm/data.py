@@ -1,27 +1,15 @@
-"""Reading text, the character vocabulary, the validation split and the TBPTT batcher (SPEC §2)."""
+"""The character vocabulary, the validation split and the batcher of truncated backpropagation through time."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 from torch import Tensor
 
 from .errors import UserError
-from .prepare import iter_text, storage_dtype
+from .prepare import storage_dtype
 
 _CHUNK = 1 << 20  # characters encoded at a time, so encoding never holds 8 bytes per character of the corpus
-
-
-def read_text(path: str | os.PathLike) -> str:
-    """Read a text file as UTF-8 (BOM dropped; UTF-16 or UTF-32 with a BOM is decoded too), or raise UserError.
-
-    For the prime, the validation file and `perplexity --file`: training streams its file instead
-    (prepare.iter_text, the same checks and messages).
-    """
-    return "".join(iter_text(path))
 
 
 def _storage_dtype(vocab_size: int) -> torch.dtype:

@@ -45,7 +45,7 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """The dtype of autocast for --dtype (None: plain float32); bfloat16 where the device has it.
 
     Under autocast the matrix products of the input projections and the read-out run in bfloat16, and
-    the recurrent window (cells.py, fast.py) gives its products bfloat16 operands too; the states,
+    the recurrent window (cells.py, window.py) gives its products bfloat16 operands too; the states,
     gates, loss, gradients and weights stay float32.
     """
     if name == "auto":  # bfloat16 where it measured faster: a CPU with bfloat16 units

@@ -1,4 +1,4 @@
-"""Loss, perplexity and bits per character of a model on a text (SPEC §3, `perplexity`)."""
+"""Loss, perplexity and bits per character of a model on a text (`gru-lm perplexity`, and validation in training)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import checkpoint
-from .corpus import drop_missing, ids_of, remap
+from .corpus import ids_of, validation_ids
 from .data import Vocab
 from .errors import UserError
-from .prepare import encode_file, load_prepared
 
 
 @torch.no_grad()
@@ -50,37 +49,12 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def validation_ids(state: dict, vocab: Vocab) -> tuple[str, Tensor, int, str]:
-    """The validation split a checkpoint was trained with, re-read from disk: (label, ids, dropped, which)."""
-    data = state.get("data") or {}
-    if data.get("val_file"):
-        return (data["val_file"], *ids_of(data["val_file"], vocab))
-    path = data.get("train_file")
-    if not path:
-        raise UserError("the checkpoint records no validation data; pass --file")
-    if not Path(path).exists():
-        raise UserError(f"{path}: the training file recorded in the checkpoint is gone; pass --file")
-    label = f"{path} [validation split]"
-    if data.get("prepared"):
-        pr = load_prepared(path)
-        if pr.sha256 != data.get("text_sha256"):
-            raise UserError(f"{path}: prepared from another text since the checkpoint was trained; pass --file")
-        ids, missing = remap(pr.ids[data["val_start"] :], pr.chars, vocab)
-        return (label, *drop_missing(ids, missing, pr.chars, pr.ids[data["val_start"] :]))
-    sc, all_ids = encode_file(path)  # streamed: the training text is never one string here either
-    if sc.sha256 != data.get("text_sha256"):
-        raise UserError(f"{path}: changed since the checkpoint was trained; pass --file")
-    val = all_ids[data["val_start"] :]
-    ids, missing = remap(val, sc.chars, vocab)
-    return (label, *drop_missing(ids, missing, sc.chars, val))
-
-
 def measure(ckpt_path: str | Path, file: str | Path | None = None, device: str = "cpu") -> dict:
     """Score one checkpoint on a file or prepared folder (or on its own validation split): one row of the perplexity table."""
     state = checkpoint.load(ckpt_path)
     model = checkpoint.build_model(state, ckpt_path).to(device)
     vocab = Vocab(state["vocab"])
-    label, ids, unknown, unknown_chars = (str(file), *ids_of(file, vocab)) if file else validation_ids(state, vocab)
+    label, ids, unknown, unknown_chars = (str(file), *ids_of(file, vocab)) if file else validation_ids(state.get("data") or {}, vocab)
     total, n = nll(model, ids, num_streams=1, device=device)
     if n == 0:
         raise UserError(f"{label}: needs at least two characters of the model's vocabulary to score")

@@ -1,4 +1,4 @@
-"""See what the gates do: per-character update gate, reset gate, state change and surprise (issue 8).
+"""See what the gates do: per-character update gate, reset gate, state change and surprise (`gru-lm inspect`).
 
 trace() runs a CharModel over a text one character at a time, from a zero state, and records for
 one layer what the equations of cells.py compute at each step:
@@ -9,27 +9,28 @@ one layer what the equations of cells.py compute at each step:
     surprise  −log p(character | all the characters before it) in nats; NaN for the first
               character, which nothing predicts
 
-Step t is the model reading character t, so all four belong to that character. The renderers
-colour each character by one of them (in the terminal with rich, or as one self-contained HTML
-page), and top_units() finds hidden units that follow simple features of the text, as Karpathy,
-Johnson and Fei-Fei did in "Visualizing and Understanding Recurrent Networks" (2015).
+Step t is the model reading character t, so all four belong to that character. gates_view.py
+colours each character by one of them (in the terminal, or as one self-contained HTML page), and
+top_units() finds hidden units that follow simple features of the text, as Karpathy, Johnson and
+Fei-Fei did in "Visualizing and Understanding Recurrent Networks" (2015). This module computes;
+gates_view.py draws.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import math
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rich.text import Text
 from torch import Tensor
 
 from .cells import GRU, gru_gates
 from .data import Vocab
 from .errors import UserError
+from .text import read_text
 
 QUANTITIES = ("z", "r", "change", "surprise", "unit")
 LABELS = {
@@ -138,7 +139,7 @@ def text_features(text: str) -> dict[str, Tensor]:
     """Simple features of each character, as seen after reading it (row t = after character t).
 
     Quotes count double quotes only: in English text a single quote is mostly an apostrophe
-    ('tis, o'er, don't), which would flip a quote tracker at random. Position in line is the
+    ('tis, o'er, don't), which would flip a quote-following unit at random. Position in line is the
     number of characters since the last newline (0 right after one).
     """
     quote, pos = False, 0
@@ -217,176 +218,27 @@ def class_means(tr: Trace) -> list[dict]:
     return rows
 
 
-# ---- colours -------------------------------------------------------------------------------------
+# ---- the part of a text to inspect ---------------------------------------------------------------
 
-_WHITE, _BLUE, _RED = (255, 255, 255), (40, 100, 205), (205, 55, 50)
+def select_text(vocab: Vocab, text: str | None, file: Path | None, start: int, length: int) -> tuple[str, str]:
+    """The characters to inspect and where they came from: --text as given, or a slice of --file.
 
-
-def colour_range(values: Tensor, by: str) -> tuple[float, float]:
-    """The values mapped to the two ends of the colour scale.
-
-    A unit's activation is in (−1, 1) and keeps that fixed range (white = 0). The other
-    quantities use the 1st to 99th percentile of this text, so that a mean over hundreds of
-    units, which moves little, still shows contrast; the legend prints the range.
+    --text must use only the model's characters; from a file, unknown characters are left out
+    with a note. start may be negative (counted from the end).
     """
-    if by == "unit":
-        return -1.0, 1.0
-    v = values[~values.isnan()].double()
-    if len(v) == 0:
-        return 0.0, 1.0
-    lo, hi = float(torch.quantile(v, 0.01)), float(torch.quantile(v, 0.99))
-    return (lo, hi) if hi > lo else (lo, lo + 1e-6)
-
-
-def colour(value: float, lo: float, hi: float, diverging: bool) -> tuple[str, str]:
-    """(background, text) colours as #rrggbb: white → blue (or red ← white → blue when diverging)."""
-    if math.isnan(value):
-        return "#dddddd", "#000000"
-    if diverging:
-        t = max(-1.0, min(1.0, value / hi))
-        end = _BLUE if t >= 0 else _RED
-    else:
-        t = max(0.0, min(1.0, (value - lo) / (hi - lo)))
-        end = _BLUE
-    a = abs(t)
-    rgb = [round(w + (e - w) * a) for w, e in zip(_WHITE, end)]
-    return "#%02x%02x%02x" % tuple(rgb), "#ffffff" if a > 0.6 else "#000000"
-
-
-def _shown(ch: str) -> str:
-    """How a character is drawn: a newline as ↵ (then the line break), a tab as →."""
-    return {"\n": "↵", "\t": "→"}.get(ch, ch)
-
-
-def legend(by: str, lo: float, hi: float, unit: int | None = None) -> str:
-    name = f"{LABELS['unit']} {unit}" if by == "unit" else LABELS[by]
-    if by == "unit":
-        return f"colour: {name}: red = −1, white = 0, blue = +1"
-    return f"colour: {name}: white = {lo:.3g} (or less) … blue = {hi:.3g} (or more)"
-
-
-def render_terminal(tr: Trace, by: str, unit: int | None = None) -> Text:
-    """The text with each character's background coloured by `by` (rich markup-free Text)."""
-    vals = tr.values(by, unit)
-    lo, hi = colour_range(vals, by)
-    out = Text()
-    for ch, v in zip(tr.text, vals.tolist()):
-        bg, fg = colour(v, lo, hi, by == "unit")
-        out.append(_shown(ch), style=f"{fg} on {bg}")
-        if ch == "\n":
-            out.append("\n")
-    return out
-
-
-# ---- the HTML page -----------------------------------------------------------------------------
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 24px; color: #222; background: #fff; }
-h1 { font-size: 20px; margin: 0 0 6px; }
-.meta, .eq { font-size: 13px; color: #555; margin: 2px 0; }
-.eq { font-family: Georgia, serif; font-size: 14px; color: #333; }
-.bar { display: flex; align-items: center; gap: 10px; margin: 12px 0; font-size: 13px; }
-#grad { width: 220px; height: 14px; border: 1px solid #999; }
-#text { font-family: Menlo, Consolas, "DejaVu Sans Mono", monospace; font-size: 15px; line-height: 1.55;
-        white-space: pre-wrap; word-break: break-all; border: 1px solid #ccc; padding: 10px; }
-#text span.c:hover { outline: 2px solid #000; }
-#info { font-family: monospace; font-size: 13px; min-height: 1.4em; margin: 8px 0; color: #555; }
-"""
-
-_JS = """
-const S = JSON.parse(document.getElementById('scales').textContent);
-const KEY = {z: 'z', r: 'r', change: 'c', surprise: 's', unit: 'u'};
-const WHITE = [255, 255, 255], BLUE = [40, 100, 205], RED = [205, 55, 50];
-function mix(a, e) { return '#' + WHITE.map((w, i) => Math.round(w + (e[i] - w) * a).toString(16).padStart(2, '0')).join(''); }
-function colour(v, s) {
-  if (isNaN(v)) return ['#dddddd', '#000000'];
-  let t, end = BLUE;
-  if (s.div) { t = Math.max(-1, Math.min(1, v / s.hi)); if (t < 0) end = RED; }
-  else { t = Math.max(0, Math.min(1, (v - s.lo) / (s.hi - s.lo))); }
-  const a = Math.abs(t);
-  return [mix(a, end), a > 0.6 ? '#ffffff' : '#000000'];
-}
-function paint(by) {
-  const s = S[by];
-  for (const el of document.querySelectorAll('#text span.c')) {
-    const [bg, fg] = colour(parseFloat(el.dataset[KEY[by]]), s);
-    el.style.background = bg; el.style.color = fg;
-  }
-  document.getElementById('lo').textContent = s.div ? '−1' : s.lo.toPrecision(3);
-  document.getElementById('hi').textContent = s.div ? '+1' : s.hi.toPrecision(3);
-  document.getElementById('grad').style.background = s.div
-    ? 'linear-gradient(to right, ' + mix(1, RED) + ', #ffffff, ' + mix(1, BLUE) + ')'
-    : 'linear-gradient(to right, #ffffff, ' + mix(1, BLUE) + ')';
-}
-const sel = document.getElementById('by');
-sel.addEventListener('change', () => paint(sel.value));
-document.getElementById('text').addEventListener('mouseover', (e) => {
-  if (e.target.classList && e.target.classList.contains('c')) document.getElementById('info').textContent = e.target.title;
-});
-"""
-
-
-def _fmt(v: float) -> str:
-    return "NaN" if math.isnan(v) else f"{v:.4g}"
-
-
-def render_html(tr: Trace, by: str, unit: int | None = None, title: str = "gru-lm inspect", meta: str = "") -> str:
-    """One self-contained page (inline CSS and JS, no external URL): a span per character.
-
-    Each span carries its values as data attributes and a title (the hover); the background is
-    set inline for `by`, so the page reads without JavaScript; the script only switches the
-    colouring when another quantity is chosen and shows the hovered values in a line.
-    """
-    series = {"change": tr.change, "surprise": tr.surprise}
-    if tr.z is not None:
-        series = {"z": tr.z.mean(-1), "r": tr.r.mean(-1), **series}
-    if unit is not None:
-        series["unit"] = tr.h[:, unit]
-    vals = tr.values(by, unit)  # raises for a quantity this trace lacks
-    scales = {}
-    for name, v in series.items():
-        lo, hi = colour_range(v, name)
-        scales[name] = {"lo": lo, "hi": hi, "div": name == "unit"}
-    lo, hi = scales[by]["lo"], scales[by]["hi"]
-    key = {"z": "z", "r": "r", "change": "c", "surprise": "s", "unit": "u"}
-    lists = {name: v.tolist() for name, v in series.items()}
-    spans = []
-    for i, ch in enumerate(tr.text):
-        bg, fg = colour(vals[i].item(), lo, hi, by == "unit")
-        data = " ".join(f'data-{key[n]}="{_fmt(lists[n][i])}"' for n in series)
-        hover = f"#{i} {ch!r}  " + "  ".join(
-            f"{'h[' + str(unit) + ']' if n == 'unit' else n}={_fmt(lists[n][i])}" for n in series)
-        body = html.escape(_shown(ch)) + ("\n" if ch == "\n" else "")
-        spans.append(f'<span class="c" style="background:{bg};color:{fg}" {data} '
-                     f'title="{html.escape(hover, quote=True)}">{body}</span>')
-    options = "".join(
-        f'<option value="{n}"{" selected" if n == by else ""}>'
-        f"{html.escape(LABELS[n] + (f' {unit}' if n == 'unit' else ''))}</option>" for n in series)
-    grad_end = "#%02x%02x%02x" % _BLUE
-    grad = (f"linear-gradient(to right, #%02x%02x%02x, #ffffff, {grad_end})" % _RED if by == "unit"
-            else f"linear-gradient(to right, #ffffff, {grad_end})")
-    lo_s, hi_s = ("−1", "+1") if by == "unit" else (f"{lo:.3g}", f"{hi:.3g}")
-    scales_json = json.dumps(scales).replace("<", "\\u003c")  # numbers only; never a closing tag
-    gates = ("h′ = z ⊙ h + (1 − z) ⊙ n: z near 1 keeps the old state, z near 0 replaces it by the candidate n; "
-             "r near 0 makes n ignore the old state (a reset).") if tr.z is not None else (
-             "A plain RNN has no gates: h′ = tanh(x W_ih + b_ih + h W_hh + b_hh).")
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{html.escape(title)}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<h1>{html.escape(title)}</h1>
-<p class="meta">{html.escape(meta)}</p>
-<p class="eq">{html.escape(gates)}</p>
-<div class="bar"><label for="by">colour by</label> <select id="by">{options}</select>
-<span id="lo">{lo_s}</span><div id="grad" style="background:{grad}"></div><span id="hi">{hi_s}</span></div>
-<div id="info">hover a character to see all its values</div>
-<div id="text">{"".join(spans)}</div>
-<script type="application/json" id="scales">{scales_json}</script>
-<script>{_JS}</script>
-</body>
-</html>
-"""
+    if (text is None) == (file is None):
+        raise UserError("give the text to inspect with exactly one of --text or --file")
+    if length < 1:
+        raise UserError(f"--length must be at least 1, not {length}")
+    full = text if file is None else read_text(file)
+    if not full:
+        raise UserError("--text is empty")
+    if not -len(full) <= start < len(full):
+        raise UserError(f"--start {start} is outside the text ({len(full):,} characters)")
+    piece = full[start:][:length]
+    if file is not None and (bad := vocab.unknown(piece)):
+        piece = "".join(c for c in piece if c not in set(bad))
+        print(f"note: {file}: characters outside the model's vocabulary were left out: {bad[:40]!r}", file=sys.stderr)
+        if not piece:
+            raise UserError(f"{file}: no character of the chosen part is in the model's vocabulary")
+    return piece, ("--text" if file is None else str(file))

@@ -1,7 +1,7 @@
-"""The compiled window kernels (csrc/rnn_kernels.cpp), built on first use with the machine's compiler.
+"""The compiled window kernels (csrc/window_kernels.cpp), built on first use with the machine's compiler.
 
-The build takes ~30 s once per machine (torch caches it under ~/.cache/torch_extensions); where it
-fails (no compiler, no ninja) fast.py runs the same algorithm as Python loops. Set
+The build takes about half a minute once per machine (torch caches it under ~/.cache/torch_extensions);
+where it fails (no compiler, no ninja) window.py runs the same algorithm as Python loops. Set
 GRU_LM_KERNELS=python to force the Python path.
 """
 
@@ -14,7 +14,7 @@ import platform
 import sys
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("csrc") / "rnn_kernels.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "window_kernels.cpp"
 
 
 def _cpu_tag() -> str:
@@ -50,26 +50,3 @@ def compiled():
 
 def backend() -> str:
     return "compiled" if compiled() is not None else "python"
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse instead of returning it to the system at once.
-
-    A training step frees and reallocates the same few-MB activation buffers every step; by default
-    glibc maps each afresh, and the page faults of touching it again cost ~10% of a step here. This
-    helps torch.nn.GRU as much as our cells; it is a process-wide setting, so only `train` and the
-    benchmarks call it. Returns whether it applied (glibc only).
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name or platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
-                    and libc.mallopt(M_TOP_PAD, 64 << 20))
-    except (OSError, AttributeError):
-        return False

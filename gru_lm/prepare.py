@@ -1,7 +1,7 @@
-"""Streaming corpus encoding: a text file to a compact id array and its vocabulary (issue #7).
+"""Streaming corpus encoding: a text file to a compact id array and its vocabulary (`gru-lm prepare`).
 
-The text is read in chunks of bytes through an incremental decoder, so neither `train` nor
-`gru-lm prepare` ever holds the whole text as a Python string: the largest thing in memory is
+The text is read in chunks (text.iter_text), so neither `train` nor `gru-lm prepare` ever holds
+the whole text as a Python string: the largest thing in memory is
 the id array itself (1 byte per character where the vocabulary has at most 256 characters), and
 `prepare` writes even that chunk by chunk. Two passes: the first finds the characters (and the
 hash of the text), the second encodes with a lookup table indexed by code point.
@@ -12,7 +12,6 @@ A prepared folder holds ids.bin (the ids, little-endian uint8/uint16/uint32) and
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -24,8 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import UserError
+from .text import check_readable, iter_text
 
-CHUNK_BYTES = 1 << 22  # 4 MB of bytes read and decoded at a time (up to 16 MB as code points)
 FORMAT = 1
 IDS, META = "ids.bin", "vocab.json"
 _MAX_CP = 0x110000
@@ -38,66 +37,6 @@ def storage_dtype(vocab_size: int) -> np.dtype:
         if vocab_size <= np.iinfo(dt).max + 1:
             return np.dtype(dt)
     return np.dtype(np.uint32)
-
-
-def _open_checks(p: Path) -> None:
-    if not p.exists():
-        raise UserError(f"{p}: no such file")
-    if p.is_dir():
-        raise UserError(f"{p}: is a directory, not a text file")
-
-
-def iter_text(path: str | os.PathLike, chunk_bytes: int | None = None, bar: tqdm | None = None) -> Iterator[str]:
-    """The text of a file, chunk by chunk: UTF-8 (BOM dropped), or UTF-16/UTF-32 with a BOM.
-
-    Raises UserError for a missing, empty, binary or undecodable file (the byte offset is exact).
-    """
-    p = Path(path)
-    _open_checks(p)
-    try:
-        f = open(p, "rb")
-    except OSError as e:
-        raise UserError(f"{p}: cannot read ({e.strerror})") from None
-    with f:
-        head = f.read(4)
-        f.seek(0)
-        if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: FF FE 00 00 starts both
-            enc, name = "utf-32", "UTF-32"
-        elif head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-            enc, name = "utf-16", "UTF-16"
-        else:
-            enc, name = "utf-8", "UTF-8"
-        offset, chars = 0, 0
-        if head.startswith(codecs.BOM_UTF8):  # dropped here, so that error offsets count from the file's start
-            f.seek(offset := len(codecs.BOM_UTF8))
-        dec = codecs.getincrementaldecoder(enc)()
-        chunk_bytes = chunk_bytes or CHUNK_BYTES
-        while True:
-            try:
-                raw = f.read(chunk_bytes)
-            except OSError as e:
-                raise UserError(f"{p}: cannot read ({e.strerror})") from None
-            if enc == "utf-8" and b"\x00" in raw:
-                raise UserError(f"{p}: looks like a binary file (it contains NUL bytes), not UTF-8 text")
-            pending = len(dec.getstate()[0])
-            try:
-                text = dec.decode(raw, final=not raw)
-            except UnicodeDecodeError as e:
-                if enc == "utf-8":
-                    raise UserError(f"{p}: is not UTF-8 text (invalid byte at offset {offset - pending + e.start})") from None
-                raise UserError(f"{p}: starts with a {name} byte-order mark but is not valid {name}") from None
-            if "\x00" in text:  # a binary file that happens to start like a UTF-16/32 byte-order mark
-                raise UserError(f"{p}: looks like a binary file (it contains NUL characters), not text")
-            offset += len(raw)
-            if bar is not None:
-                bar.update(len(raw))
-            if text:
-                chars += len(text)
-                yield text
-            if not raw:
-                break
-    if not chars:
-        raise UserError(f"{p}: is empty")
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -148,7 +87,7 @@ def encode_chunks(path: str | os.PathLike, sc: Scan, bar: tqdm | None = None) ->
 
 def _bar(path: Path, passes: int, show: bool) -> tqdm:
     """A progress bar over the bytes of both passes, for files big enough to take a while."""
-    _open_checks(path)  # before any bar is drawn: a mistake is one line
+    check_readable(path)  # before any bar is drawn: a mistake is one line
     size = path.stat().st_size
     return tqdm(total=size * passes, unit="B", unit_scale=True, unit_divisor=1024, disable=not show or size < _BAR_BYTES,
                 desc=f"encoding {path.name}", dynamic_ncols=True, leave=False)

@@ -106,3 +106,16 @@ def write_report(run_dirs: list[Path], out_dir: Path, title: str) -> Path:
              "\n![validation loss against wall time and characters seen](loss.png)\n")
     (out_dir / "report.md").write_text(text)
     return out_dir / "report.md"
+
+
+def perplexity_table(rows: list[dict], scored_on: str | None):
+    """The rich table of `gru-lm perplexity`: one row per checkpoint."""
+    from rich.table import Table
+
+    table = Table(title=f"scored on {scored_on}" if scored_on else "scored on each checkpoint's validation split")
+    for col in ("checkpoint", "cell", "params", "chars", "loss", "perplexity", "bpc"):
+        table.add_column(col, justify="left" if col in ("checkpoint", "cell") else "right", overflow="fold")
+    for r in rows:
+        table.add_row(r["checkpoint"], r["cell"], f"{r['params']:,}", f"{r['chars']:,}", f"{r['loss']:.4f}",
+                      f"{r['perplexity']:.3f}", f"{r['bpc']:.4f}")
+    return table

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import checkpoint
 from .cells import GRU, gru_step, rnn_step
+from .config import check_seed
 from .data import Vocab
 from .errors import UserError
 
@@ -57,12 +61,16 @@ def generate(
     The prime is checked here, before the first character is asked for, so a bad prime fails
     before anything is printed.
     """
+    check_prime(vocab, prime)
+    return _generate(model, vocab, prime, length, temperature, top_k, top_p, generator)
+
+
+def check_prime(vocab: Vocab, prime: str) -> None:
     if not prime:
         raise UserError("the prime must not be empty")
     bad = vocab.unknown(prime)
     if bad:
         raise UserError(f"the prime has characters the model has never seen: {bad!r}")
-    return _generate(model, vocab, prime, length, temperature, top_k, top_p, generator)
 
 
 class Stepper:
@@ -77,7 +85,7 @@ class Stepper:
         rnn = model.rnn
         self.gru, self.reset_after = isinstance(rnn, GRU), getattr(rnn, "reset_after", False)
         # the weights as stored: for one character at a time F.linear ran as fast or faster with them than
-        # with a transposed copy at hidden 384 and 512 (2026-11-26: 420 against 508 µs per character at 2 × 512)
+        # with a transposed copy (docs/performance.md)
         self.layers = [rnn.layer_weights(k) for k in range(rnn.num_layers)]
         w_ih, _, b_ih, _ = self.layers[0]
         self.table = F.linear(model.embed.weight, w_ih, b_ih)
@@ -127,3 +135,45 @@ def _generate(model, vocab: Vocab, prime: str, length: int, temperature: float, 
         nxt = pick(logits[0].float(), temperature, top_k, top_p, generator)
         last = torch.tensor([nxt], device=device)
         yield vocab.chars[nxt]
+
+
+@dataclass
+class SampleRequest:
+    """What `gru-lm sample` was asked for, checked before anything is printed."""
+
+    model: object
+    vocab: Vocab
+    prime: str
+    length: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    num_samples: int
+
+
+def prepare(ckpt: str | Path, prime: str | None, length: int, temperature: float, top_k: int | None,
+            top_p: float | None, num_samples: int, seed: int | None) -> SampleRequest:
+    """Check every option and load the checkpoint: a mistake fails here, before any output."""
+    check_options(temperature, top_k, top_p, length)
+    if num_samples < 1:
+        raise UserError(f"--num-samples must be at least 1, not {num_samples}")
+    if seed is not None:
+        check_seed(seed)
+    state = checkpoint.load(ckpt)
+    model, vocab = checkpoint.build_model(state, ckpt), Vocab(state["vocab"])
+    prime = prime or default_prime(vocab)
+    try:
+        check_prime(vocab, prime)
+    except UserError as e:
+        raise UserError(f"{ckpt}: {e}") from None
+    return SampleRequest(model, vocab, prime, length, temperature, top_k, top_p, num_samples)
+
+
+def write_samples(req: SampleRequest, seed: int, write: Callable[[str], None]) -> None:
+    """Each sample, its prime first, separated by a blank line, written as it is generated."""
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(req.num_samples):
+        write(("\n\n" if i else "") + req.prime)
+        for ch in generate(req.model, req.vocab, req.prime, req.length, req.temperature, req.top_k, req.top_p, gen):
+            write(ch)
+    write("\n")

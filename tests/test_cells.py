@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from gru_lm import fast
+from gru_lm import window
 from gru_lm.cells import GRU, RNN, GRUCell, RNNCell, gru_step
 from gru_lm.kernels import compiled
 
@@ -267,7 +267,7 @@ def test_fast_path_equals_the_reference_loop(make, bias, backend, shape, monkeyp
     """The hand-derived backward of fast.py (compiled, and its Python fallback) against autograd
     through the plain loop of cells.py."""
     if backend == "python":
-        monkeypatch.setattr(fast, "compiled", lambda: None)
+        monkeypatch.setattr(window, "compiled", lambda: None)
     elif compiled() is None:
         pytest.skip("no compiler here: the compiled kernels could not be built")
     T, B, H = shape
@@ -305,7 +305,7 @@ def test_bfloat16_autocast_rounds_only_the_products(make, backend, monkeypatch):
     so the mixed path is really taken. States and gradients stay float32. "compiled-unpacked" is the
     plain-product path that processors without oneDNN's bfloat16 support take."""
     if backend == "python":
-        monkeypatch.setattr(fast, "compiled", lambda: None)
+        monkeypatch.setattr(window, "compiled", lambda: None)
     elif compiled() is None:
         pytest.skip("no compiler here: the compiled kernels could not be built")
     if backend == "compiled-unpacked":

@@ -119,15 +119,15 @@ def test_nproc_mistakes_are_one_line(corpus, tmp_path, pair):
 
 
 def test_a_process_that_joined_a_group_exits_without_the_teardown(monkeypatch):
-    """torch 2.13's gloo can abort a process at interpreter exit after destroy_process_group (1 run in 51
-    of `train --nproc 2` here, 3 in 40 of a minimal gloo script): a process that joined a group ends
-    with os._exit once its work is done."""
+    """torch 2.13's gloo can abort a process at interpreter exit after destroy_process_group (rates in
+    docs/scaling.md): a process that joined a group ends with os._exit once its work is done."""
     import gru_lm.distributed as dmod
+    import gru_lm.launcher as launcher
 
     exits: list[int] = []
-    monkeypatch.setattr(dmod.os, "_exit", exits.append)
-    dmod.exit_process(3)
+    monkeypatch.setattr(launcher.os, "_exit", exits.append)
+    launcher.exit_process(3)
     assert exits == []  # never joined a group: it returns, and the process exits the usual way
     monkeypatch.setattr(dmod, "_joined", True)
-    dmod.exit_process(3)
+    launcher.exit_process(3)
     assert exits == [3]

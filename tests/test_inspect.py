@@ -1,7 +1,8 @@
-"""`gru-lm inspect` and gates.trace: the gates shown are the cell equations, the page is self-contained."""
+"""`gru-lm inspect`: the gates traced are the cell equations (gates.py), the page is self-contained (gates_view.py)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -16,7 +17,8 @@ import torch
 from gru_lm import checkpoint
 from gru_lm.cli import main
 from gru_lm.data import Vocab
-from gru_lm.gates import Trace, render_html, render_terminal, text_features, top_units, trace
+from gru_lm.gates import Trace, text_features, top_units, trace
+from gru_lm.gates_view import PALETTE, render_html, render_terminal
 from gru_lm.model import CharModel, ModelConfig
 
 from .conftest import ROOT
@@ -173,6 +175,15 @@ def test_html_page_is_self_contained_and_escaped(cell, by, unit):
     assert ">&lt;</span>" in body and ">&amp;</span>" in body and "<b>" not in body  # '<' and '&' escaped
     assert "title=" in page and ('data-z="' in page) == (cell == "gru")
     assert render_terminal(tr, by, unit).plain == TEXT.replace("\n", "↵\n")
+    # the page's script only looks colours up: the palette and every quantity's indexes travel as data
+    colours = json.loads(page.split('id="colours">')[1].split("</script>")[0])
+    assert colours["palette"] == [list(c) for c in PALETTE] and "#" not in _JS_OF(page).replace("#text", "").replace("#info", "")
+    assert all(len(ix) == len(TEXT) and all(0 <= i < len(PALETTE) for i in ix) for ix in colours["index"].values())
+    assert (by in colours["index"]) and (("unit" in colours["index"]) == (unit is not None))
+
+
+def _JS_OF(page: str) -> str:
+    return page.rsplit("<script>", 1)[1].split("</script>")[0]
 
 
 def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:

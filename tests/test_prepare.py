@@ -1,4 +1,4 @@
-"""gru-lm prepare: the streaming encoder, the prepared folder, and training and scoring on it (issue #7)."""
+"""gru-lm prepare: the streaming encoder, the prepared folder, and training and scoring on it."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from gru_lm import prepare as P
+from gru_lm import text as T
 from gru_lm.corpus import load_corpus
-from gru_lm.data import Vocab, read_text
+from gru_lm.data import Vocab
 from gru_lm.errors import UserError
 from gru_lm.evaluate import measure
+from gru_lm.text import read_text
 from gru_lm.train import train
 
 from .conftest import assert_user_error, gru_lm
@@ -24,7 +26,7 @@ MIXED = "Ünïcödé lines: 雪 ☃ 😀 — and ASCII.\nΣοφία, мир, 日
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of 7 bytes: every multi-byte character is cut across a chunk edge somewhere."""
-    monkeypatch.setattr(P, "CHUNK_BYTES", 7)
+    monkeypatch.setattr(T, "CHUNK_BYTES", 7)
 
 
 def test_iter_text_decodes_across_chunk_edges(tmp_path, small_chunks):
@@ -32,7 +34,7 @@ def test_iter_text_decodes_across_chunk_edges(tmp_path, small_chunks):
                        ("utf-32-be", codecs.BOM_UTF32_BE)):
         p = tmp_path / "t.txt"
         p.write_bytes(bom + MIXED.encode(codec))
-        assert "".join(P.iter_text(p)) == MIXED, (codec, bom)
+        assert "".join(T.iter_text(p)) == MIXED, (codec, bom)
 
 
 @pytest.mark.parametrize("bom", [b"", codecs.BOM_UTF8])
@@ -42,7 +44,7 @@ def test_invalid_utf8_offset_is_exact_across_chunks(tmp_path, small_chunks, bom)
     p.write_bytes(raw)
     at = raw.index(b"\xff")  # counted from the file's first byte, BOM included
     with pytest.raises(UserError, match=f"offset {at}\\)"):
-        list(P.iter_text(p))
+        list(T.iter_text(p))
 
 
 def test_a_file_that_changes_between_the_passes_is_refused(tmp_path):

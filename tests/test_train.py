@@ -19,7 +19,10 @@ from gru_lm.corpus import load_corpus
 from gru_lm.errors import UserError
 from gru_lm.evaluate import nll
 from gru_lm.model import CharModel, ModelConfig
-from gru_lm.train import check_resumable, learning_rate, run_lock, train
+from gru_lm.resume import check_resumable
+from gru_lm.run_folder import run_lock
+from gru_lm.schedule import learning_rate
+from gru_lm.train import train
 
 from .conftest import ROOT
 

@@ -1,9 +1,9 @@
 // Whole-window GRU and RNN kernels: the equations of gru_lm/cells.py, with the time loop in C++.
 //
 // Each step is one matrix product (ATen's, multi-threaded BLAS) followed by one fused pass over the
-// B×H gate values, which stays in cache. The backward is the hand-derived one of gru_lm/fast.py
+// B×H gate values, which stays in cache. The backward is the hand-derived one of gru_lm/window.py
 // (same buffers, same layout): the recurrent weight gradient is one large product over the window.
-// Built on first use by torch.utils.cpp_extension; gru_lm/fast.py falls back to Python loops when
+// Built on first use by torch.utils.cpp_extension; gru_lm/window.py falls back to Python loops when
 // no compiler is available.
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -142,7 +142,7 @@ void rnn_bwd_row(int64_t n, const T* dout, const T* dhp, const T* h, T* da) {
 
 // Mixed precision: the bfloat16 copies of a product's operand and the float32 values of its result,
 // made row by row inside the element-wise passes (while the row is in cache, on the threads already
-// running) instead of by separate whole-tensor copies, which cost ~15% of a step.
+// running) instead of by separate whole-tensor copies, which cost a noticeable part of a step.
 using BF16 = c10::BFloat16;
 
 template <typename T>
@@ -182,8 +182,8 @@ Tensor bias_or_zeros(const c10::optional<Tensor>& b, int64_t n, const Tensor& li
 
 // Mixed precision (train --dtype bfloat16): the matrix products take bfloat16 operands (AMX or
 // AVX-512 BF16 where the processor has them, float32 accumulation inside the BLAS), while the states,
-// gates and every gradient stay float32, so the element-wise passes above are the same code. `low` is
-// the operands' dtype: the tensors' own dtype on the exact path, where mm_as changes nothing.
+// gates and every gradient stay float32, so the element-wise passes above are the same code. The result
+// is the operands' dtype: the tensors' own dtype on the exact path, where mm_as changes nothing.
 at::ScalarType operand_type(bool low_precision, const Tensor& like) {
   return low_precision ? at::kBFloat16 : like.scalar_type();
 }
@@ -212,19 +212,19 @@ bool packing_enabled() {
 // for bfloat16 operands (AMX where present). Where this torch has neither operator (or with
 // GRU_LM_PACK=0), a plain mm with Wᵀ stored contiguously.
 //
-// MKL's packed buffer carries ~8 MB beyond the weight, whatever its size, and MKL keeps freed buffers
-// for reuse: a window that packs two float32 weights per pass (the reset-before GRU) rose to 1.26×
-// torch.nn.GRU's peak memory at hidden 256 and 512. So float32 packing is asked for (mkl = true) only
-// where a pass packs one weight; oneDNN's bfloat16 buffers are the weight's own size.
+// MKL's packed buffer carries several MB beyond the weight, whatever its size, and MKL keeps freed
+// buffers for reuse: a window that packs two float32 weights per pass (the reset-before GRU) would
+// peak well above torch.nn.GRU's memory (docs/performance.md). So float32 packing is asked for
+// (mkl = true) only where a pass packs one weight; oneDNN's bfloat16 buffers are the weight's own size.
 class RecurrentProduct {
  public:
-  RecurrentProduct(const Tensor& w, int64_t batch, bool low, bool mkl = true) : batch_(batch) {
+  RecurrentProduct(const Tensor& w, int64_t batch, bool bf16, bool mkl = true) : batch_(batch) {
     static const auto mkl_pack = cpu_op("mkl::_mkl_reorder_linear_weight");
     static const auto mkl_linear = cpu_op("mkl::_mkl_linear");
     static const auto dnn_pack = cpu_op("mkldnn::_reorder_linear_weight");
     static const auto dnn_linear = cpu_op("mkldnn::_linear_pointwise");
     const bool pack = packing_enabled();
-    if (low && pack && dnn_pack && dnn_linear) {
+    if (bf16 && pack && dnn_pack && dnn_linear) {
       try {  // oneDNN refuses bfloat16 on a processor without AVX-512 (or AVX-NE-CONVERT)
         w_ = call(*dnn_pack, {w.to(at::kBFloat16).contiguous(), c10::IValue(batch)});
         mode_ = DNN;
@@ -233,7 +233,7 @@ class RecurrentProduct {
       } catch (const c10::Error&) {
       }
     }
-    if (!low && mkl && pack && w.scalar_type() == at::kFloat && mkl_pack && mkl_linear) {
+    if (!bf16 && mkl && pack && w.scalar_type() == at::kFloat && mkl_pack && mkl_linear) {
       mode_ = MKL;
       op_ = &*mkl_linear;
       orig_ = w.contiguous();
@@ -241,8 +241,8 @@ class RecurrentProduct {
       return;
     }
     mode_ = PLAIN;
-    w_ = w.t().contiguous();  // h @ Wᵀ with Wᵀ contiguous: MKL runs that layout ~1.4× faster
-    if (low) w_ = w_.to(at::kBFloat16);
+    w_ = w.t().contiguous();  // h @ Wᵀ with Wᵀ contiguous: MKL runs that layout faster than a transposed operand
+    if (bf16) w_ = w_.to(at::kBFloat16);
   }
 
   // out = a @ Wᵀ, into the float32 (or float64) out.
@@ -282,10 +282,10 @@ class RecurrentProduct {
   int64_t batch_;
 };
 
-// a @ b with operands in `low`, returned in a's dtype (the window's weight gradients).
-Tensor mm_as(const Tensor& a, const Tensor& b, at::ScalarType low) {
-  if (a.scalar_type() == low) return a.mm(b);
-  return a.to(low).mm(b.to(low)).to(a.scalar_type());
+// a @ b with operands in `operand`'s dtype, returned in a's dtype (the window's weight gradients).
+Tensor mm_as(const Tensor& a, const Tensor& b, at::ScalarType operand) {
+  if (a.scalar_type() == operand) return a.mm(b);
+  return a.to(operand).mm(b.to(operand)).to(a.scalar_type());
 }
 
 }  // namespace
@@ -340,7 +340,7 @@ std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Te
   Tensor dAN = at::empty({T, B, H}, G.options());     // da_n
   Tensor dhz = at::empty({B, H}, G.options());
   Tensor dh = d_hT.contiguous().clone();
-  const at::ScalarType low = operand_type(low_precision, G);
+  const at::ScalarType operand = operand_type(low_precision, G);
   const RecurrentProduct w(w_hh.t(), B, low_precision);  // dh = dG W_hh = dG (W_hhᵀ)ᵀ
   Tensor dgb = low_precision ? at::empty({B, 3 * H}, G.options().dtype(at::kBFloat16)) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "gru_after_backward", [&] {
@@ -368,13 +368,13 @@ std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Te
       }
     }
   });
-  Tensor dW = mm_as(dG.view({T * B, 3 * H}).t(), out.narrow(0, 0, T).reshape({T * B, H}), low);
+  Tensor dW = mm_as(dG.view({T * B, 3 * H}).t(), out.narrow(0, 0, T).reshape({T * B, H}), operand);
   Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
   dG.narrow(2, 2 * H, H).copy_(dAN);  // now d_gi = [da_r, da_z, da_n]
   return {dG, dh, dW, db};
 }
 
-// GRU, reset before the product (the lecture's form): n = tanh(x_n + (r ⊙ h) W_hnᵀ + b_hn).
+// GRU, reset before the product (Dive into Deep Learning's form): n = tanh(x_n + (r ⊙ h) W_hnᵀ + b_hn).
 // Returns out (T+1)×B×H, RZ T×B×2H = [r, z], Q T×B×H = r ⊙ h, N T×B×H = n.
 std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt,
                                        bool low_precision) {
@@ -436,7 +436,7 @@ std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, T
                                         Tensor w_hh, bool has_bias, bool low_precision) {
   d_out = d_out.contiguous();
   const int64_t T = RZ.size(0), B = RZ.size(1), H = N.size(2);
-  const at::ScalarType low = operand_type(low_precision, RZ);
+  const at::ScalarType operand = operand_type(low_precision, RZ);
   const RecurrentProduct w_rz(w_hh.narrow(0, 0, 2 * H).t(), B, low_precision, /*mkl=*/false);
   const RecurrentProduct w_n(w_hh.narrow(0, 2 * H, H).t(), B, low_precision, /*mkl=*/false);
   Tensor dA = at::empty({T, B, 3 * H}, RZ.options());
@@ -493,8 +493,8 @@ std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, T
   });
   Tensor h_prev = out.narrow(0, 0, T).reshape({T * B, H});
   Tensor flat = dA.view({T * B, 3 * H});
-  Tensor dW = at::cat({mm_as(flat.narrow(1, 0, 2 * H).t(), h_prev, low),
-                       mm_as(flat.narrow(1, 2 * H, H).t(), Q.view({T * B, H}), low)});
+  Tensor dW = at::cat({mm_as(flat.narrow(1, 0, 2 * H).t(), h_prev, operand),
+                       mm_as(flat.narrow(1, 2 * H, H).t(), Q.view({T * B, H}), operand)});
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
   return {dA, dh, dW, db};
 }
@@ -524,7 +524,7 @@ std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w
   const int64_t T = out.size(0) - 1, B = out.size(1), H = out.size(2);
   Tensor dA = at::empty({T, B, H}, out.options());
   Tensor dh = d_hT.contiguous().clone();
-  const at::ScalarType low = operand_type(low_precision, out);
+  const at::ScalarType operand = operand_type(low_precision, out);
   const RecurrentProduct w(w_hh.t(), B, low_precision);
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnn_backward", [&] {
     for (int64_t t = T - 1; t >= 0; --t) {
@@ -536,7 +536,7 @@ std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w
       w.into(dh, dA[t]);
     }
   });
-  Tensor dW = mm_as(dA.view({T * B, H}).t(), out.narrow(0, 0, T).reshape({T * B, H}), low);
+  Tensor dW = mm_as(dA.view({T * B, H}).t(), out.narrow(0, 0, T).reshape({T * B, H}), operand);
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
   return {dA, dh, dW, db};
 }
