@@ -9,6 +9,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/extension.h>
 
+#include "dispatch.h"
+#include "elementwise.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -17,128 +20,9 @@
 #include <vector>
 
 using at::Tensor;
+using namespace gru_lm;
 
 namespace {
-
-// exp for float without a library call or a branch, so that gcc vectorises the loops below
-// (Cephes' expf: range reduction by ln 2 and a degree-6 polynomial; relative error ~1e-7).
-inline float exp_f(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest (1.5·2²³ trick)
-  x = x - k * 0.693359375f + k * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * x + 1.3981999507e-3f;
-  y = y * x + 8.3334519073e-3f;
-  y = y * x + 4.1665795894e-2f;
-  y = y * x + 1.6666665459e-1f;
-  y = y * x + 5.0000001201e-1f;
-  y = y * x * x + x + 1.0f;
-  int32_t bits = (static_cast<int32_t>(k) + 127) << 23;  // 2^k
-  return y * __builtin_bit_cast(float, bits);
-}
-
-inline float sigmoid(float x) { return 1.0f / (1.0f + exp_f(-x)); }
-inline float tanh_(float x) { return 1.0f - 2.0f / (1.0f + exp_f(2.0f * x)); }
-inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-inline double tanh_(double x) { return std::tanh(x); }
-
-// The element-wise passes, one row (one batch element) at a time: one pointer per gate and
-// `ivdep` so that gcc vectorises them (the exp_f above keeps them free of calls).
-template <typename T>
-void gru_after_fwd_row(int64_t H, const T* x, const T* bias, T* g, const T* hp, T* n, T* hn) {
-#pragma GCC ivdep
-  for (int64_t j = 0; j < H; ++j) {
-    T r = sigmoid(x[j] + g[j] + bias[j]);
-    T z = sigmoid(x[H + j] + g[H + j] + bias[H + j]);
-    T ghn = g[2 * H + j] + bias[2 * H + j];
-    T c = tanh_(x[2 * H + j] + r * ghn);
-    g[j] = r;
-    g[H + j] = z;
-    g[2 * H + j] = ghn;
-    n[j] = c;
-    hn[j] = c + z * (hp[j] - c);  // z ⊙ h + (1 − z) ⊙ n
-  }
-}
-
-template <typename T>
-void gru_after_bwd_row(int64_t H, const T* dout, const T* dhp, const T* g, const T* n, const T* hp, T* dg, T* dan_out,
-                       T* dhz) {
-#pragma GCC ivdep
-  for (int64_t j = 0; j < H; ++j) {
-    T d = dout[j] + dhp[j];
-    T r = g[j], z = g[H + j], ghn = g[2 * H + j], c = n[j];
-    T dan = d * (1 - z) * (1 - c * c);
-    T daz = d * (hp[j] - c) * z * (1 - z);
-    T dar = dan * ghn * r * (1 - r);
-    dg[j] = dar;
-    dg[H + j] = daz;
-    dg[2 * H + j] = dan * r;
-    dan_out[j] = dan;
-    dhz[j] = d * z;
-  }
-}
-
-template <typename T>
-void gru_before_gates_row(int64_t H, const T* x, const T* bias, T* rz, const T* hp, T* q) {
-#pragma GCC ivdep
-  for (int64_t j = 0; j < H; ++j) {
-    T r = sigmoid(x[j] + rz[j] + bias[j]);
-    rz[j] = r;
-    rz[H + j] = sigmoid(x[H + j] + rz[H + j] + bias[H + j]);
-    q[j] = r * hp[j];
-  }
-}
-
-template <typename T>
-void gru_before_state_row(int64_t H, const T* xn, const T* bn, const T* z, T* n, const T* hp, T* hn) {
-#pragma GCC ivdep
-  for (int64_t j = 0; j < H; ++j) {
-    T c = tanh_(xn[j] + n[j] + bn[j]);
-    n[j] = c;
-    hn[j] = c + z[j] * (hp[j] - c);
-  }
-}
-
-template <typename T>
-void gru_before_bwd_row1(int64_t H, const T* dout, const T* dhp, const T* rz, const T* n, const T* hp, T* da, T* dan,
-                         T* darz, T* dhz) {
-#pragma GCC ivdep
-  for (int64_t j = 0; j < H; ++j) {
-    T d = dout[j] + dhp[j];
-    T z = rz[H + j], c = n[j];
-    T a_n = d * (1 - z) * (1 - c * c);
-    T a_z = d * (hp[j] - c) * z * (1 - z);
-    dan[j] = a_n;
-    da[2 * H + j] = a_n;
-    da[H + j] = a_z;
-    darz[H + j] = a_z;
-    dhz[j] = d * z;
-  }
-}
-
-template <typename T>
-void gru_before_bwd_row2(int64_t H, const T* dq, const T* rz, const T* hp, T* da, T* darz, T* dhz) {
-#pragma GCC ivdep
-  for (int64_t j = 0; j < H; ++j) {
-    T r = rz[j];
-    T a_r = dq[j] * hp[j] * r * (1 - r);
-    da[j] = a_r;
-    darz[j] = a_r;
-    dhz[j] += dq[j] * r;
-  }
-}
-
-template <typename T>
-void rnn_fwd_row(int64_t n, const T* a, T* p) {
-#pragma GCC ivdep
-  for (int64_t i = 0; i < n; ++i) p[i] = tanh_(a[i] + p[i]);
-}
-
-template <typename T>
-void rnn_bwd_row(int64_t n, const T* dout, const T* dhp, const T* h, T* da) {
-#pragma GCC ivdep
-  for (int64_t i = 0; i < n; ++i) da[i] = (dout[i] + dhp[i]) * (1 - h[i] * h[i]);
-}
 
 // Mixed precision: the bfloat16 copies of a product's operand and the float32 values of its result,
 // made row by row inside the element-wise passes (while the row is in cache, on the threads already
@@ -294,6 +178,9 @@ Tensor mm_as(const Tensor& a, const Tensor& b, at::ScalarType operand) {
 // Returns out (T+1)×B×H (out[0] = h0), G T×B×3H = [r, z, h W_hnᵀ + b_hn], N T×B×H = n.
 std::vector<Tensor> gru_after_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt,
                                       bool low_precision) {
+#if GRU_LM_HAVE_AVX2
+  if (use_avx2(gi, h0.size(1), low_precision)) return gru_after_forward_avx2(gi, h0, w_hh, b_opt);
+#endif
   gi = gi.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
   Tensor bias = bias_or_zeros(b_opt, 3 * H, gi);
@@ -321,7 +208,7 @@ std::vector<Tensor> gru_after_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::op
       scalar_t* n = N[t].data_ptr<scalar_t>();
       for_rows(B, H, [&](int64_t b) {
         if (gl) widen_row(3 * H, gl + b * 3 * H, g + b * 3 * H);
-        gru_after_fwd_row(H, x + b * 3 * H, bp, g + b * 3 * H, hp + b * H, n + b * H, hn + b * H);
+        gru_after_fwd_row(H, 0, H, x + b * 3 * H, bp, g + b * 3 * H, hp + b * H, n + b * H, hn + b * H);
         if (hbp) narrow_row(H, hn + b * H, hbp + b * H);
       });
     }
@@ -334,6 +221,9 @@ std::vector<Tensor> gru_after_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::op
 // kept aside (T×B×H) and written over dG once the weight gradients are taken, so no second T×B×3H buffer.
 std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor G, Tensor N, Tensor w_hh,
                                        bool has_bias, bool low_precision) {
+#if GRU_LM_HAVE_AVX2
+  if (use_avx2(G, N.size(2), low_precision)) return gru_after_backward_avx2(d_out, d_hT, out, G, N, w_hh, has_bias);
+#endif
   d_out = d_out.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = N.size(2);
   Tensor dG = at::empty({T, B, 3 * H}, G.options());  // [da_r, da_z, d(h W_hnᵀ + b_hn)]
@@ -356,7 +246,7 @@ std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Te
       scalar_t* dz = dhz.data_ptr<scalar_t>();
       for_rows(B, H, [&](int64_t b) {
         const int64_t o3 = b * 3 * H, o1 = b * H;
-        gru_after_bwd_row(H, dout + o1, dhp + o1, g + o3, n + o1, hp + o1, dg + o3, dan + o1, dz + o1);
+        gru_after_bwd_row(H, 0, H, dout + o1, dhp + o1, g + o3, n + o1, hp + o1, dg + o3, dan + o1, dz + o1);
         if (dgl) narrow_row(3 * H, dg + o3, dgl + o3);
       });
       if (low_precision) {
@@ -378,6 +268,9 @@ std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Te
 // Returns out (T+1)×B×H, RZ T×B×2H = [r, z], Q T×B×H = r ⊙ h, N T×B×H = n.
 std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt,
                                        bool low_precision) {
+#if GRU_LM_HAVE_AVX2
+  if (use_avx2(gi, h0.size(1), low_precision)) return gru_before_forward_avx2(gi, h0, w_hh, b_opt);
+#endif
   gi = gi.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
   Tensor bias = bias_or_zeros(b_opt, 3 * H, gi);
@@ -409,7 +302,7 @@ std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::o
       const scalar_t* hp = out[t].data_ptr<scalar_t>();
       for_rows(B, H, [&](int64_t b) {
         if (rzl) widen_row(2 * H, rzl + b * 2 * H, rz + b * 2 * H);
-        gru_before_gates_row(H, x + b * 3 * H, bp, rz + b * 2 * H, hp + b * H, q + b * H);
+        gru_before_gates_row(H, 0, H, x + b * 3 * H, bp, rz + b * 2 * H, hp + b * H, q + b * H);
         if (qbp) narrow_row(H, q + b * H, qbp + b * H);
       });
       if (low_precision) {
@@ -422,7 +315,7 @@ std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::o
       scalar_t* hn = out[t + 1].data_ptr<scalar_t>();
       for_rows(B, H, [&](int64_t b) {
         if (nl) widen_row(H, nl + b * H, n + b * H);
-        gru_before_state_row(H, x + b * 3 * H + 2 * H, bp + 2 * H, rz + b * 2 * H + H, n + b * H, hp + b * H,
+        gru_before_state_row(H, 0, H, x + b * 3 * H + 2 * H, bp + 2 * H, rz + b * 2 * H + H, n + b * H, hp + b * H,
                              hn + b * H);
         if (hbp) narrow_row(H, hn + b * H, hbp + b * H);
       });
@@ -434,6 +327,9 @@ std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::o
 // Returns d_gi T×B×3H = [da_r, da_z, da_n], d_h0, d_w_hh, d_b_hh.
 std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor RZ, Tensor Q, Tensor N,
                                         Tensor w_hh, bool has_bias, bool low_precision) {
+#if GRU_LM_HAVE_AVX2
+  if (use_avx2(RZ, N.size(2), low_precision)) return gru_before_backward_avx2(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias);
+#endif
   d_out = d_out.contiguous();
   const int64_t T = RZ.size(0), B = RZ.size(1), H = N.size(2);
   const at::ScalarType operand = operand_type(low_precision, RZ);
@@ -464,7 +360,7 @@ std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, T
       scalar_t* drz = darz.data_ptr<scalar_t>();
       for_rows(B, H, [&](int64_t b) {
         const int64_t o1 = b * H;
-        gru_before_bwd_row1(H, dout + o1, dhp + o1, rz + 2 * o1, n + o1, hp + o1, da + 3 * o1, dn + o1, drz + 2 * o1,
+        gru_before_bwd_row1(H, 0, H, dout + o1, dhp + o1, rz + 2 * o1, n + o1, hp + o1, da + 3 * o1, dn + o1, drz + 2 * o1,
                             dz + o1);
         if (danl) narrow_row(H, dn + o1, danl + o1);
       });
@@ -479,7 +375,7 @@ std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, T
       for_rows(B, H, [&](int64_t b) {
         const int64_t o1 = b * H;
         if (dql) widen_row(H, dql + o1, dqp + o1);
-        gru_before_bwd_row2(H, dqp + o1, rz + 2 * o1, hp + o1, da + 3 * o1, drz + 2 * o1, dz + o1);
+        gru_before_bwd_row2(H, 0, H, dqp + o1, rz + 2 * o1, hp + o1, da + 3 * o1, drz + 2 * o1, dz + o1);
         if (darzl) narrow_row(2 * H, drz + 2 * o1, darzl + 2 * o1);
       });
       if (low_precision) {
@@ -501,6 +397,9 @@ std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, T
 
 // Plain RNN: h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh). Returns out (T+1)×B×H.
 Tensor rnn_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt, bool low_precision) {
+#if GRU_LM_HAVE_AVX2
+  if (use_avx2(gi, h0.size(1), low_precision)) return rnn_forward_avx2(gi, h0, w_hh, b_opt);
+#endif
   Tensor a = b_opt.has_value() ? (gi + *b_opt).contiguous() : gi.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
   Tensor out = at::empty({T + 1, B, H}, gi.options());
@@ -512,7 +411,7 @@ Tensor rnn_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_op
       w.into(o, out[t]);
       const scalar_t* ap = a[t].data_ptr<scalar_t>();
       scalar_t* op = o.data_ptr<scalar_t>();
-      for_rows(B, H, [&](int64_t b) { rnn_fwd_row(H, ap + b * H, op + b * H); });
+      for_rows(B, H, [&](int64_t b) { rnn_fwd_row(0, H, ap + b * H, op + b * H); });
     }
   });
   return out;
@@ -520,6 +419,9 @@ Tensor rnn_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_op
 
 std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w_hh, bool has_bias,
                                  bool low_precision) {
+#if GRU_LM_HAVE_AVX2
+  if (use_avx2(out, out.size(2), low_precision)) return rnn_backward_avx2(d_out, d_hT, out, w_hh, has_bias);
+#endif
   d_out = d_out.contiguous();
   const int64_t T = out.size(0) - 1, B = out.size(1), H = out.size(2);
   Tensor dA = at::empty({T, B, H}, out.options());
@@ -532,7 +434,7 @@ std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w
       const scalar_t* dout = d_out[t].data_ptr<scalar_t>();
       const scalar_t* dhp = dh.data_ptr<scalar_t>();
       scalar_t* da = dA[t].data_ptr<scalar_t>();
-      for_rows(B, H, [&](int64_t b) { rnn_bwd_row(H, dout + b * H, dhp + b * H, h + b * H, da + b * H); });
+      for_rows(B, H, [&](int64_t b) { rnn_bwd_row(0, H, dout + b * H, dhp + b * H, h + b * H, da + b * H); });
       w.into(dh, dA[t]);
     }
   });
@@ -542,6 +444,7 @@ std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("preferred_kernels", &preferred_kernels);
   m.def("gru_after_forward", &gru_after_forward);
   m.def("gru_after_backward", &gru_after_backward);
   m.def("gru_before_forward", &gru_before_forward);

@@ -1,0 +1,274 @@
+// Whole-window recurrences for CPUs with AVX2 and FMA: the same equations, buffers and results layout as
+// the BLAS path of window_kernels.cpp, with the time loop run by a team of threads (team.h) that each own
+// a slice of the hidden units.
+//
+// A part of the team owns units [j0, j1). It packs, once per window, the columns of the recurrent
+// weight that produce its units' gates (gemm_avx2.h), so each thread reads only its own slice of the
+// weight at every step, from its own cache. Per step it computes its units' gates for all B rows, the
+// element-wise pass for those units, and waits at a barrier: the next step's product needs the whole
+// new state. The backward owns units the same way: its element-wise pass gives the gate gradients of
+// its units, a barrier, then the product that carries the state gradient back to its units.
+#include <torch/extension.h>
+
+#include <vector>
+
+#include "dispatch.h"
+#include "elementwise.h"
+
+#if GRU_LM_HAVE_AVX2
+#include "gemm_avx2.h"
+#include "team.h"
+
+using at::Tensor;
+
+namespace gru_lm {
+namespace {
+
+constexpr int64_t kMinUnitsPerPart = 32;  // fewer units than this per thread are not worth a barrier per step
+
+// The units [j0, j1) of part p of `parts`, in blocks of 8 (one AVX vector).
+std::pair<int64_t, int64_t> units_of(int p, int parts, int64_t H) {
+  const int64_t blocks = H / 8;
+  return {8 * (blocks * p / parts), 8 * (blocks * (p + 1) / parts)};
+}
+
+// The runs of columns of part p: its units of each of the `gates` gates, the gates H apart.
+std::vector<std::pair<int64_t, int64_t>> gate_columns(int64_t j0, int64_t j1, int64_t H, int gates) {
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  for (int g = 0; g < gates; ++g) runs.emplace_back(g * H + j0, j1 - j0);
+  return runs;
+}
+
+// Pack part p's columns of the forward product h · W[rows]ᵀ, for W (N×H) rows `row0`.. (S[k][n] = W[row0 + n][k]).
+void pack_forward(PackedColumns& packed, const float* W, int64_t H, int64_t row0, int64_t j0, int64_t j1, int gates) {
+  packed.pack(H, gate_columns(j0, j1, H, gates), [&](int64_t k, int64_t n) { return W[(row0 + n) * H + k]; });
+}
+
+// Pack part p's columns of the backward product dG · W[rows] (S[k][n] = W[row0 + k][n]): the state
+// gradient of its units from the gate gradients of all units (K = rows).
+void pack_backward(PackedColumns& packed, const float* W, int64_t H, int64_t row0, int64_t rows, int64_t j0, int64_t j1) {
+  packed.pack(rows, {{j0, j1 - j0}}, [&](int64_t k, int64_t n) { return W[(row0 + k) * H + n]; });
+}
+
+const float* bias_data(const c10::optional<Tensor>& b, int64_t n, Tensor& keep, const Tensor& like) {
+  keep = b.has_value() ? b->contiguous() : at::zeros({n}, like.options());
+  return keep.data_ptr<float>();
+}
+
+}  // namespace
+
+// ---- GRU, reset after the product ------------------------------------------------------------------
+
+std::vector<Tensor> gru_after_forward_avx2(const Tensor& gi_in, const Tensor& h0, const Tensor& w_hh,
+                                           const c10::optional<Tensor>& b_hh) {
+  const Tensor gi = gi_in.contiguous(), w = w_hh.contiguous();
+  const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
+  Tensor bias_t;
+  const float* bias = bias_data(b_hh, 3 * H, bias_t, gi);
+  Tensor out = at::empty({T + 1, B, H}, gi.options()), G = at::empty({T, B, 3 * H}, gi.options());
+  Tensor N = at::empty({T, B, H}, gi.options());
+  out[0].copy_(h0);
+  float *o = out.data_ptr<float>(), *g = G.data_ptr<float>(), *n = N.data_ptr<float>();
+  const float *x = gi.data_ptr<float>(), *W = w.data_ptr<float>();
+  const int parts = team_size(H, kMinUnitsPerPart);
+  std::vector<PackedColumns> packed(parts);
+  run_team(
+      parts, T, 1,
+      [&](int p) {
+        auto [j0, j1] = units_of(p, parts, H);
+        pack_forward(packed[p], W, H, 0, j0, j1, 3);
+      },
+      [&](int p, int64_t t, int) {
+        auto [j0, j1] = units_of(p, parts, H);
+        float* gt = g + t * B * 3 * H;
+        const float* hp = o + t * B * H;
+        packed[p].multiply<false>(B, hp, H, gt, 3 * H);
+        for (int64_t b = 0; b < B; ++b)
+          gru_after_fwd_row(H, j0, j1, x + (t * B + b) * 3 * H, bias, gt + b * 3 * H, hp + b * H,
+                            n + (t * B + b) * H, o + ((t + 1) * B + b) * H);
+      });
+  return {out, G, N};
+}
+
+std::vector<Tensor> gru_after_backward_avx2(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out,
+                                            const Tensor& G, const Tensor& N, const Tensor& w_hh, bool has_bias) {
+  const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
+  const int64_t T = G.size(0), B = G.size(1), H = N.size(2);
+  Tensor dG = at::empty({T, B, 3 * H}, G.options()), dAN = at::empty({T, B, H}, G.options());
+  Tensor dh = d_hT.contiguous().clone();
+  float *dg = dG.data_ptr<float>(), *dan = dAN.data_ptr<float>(), *dhp = dh.data_ptr<float>();
+  const float *g = G.data_ptr<float>(), *n = N.data_ptr<float>(), *o = out.data_ptr<float>();
+  const float *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
+  const int parts = team_size(H, kMinUnitsPerPart);
+  std::vector<PackedColumns> packed(parts);
+  run_team(
+      parts, T, 2,
+      [&](int p) {
+        auto [j0, j1] = units_of(p, parts, H);
+        pack_backward(packed[p], W, H, 0, 3 * H, j0, j1);
+      },
+      [&](int p, int64_t s, int phase) {
+        const int64_t t = T - 1 - s;
+        auto [j0, j1] = units_of(p, parts, H);
+        if (phase == 0) {  // the gate gradients of this part's units; dh becomes dh ⊙ z (the direct path)
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t o1 = (t * B + b) * H, o3 = (t * B + b) * 3 * H;
+            gru_after_bwd_row(H, j0, j1, dout + o1, dhp + b * H, g + o3, n + o1, o + o1, dg + o3, dan + o1, dhp + b * H);
+          }
+        } else {  // dh += dG W_hh, for this part's units (all gates of all units feed each of them)
+          packed[p].multiply<true>(B, dg + t * B * 3 * H, 3 * H, dhp, H);
+        }
+      });
+  Tensor dW = dG.view({T * B, 3 * H}).t().mm(out.narrow(0, 0, T).reshape({T * B, H}));
+  Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
+  dG.narrow(2, 2 * H, H).copy_(dAN);  // now d_gi = [da_r, da_z, da_n]
+  return {dG, dh, dW, db};
+}
+
+// ---- GRU, reset before the product -----------------------------------------------------------------
+
+std::vector<Tensor> gru_before_forward_avx2(const Tensor& gi_in, const Tensor& h0, const Tensor& w_hh,
+                                            const c10::optional<Tensor>& b_hh) {
+  const Tensor gi = gi_in.contiguous(), w = w_hh.contiguous();
+  const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
+  Tensor bias_t;
+  const float* bias = bias_data(b_hh, 3 * H, bias_t, gi);
+  Tensor out = at::empty({T + 1, B, H}, gi.options()), RZ = at::empty({T, B, 2 * H}, gi.options());
+  Tensor Q = at::empty({T, B, H}, gi.options()), N = at::empty({T, B, H}, gi.options());
+  out[0].copy_(h0);
+  float *o = out.data_ptr<float>(), *rz = RZ.data_ptr<float>(), *q = Q.data_ptr<float>(), *n = N.data_ptr<float>();
+  const float *x = gi.data_ptr<float>(), *W = w.data_ptr<float>();
+  const int parts = team_size(H, kMinUnitsPerPart);
+  std::vector<PackedColumns> packed_rz(parts), packed_n(parts);
+  run_team(
+      parts, T, 2,
+      [&](int p) {
+        auto [j0, j1] = units_of(p, parts, H);
+        pack_forward(packed_rz[p], W, H, 0, j0, j1, 2);
+        pack_forward(packed_n[p], W, H, 2 * H, j0, j1, 1);
+      },
+      [&](int p, int64_t t, int phase) {
+        auto [j0, j1] = units_of(p, parts, H);
+        const float* hp = o + t * B * H;
+        if (phase == 0) {  // r and z of this part's units, and q = r ⊙ h
+          float* rzt = rz + t * B * 2 * H;
+          packed_rz[p].multiply<false>(B, hp, H, rzt, 2 * H);
+          for (int64_t b = 0; b < B; ++b)
+            gru_before_gates_row(H, j0, j1, x + (t * B + b) * 3 * H, bias, rzt + b * 2 * H, hp + b * H,
+                                 q + (t * B + b) * H);
+        } else {  // the candidate from q of all units, and the new state of this part's units
+          float* nt = n + t * B * H;
+          packed_n[p].multiply<false>(B, q + t * B * H, H, nt, H);
+          for (int64_t b = 0; b < B; ++b)
+            gru_before_state_row(H, j0, j1, x + (t * B + b) * 3 * H + 2 * H, bias + 2 * H,
+                                 rz + (t * B + b) * 2 * H + H, nt + b * H, hp + b * H, o + ((t + 1) * B + b) * H);
+        }
+      });
+  return {out, RZ, Q, N};
+}
+
+std::vector<Tensor> gru_before_backward_avx2(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out,
+                                             const Tensor& RZ, const Tensor& Q, const Tensor& N, const Tensor& w_hh,
+                                             bool has_bias) {
+  const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
+  const int64_t T = RZ.size(0), B = RZ.size(1), H = N.size(2);
+  Tensor dA = at::empty({T, B, 3 * H}, RZ.options());
+  Tensor dan = at::empty({B, H}, RZ.options()), dq = at::empty({B, H}, RZ.options());
+  Tensor darz = at::empty({B, 2 * H}, RZ.options()), dh = d_hT.contiguous().clone();
+  float *da = dA.data_ptr<float>(), *dn = dan.data_ptr<float>(), *dqp = dq.data_ptr<float>();
+  float *drz = darz.data_ptr<float>(), *dhp = dh.data_ptr<float>();
+  const float *rz = RZ.data_ptr<float>(), *n = N.data_ptr<float>(), *o = out.data_ptr<float>();
+  const float *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
+  const int parts = team_size(H, kMinUnitsPerPart);
+  std::vector<PackedColumns> packed_n(parts), packed_rz(parts);
+  run_team(
+      parts, T, 3,
+      [&](int p) {
+        auto [j0, j1] = units_of(p, parts, H);
+        pack_backward(packed_n[p], W, H, 2 * H, H, j0, j1);
+        pack_backward(packed_rz[p], W, H, 0, 2 * H, j0, j1);
+      },
+      [&](int p, int64_t s, int phase) {
+        const int64_t t = T - 1 - s;
+        auto [j0, j1] = units_of(p, parts, H);
+        if (phase == 0) {  // da_n, da_z of this part's units; dh becomes dh ⊙ z
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t o1 = (t * B + b) * H;
+            gru_before_bwd_row1(H, j0, j1, dout + o1, dhp + b * H, rz + 2 * o1, n + o1, o + o1, da + 3 * o1,
+                                dn + b * H, drz + b * 2 * H, dhp + b * H);
+          }
+        } else if (phase == 1) {  // dq = da_n W_hn for this part's units, then da_r and dh += dq ⊙ r
+          packed_n[p].multiply<false>(B, dn, H, dqp, H);
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t o1 = (t * B + b) * H;
+            gru_before_bwd_row2(H, j0, j1, dqp + b * H, rz + 2 * o1, o + o1, da + 3 * o1, drz + b * 2 * H, dhp + b * H);
+          }
+        } else {  // dh += [da_r, da_z] W_rz for this part's units
+          packed_rz[p].multiply<true>(B, drz, 2 * H, dhp, H);
+        }
+      });
+  Tensor h_prev = out.narrow(0, 0, T).reshape({T * B, H});
+  Tensor flat = dA.view({T * B, 3 * H});
+  Tensor dW = at::cat({flat.narrow(1, 0, 2 * H).t().mm(h_prev), flat.narrow(1, 2 * H, H).t().mm(Q.view({T * B, H}))});
+  Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
+  return {dA, dh, dW, db};
+}
+
+// ---- plain RNN ------------------------------------------------------------------------------------
+
+Tensor rnn_forward_avx2(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, const c10::optional<Tensor>& b_hh) {
+  const Tensor a = (b_hh.has_value() ? gi + *b_hh : gi).contiguous(), w = w_hh.contiguous();
+  const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
+  Tensor out = at::empty({T + 1, B, H}, gi.options());
+  out[0].copy_(h0);
+  float* o = out.data_ptr<float>();
+  const float *ap = a.data_ptr<float>(), *W = w.data_ptr<float>();
+  const int parts = team_size(H, kMinUnitsPerPart);
+  std::vector<PackedColumns> packed(parts);
+  run_team(
+      parts, T, 1,
+      [&](int p) {
+        auto [j0, j1] = units_of(p, parts, H);
+        pack_forward(packed[p], W, H, 0, j0, j1, 1);
+      },
+      [&](int p, int64_t t, int) {
+        auto [j0, j1] = units_of(p, parts, H);
+        float* next = o + (t + 1) * B * H;
+        packed[p].multiply<false>(B, o + t * B * H, H, next, H);
+        for (int64_t b = 0; b < B; ++b) rnn_fwd_row(j0, j1, ap + (t * B + b) * H, next + b * H);
+      });
+  return out;
+}
+
+std::vector<Tensor> rnn_backward_avx2(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out,
+                                      const Tensor& w_hh, bool has_bias) {
+  const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
+  const int64_t T = out.size(0) - 1, B = out.size(1), H = out.size(2);
+  Tensor dA = at::empty({T, B, H}, out.options()), dh = d_hT.contiguous().clone();
+  float *da = dA.data_ptr<float>(), *dhp = dh.data_ptr<float>();
+  const float *o = out.data_ptr<float>(), *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
+  const int parts = team_size(H, kMinUnitsPerPart);
+  std::vector<PackedColumns> packed(parts);
+  run_team(
+      parts, T, 2,
+      [&](int p) {
+        auto [j0, j1] = units_of(p, parts, H);
+        pack_backward(packed[p], W, H, 0, H, j0, j1);
+      },
+      [&](int p, int64_t s, int phase) {
+        const int64_t t = T - 1 - s;
+        auto [j0, j1] = units_of(p, parts, H);
+        if (phase == 0) {
+          for (int64_t b = 0; b < B; ++b)
+            rnn_bwd_row(j0, j1, dout + (t * B + b) * H, dhp + b * H, o + ((t + 1) * B + b) * H, da + (t * B + b) * H);
+        } else {
+          packed[p].multiply<false>(B, da + t * B * H, H, dhp, H);
+        }
+      });
+  Tensor dW = dA.view({T * B, H}).t().mm(out.narrow(0, 0, T).reshape({T * B, H}));
+  Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
+  return {dA, dh, dW, db};
+}
+
+}  // namespace gru_lm
+#endif  // GRU_LM_HAVE_AVX2
