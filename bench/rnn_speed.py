@@ -1,6 +1,6 @@
-"""Training throughput and peak memory of our cells against torch.nn.GRU/RNN, side by side in one run.
+"""Training throughput and peak memory of our cells against torch.nn.GRU/RNN/LSTM, side by side in one run.
 
-    python bench/rnn_speed.py                 # the acceptance shapes (hidden 256/512, batch 32, window 64, 1-2 layers)
+    python bench/rnn_speed.py                 # the four default shapes (hidden 256/512, batch 32, window 64, 1-2 layers)
     python bench/rnn_speed.py --grid full     # hidden 128..1024, layers 1-2, batch 1/32/128, window 64/256
     python bench/rnn_speed.py --memory        # also peak memory of a training step (one subprocess per cell, Linux)
     python bench/rnn_speed.py --end-to-end    # also `gru-lm train` and `gru-lm sample` characters per second
@@ -10,7 +10,12 @@
 Each measurement is a char-LM training step (embedding 64 -> recurrent stack -> linear read-out over 65
 characters -> cross-entropy -> backward -> Adam), timed over --seconds after a warm-up, cells
 interleaved round by round so that a noisy neighbour hits all of them alike. Ratios are against
-torch.nn.GRU measured in the same run on the same shapes.
+torch.nn.GRU measured in the same run on the same shapes. Each row also gives the fraction of the
+machine's arithmetic ceiling it reached: a char-LM step costs 6·(G·H·(I+H) per layer + H·V) floating-point
+operations per character (G = 3 gates for a GRU, 4 for an LSTM, 1 for an RNN; I the layer's input width,
+V the vocabulary), and the ceiling is the rate of a 2048³ float32 matrix product (torch.mm), measured
+before and after the shapes in the same run (the faster of the two), divided by that cost. The header
+names the CPU, its ISA level, the dtype and the kernels that ran.
 """
 
 from __future__ import annotations
@@ -18,8 +23,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -32,7 +35,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gru_lm.cells import GRU, RNN  # noqa: E402
+from gru_lm.cells import GRU, LSTM, RNN  # noqa: E402
+from gru_lm.kernels import backend  # noqa: E402
+from gru_lm.machine import cpu_model, isa_level  # noqa: E402
 from gru_lm.memory import keep_freed_memory  # noqa: E402
 
 V, E = 65, 64
@@ -44,13 +49,14 @@ CELLS = {
     "torch.nn.RNN": lambda H, L: nn.RNN(E, H, L),
     "ours RNN": lambda H, L: RNN(E, H, L),
     "torch.nn.LSTM": lambda H, L: nn.LSTM(E, H, L),
+    "ours LSTM": lambda H, L: LSTM(E, H, L),
 }
 # the same cells under CPU autocast to bfloat16, as `gru-lm train --dtype bfloat16` runs them
 BF16 = " (bf16)"
 for _name in ("torch.nn.GRU", "ours GRU reset-after", "ours GRU reset-before"):
     CELLS[_name + BF16] = CELLS[_name]
 GRIDS = {
-    "acceptance": [(H, L, 32, 64) for H in (256, 512) for L in (1, 2)],
+    "default": [(H, L, 32, 64) for H in (256, 512) for L in (1, 2)],
     "full": list(itertools.product((128, 256, 512, 1024), (1, 2), (1, 32, 128), (64, 256))),
 }
 
@@ -62,7 +68,7 @@ class Step:
         torch.manual_seed(seed)
         self.rnn = CELLS[name](H, L)
         self.amp = name.endswith(BF16)
-        self.lstm = isinstance(self.rnn, nn.LSTM)
+        self.lstm = isinstance(self.rnn, (nn.LSTM, LSTM))
         self.emb, self.head = nn.Embedding(V, E), nn.Linear(H, V)
         params = [*self.emb.parameters(), *self.rnn.parameters(), *self.head.parameters()]
         self.opt = torch.optim.Adam(params, 3e-3)
@@ -80,6 +86,35 @@ class Step:
         loss.backward()
         self.opt.step()
         self.h = tuple(t.detach().float() for t in h) if self.lstm else h.detach().float()
+
+
+def gates_of(name: str) -> int:
+    return 4 if "LSTM" in name else 3 if "GRU" in name else 1
+
+
+def flops_per_char(name: str, H: int, L: int) -> float:
+    """6·(G·H·(I+H) per layer + H·V): forward, input gradient and weight gradient of every product."""
+    G = gates_of(name)
+    return 6.0 * (sum(G * H * ((E if k == 0 else H) + H) for k in range(L)) + H * V)
+
+
+def matmul_rate(seconds: float = 1.0) -> float:
+    """FLOP/s of a 2048³ float32 product on this machine, now (best of three timings)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    c = a @ b
+    best = 0.0
+    for _ in range(3):
+        t0, k = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds / 3:
+            torch.mm(a, b, out=c)
+            k += 1
+        best = max(best, 2 * 2048**3 * k / (time.perf_counter() - t0))
+    return best
+
+
+def header(dtype: str = "float32") -> dict:
+    return {"cpu": cpu_model(), "isa": isa_level(), "dtype": dtype, "kernels": backend(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
 
 
 def throughput(names: list[str], shape: tuple, seconds: float, rounds: int = 3) -> dict[str, float]:
@@ -169,9 +204,9 @@ def sampling_speed(model, vocab, n: int = 2000) -> list[tuple[str, float]]:
     return rows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--grid", choices=sorted(GRIDS), default="acceptance", help="which shapes to measure")
+    ap.add_argument("--grid", choices=sorted(GRIDS), default="default", help="which shapes to measure")
     ap.add_argument("--cells", nargs="*", default=None, help=f"subset of: {', '.join(CELLS)}")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per cell and shape")
     ap.add_argument("--repeat", type=int, default=1,
@@ -185,7 +220,48 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc settings as they are")
     ap.add_argument("--json", type=Path, default=None, help="write the results here too")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def measure_shapes(names: list[str], args: argparse.Namespace) -> list[dict]:
+    """Every cell at every shape: chars/s, the ratio to torch.nn.GRU and (filled in later) the ceiling fraction."""
+    spread = args.repeat > 1
+    print("| hidden | layers | batch | window | cell | chars/s | vs torch.nn.GRU |" + (" range |" if spread else "")
+          + (" peak MiB | vs GRU |" if args.memory else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|" if spread else "") + ("---|---|" if args.memory else ""))
+    results = []
+    for shape in GRIDS[args.grid]:
+        runs = [throughput(names, shape, args.seconds) for _ in range(args.repeat)]
+        mem = {n: peak_memory(n, shape) for n in names} if args.memory else {}
+        for n in names:
+            ratios = sorted(r[n] / r["torch.nn.GRU"] for r in runs)
+            speed = sorted(r[n] for r in runs)[len(runs) // 2]
+            row = dict(zip(("hidden", "layers", "batch", "window"), shape), cell=n, chars_per_s=speed,
+                       ratio=ratios[len(ratios) // 2], ratios=ratios, flops_per_char=flops_per_char(n, *shape[:2]))
+            line = f"| {shape[0]} | {shape[1]} | {shape[2]} | {shape[3]} | {n} | {speed:,.0f} | {row['ratio']:.2f}x |"
+            if spread:
+                line += f" {ratios[0]:.2f}–{ratios[-1]:.2f} |"
+            if mem:
+                row.update(peak_mib=mem[n], mem_ratio=mem[n] / max(mem["torch.nn.GRU"], 1e-9))
+                line += f" {mem[n]:.1f} | {row['mem_ratio']:.2f}x |"
+            print(line, flush=True)
+            results.append(row)
+    return results
+
+
+def ceiling_table(results: list[dict], rate: float) -> None:
+    """The fraction of the arithmetic ceiling each row reached, as a second table."""
+    print(f"\n2048³ float32 product: {rate / 1e9:.1f} GFLOP/s (the ceiling's numerator)\n")
+    print("| hidden | layers | cell | chars/s | ceiling chars/s | of ceiling |\n|---|---|---|---|---|---|")
+    for row in results:
+        row["ceiling_chars_per_s"] = rate / row["flops_per_char"]
+        row["of_ceiling"] = row["chars_per_s"] / row["ceiling_chars_per_s"]
+        print(f"| {row['hidden']} | {row['layers']} | {row['cell']} | {row['chars_per_s']:,.0f} | "
+              f"{row['ceiling_chars_per_s']:,.0f} | {row['of_ceiling']:.0%} |")
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.default_malloc:
@@ -201,36 +277,19 @@ def main() -> None:
     names = args.cells or [n for n in CELLS if "reference" not in n and (args.bf16 or not n.endswith(BF16))]
     if "torch.nn.GRU" not in names:
         names.insert(0, "torch.nn.GRU")
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")
-    spread = args.repeat > 1
-    print("| hidden | layers | batch | window | cell | chars/s | vs torch.nn.GRU |" + (" range |" if spread else "")
-          + (" peak MiB | vs GRU |" if args.memory else ""))
-    print("|---|---|---|---|---|---|---|" + ("---|" if spread else "") + ("---|---|" if args.memory else ""))
-    results = []
-    for shape in GRIDS[args.grid]:
-        runs = [throughput(names, shape, args.seconds) for _ in range(args.repeat)]
-        mem = {n: peak_memory(n, shape) for n in names} if args.memory else {}
-        for n in names:
-            ratios = sorted(r[n] / r["torch.nn.GRU"] for r in runs)
-            speed = sorted(r[n] for r in runs)[len(runs) // 2]
-            row = dict(zip(("hidden", "layers", "batch", "window"), shape), cell=n, chars_per_s=speed,
-                       ratio=ratios[len(ratios) // 2], ratios=ratios)
-            line = f"| {shape[0]} | {shape[1]} | {shape[2]} | {shape[3]} | {n} | {speed:,.0f} | {row['ratio']:.2f}x |"
-            if spread:
-                line += f" {ratios[0]:.2f}–{ratios[-1]:.2f} |"
-            if mem:
-                row.update(peak_mib=mem[n], mem_ratio=mem[n] / max(mem["torch.nn.GRU"], 1e-9))
-                line += f" {mem[n]:.1f} | {row['mem_ratio']:.2f}x |"
-            print(line, flush=True)
-            results.append(row)
+    head = header()
+    print("# " + ", ".join(f"{k} {v}" for k, v in head.items()))
+    rate = matmul_rate()
+    results = measure_shapes(names, args)
+    rate = max(rate, matmul_rate())
+    ceiling_table(results, rate)
     if args.end_to_end:
         print("\n| command | chars/s |\n|---|---|")
-        for name, rate in end_to_end(max(args.seconds * 10, 20), args.bf16):
-            print(f"| {name} | {rate:,.0f} |", flush=True)
-            results.append({"command": name, "chars_per_s": rate})
+        for name, speed in end_to_end(max(args.seconds * 10, 20), args.bf16):
+            print(f"| {name} | {speed:,.0f} |", flush=True)
+            results.append({"command": name, "chars_per_s": speed})
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps({"machine": head, "matmul_flops": rate, "rows": results}, indent=1))
     print(f"# peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -1,4 +1,4 @@
-"""Recurrent cells written from their equations, shaped like torch.nn.GRU / torch.nn.RNN.
+"""Recurrent cells written from their equations, shaped like torch.nn.GRU / torch.nn.LSTM / torch.nn.RNN.
 
 The GRU is the one of Dive into Deep Learning's GRU chapter (Zhang, Lipton, Li, Smola) and Cho et al.
 2014. Notation: x is one step's input (B×I), h the previous state (B×H), weights as torch lays them out.
@@ -13,6 +13,16 @@ GRU, gates in the order r, z, n (as torch.nn.GRU lays them out):
 
 z = 1 copies the old state (and its gradient) straight through; r = 0 makes the candidate
 ignore the old state: the model forgetting from inside what a fresh zero state forgets from outside.
+
+LSTM (Hochreiter and Schmidhuber 1997, with the forget gate of Gers et al. 2000), gates in the order
+i, f, g, o (as torch.nn.LSTM lays them out); the state is (h, c):
+
+    i  = σ(x W_ii + b_ii + h W_hi + b_hi)            input gate
+    f  = σ(x W_if + b_if + h W_hf + b_hf)            forget gate
+    g  = tanh(x W_ig + b_ig + h W_hg + b_hg)         candidate
+    o  = σ(x W_io + b_io + h W_ho + b_ho)            output gate
+    c' = f ⊙ c + i ⊙ g
+    h' = o ⊙ tanh(c')
 
 Plain RNN: h' = tanh(x W_ih + b_ih + h W_hh + b_hh).
 
@@ -30,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .window import gru_window, rnn_window
+from .window import gru_window, lstm_window, rnn_window
 
-CELLS = ("gru", "rnn")
+CELLS = ("gru", "lstm", "rnn")
 
 
 def gru_gates(
@@ -64,6 +74,25 @@ def gru_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_aft
     """One GRU step given gi = x W_ih + b_ih (B×3H, already projected) and h (B×H)."""
     _, z, n = gru_gates(gi, h, w_hh, b_hh, reset_after)
     return torch.lerp(n, h, z)  # z ⊙ h + (1 − z) ⊙ n
+
+
+def lstm_gates(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The input gate i, forget gate f, candidate g and output gate o of one LSTM step (B×H each).
+
+    gi = x W_ih + b_ih (B×4H, already projected), h is B×H. lstm_step mixes them into (h', c');
+    gates.trace reads them out.
+    """
+    a = gi + F.linear(h, w_hh, b_hh)
+    i, f, g, o = a.chunk(4, dim=-1)
+    return torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+
+
+def lstm_step(gi: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One LSTM step given gi = x W_ih + b_ih (B×4H) and the state (h, c): returns (h', c')."""
+    h, c = state
+    i, f, g, o = lstm_gates(gi, h, w_hh, b_hh)
+    c = f * c + i * g
+    return o * torch.tanh(c), c
 
 
 def rnn_step(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
@@ -112,6 +141,16 @@ class GRUCell(_CellBase):
         h = self._zeros(x) if h is None else h
         gi = F.linear(x, self.weight_ih, self.bias_ih)
         return gru_step(gi, h, self.weight_hh, self.bias_hh, self.reset_after)
+
+
+class LSTMCell(_CellBase):
+    """A single LSTM step, parameters laid out as torch.nn.LSTMCell (i, f, g, o); state (h, c)."""
+
+    gates = 4
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        state = (self._zeros(x), self._zeros(x)) if state is None else state
+        return lstm_step(F.linear(x, self.weight_ih, self.bias_ih), state, self.weight_hh, self.bias_hh)
 
 
 class RNNCell(_CellBase):
@@ -177,15 +216,22 @@ class _Stack(nn.Module):
             getattr(self, f"bias_hh_l{k}"),
         )
 
-    def step(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
+    def step(self, gi: Tensor, state, w_hh: Tensor, b_hh: Tensor | None):
+        """One step from the layer's state (B×H; (h, c) for the LSTM) to the next."""
         raise NotImplementedError
 
-    def window(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None,
-               bf16_operands: bool = False) -> tuple[Tensor, Tensor]:
+    def window(self, gi: Tensor, state, w_hh: Tensor, b_hh: Tensor | None, bf16_operands: bool = False):
+        """The whole window (window.py): returns (out T×B×H, the final state)."""
         raise NotImplementedError
 
-    def run_layer(self, k: int, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """Layer k over a whole window: x is T×B×I, h is B×H; returns (T×B×H, B×H)."""
+    @staticmethod
+    def output(state) -> Tensor:
+        """What a step hands to the next layer: the state itself (h of (h, c) for the LSTM)."""
+        return state
+
+    def run_layer(self, k: int, x: Tensor, h):
+        """Layer k over a whole window: x is T×B×I, h the layer's state (B×H, or (h, c) for the LSTM);
+        returns (out T×B×H, the final state)."""
         w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
         if self.weight_drop > 0 and self.training:
             # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per window, the
@@ -199,12 +245,12 @@ class _Stack(nn.Module):
                 # states, gates and hand-derived backward stay float32 arithmetic
                 bf16 = torch.get_autocast_dtype(device) == torch.bfloat16
                 with torch.autocast(device, enabled=False):
-                    return self.window(gi.float(), h.float().contiguous(), w_hh, b_hh, bf16)
-            return self.window(gi, h.contiguous(), w_hh, b_hh)
+                    return self.window(gi.float(), _map(h, lambda t: t.float().contiguous()), w_hh, b_hh, bf16)
+            return self.window(gi, _map(h, Tensor.contiguous), w_hh, b_hh)
         outs = []
         for t in range(x.shape[0]):
             h = self.step(gi[t], h, w_hh, b_hh)
-            outs.append(h)
+            outs.append(self.output(h))
         return torch.stack(outs), h
 
     def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -245,6 +291,43 @@ class GRU(_Stack):
     def window(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None,
                bf16_operands: bool = False) -> tuple[Tensor, Tensor]:
         return gru_window(gi, h, w_hh, b_hh, self.reset_after, bf16_operands)
+
+
+class LSTM(_Stack):
+    """Multi-layer LSTM, time-major, interface and parameter names of torch.nn.LSTM: the state is (h, c)."""
+
+    gates = 4  # the constructor is _Stack's: (input_size, hidden_size, num_layers, dropout, bias, fast, weight_drop)
+
+    def step(self, gi: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
+        return lstm_step(gi, state, w_hh, b_hh)
+
+    def window(self, gi: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, b_hh: Tensor | None,
+               bf16_operands: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        out, h, c = lstm_window(gi, state[0], state[1], w_hh, b_hh, bf16_operands)
+        return out, (h, c)
+
+    @staticmethod
+    def output(state: tuple[Tensor, Tensor]) -> Tensor:
+        return state[0]
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x: T×B×I, state (h0, c0), each L×B×H (zeros when None) -> (out T×B×H, (h_n, c_n))."""
+        if state is None:
+            zeros = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
+            state = (zeros, zeros)
+        hs, cs = [], []
+        for k in range(self.num_layers):
+            if k > 0 and self.dropout > 0 and self.training:
+                x = dropout(x, self.dropout, training=True)
+            x, (h_k, c_k) = self.run_layer(k, x, (state[0][k], state[1][k]))
+            hs.append(h_k)
+            cs.append(c_k)
+        return x, (torch.stack(hs), torch.stack(cs))
+
+
+def _map(state, fn):
+    """fn applied to a layer's state: one tensor, or each of (h, c)."""
+    return tuple(fn(t) for t in state) if isinstance(state, tuple) else fn(state)
 
 
 class RNN(_Stack):

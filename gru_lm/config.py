@@ -25,7 +25,7 @@ class Settings:
     """Everything a training run needs; field names are the TOML keys and the flags (with - for _)."""
 
     # model
-    cell: str = setting("gru", "Recurrent cell: gru, or rnn (the plain RNN baseline).")
+    cell: str = setting("gru", "Recurrent cell: gru, lstm, or rnn (the plain RNN baseline).")
     reset_after: bool = setting(False, "GRU candidate: reset after the recurrent product (torch.nn.GRU, cuDNN) "
                                 "or before it (Dive into Deep Learning, Cho et al. 2014).")
     hidden_size: int = setting(256, "Units per recurrent layer.")
@@ -69,7 +69,7 @@ class Settings:
 FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
 HELP = {f.name: f.metadata["help"] for f in fields(Settings)}
 DEFAULTS = Settings().to_dict()
-CHOICES = {"cell": ("gru", "rnn"), "device": ("auto", "cpu", "cuda", "mps"),
+CHOICES = {"cell": ("gru", "lstm", "rnn"), "device": ("auto", "cpu", "cuda", "mps"),
            "dtype": ("float32", "bfloat16", "auto")}
 
 

@@ -1,4 +1,4 @@
-"""A fast path for a whole window of one recurrent layer: the same equations as cells.py, with a
+"""The fast path for a whole window of one recurrent layer: the same equations as cells.py, with a
 hand-derived backward, run by compiled kernels (csrc/window_kernels.cpp) or, where those cannot be
 built, by the Python loops below, which do the same work in the same buffers.
 
@@ -137,6 +137,48 @@ def gru_before_backward(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias: bool, bf16: 
     return dA, dh, d_w, d_b
 
 
+# ---- LSTM: [i, f, g, o] = act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh), c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c') ----
+
+def lstm_forward(gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool = False):
+    """Returns out and C ((T+1)×B×H each, out[0] = h0, C[0] = c0) and G = [i, f, g, o] for every step."""
+    T, B, H4 = gi.shape
+    H = H4 // 4
+    w_t = _operands(w_hh.t().contiguous(), bf16)
+    out, C, G = _states(gi, h0), _states(gi, c0), gi.new_empty(T, B, 4 * H)
+    for t in range(T):
+        a = _mm_bias(b_hh, out[t], w_t, G[t]).add_(gi[t])
+        a[:, : 2 * H].sigmoid_()
+        a[:, 2 * H : 3 * H].tanh_()
+        a[:, 3 * H :].sigmoid_()
+        i, f, g, o = a.chunk(4, dim=-1)
+        torch.addcmul(i * g, f, C[t], out=C[t + 1])  # c' = f ⊙ c + i ⊙ g
+        torch.mul(o, torch.tanh(C[t + 1]), out=out[t + 1])
+    return out, C, G
+
+
+def lstm_backward(d_out: Tensor, d_hT: Tensor, d_cT: Tensor, out: Tensor, C: Tensor, G: Tensor, w_hh: Tensor,
+                  has_bias: bool, bf16: bool = False):
+    T, B, H = d_out.shape
+    w = _operands(w_hh, bf16)
+    i, f, g, o = G.chunk(4, dim=-1)
+    tc = torch.tanh(C[1:])
+    dG = torch.empty_like(G)  # [da_i, da_f, da_g, da_o]
+    dh, dc = d_hT, d_cT
+    for t in range(T - 1, -1, -1):
+        dht = d_out[t] + dh
+        dct = dc + dht * o[t] * (1 - tc[t] * tc[t])  # c' reaches the loss directly and through h' = o ⊙ tanh(c')
+        da_i, da_f, da_g, da_o = dG[t].chunk(4, dim=-1)
+        torch.mul(dct * g[t], i[t] * (1 - i[t]), out=da_i)
+        torch.mul(dct * C[t], f[t] * (1 - f[t]), out=da_f)
+        torch.mul(dct * i[t], 1 - g[t] * g[t], out=da_g)
+        torch.mul(dht * tc[t], o[t] * (1 - o[t]), out=da_o)
+        dc = dct * f[t]
+        dh = _mm(dG[t], w)
+    flat = dG.view(T * B, 4 * H)
+    d_w = _mm(flat.t(), _operands(out[:-1].reshape(T * B, H), bf16))
+    return dG, dh, dc, d_w, flat.sum(0) if has_bias else None
+
+
 # ---- plain RNN: h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh) ----
 
 def rnn_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool = False) -> Tensor:
@@ -197,6 +239,29 @@ class RNNWindow(torch.autograd.Function):
     def backward(ctx, d_out: Tensor, d_hT: Tensor):
         w_hh, out = ctx.saved_tensors
         return (*_impl("rnn_backward", w_hh)(d_out, d_hT, out, w_hh, ctx.has_bias, ctx.bf16), None)
+
+
+class LSTMWindow(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool):
+        out, C, G = _impl("lstm_forward", gi)(gi, h0.contiguous(), c0.contiguous(), w_hh, b_hh, bf16)
+        ctx.save_for_backward(w_hh, out, C, G)
+        ctx.has_bias, ctx.bf16 = b_hh is not None, bf16
+        return out[1:], out[-1].clone(), C[-1].clone()
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor, d_hT: Tensor, d_cT: Tensor):
+        w_hh, out, C, G = ctx.saved_tensors
+        d_gi, d_h0, d_c0, d_w, d_b = _impl("lstm_backward", w_hh)(d_out.contiguous(), d_hT.contiguous(),
+                                                                   d_cT.contiguous(), out, C, G, w_hh, ctx.has_bias,
+                                                                   ctx.bf16)
+        return d_gi, d_h0, d_c0, d_w, d_b, None
+
+
+def lstm_window(gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None,
+                bf16: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(out T×B×H, h_T, c_T) of an LSTM layer over a window."""
+    return LSTMWindow.apply(gi, h0, c0, w_hh, b_hh, bf16)
 
 
 def gru_window(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool,

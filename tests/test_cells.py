@@ -1,5 +1,6 @@
-"""The cells against torch's own (reset-after form), an independent straight-line reset-before GRU,
-float64 gradcheck, and the gate semantics the lecture teaches."""
+"""The cells against torch's own (the GRU's reset-after form, the LSTM, the RNN), the equations written out
+line by line (Dive into Deep Learning's reset-before GRU, the LSTM), float64 gradcheck, the gate semantics,
+and the fast window path (compiled AVX2 and BLAS kernels, and its Python fallback) against the plain loop."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from gru_lm import window
-from gru_lm.cells import GRU, RNN, GRUCell, RNNCell, gru_step
+from gru_lm.cells import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, gru_step, lstm_step
 from gru_lm.kernels import compiled
 
 torch.manual_seed(0)
@@ -56,6 +57,17 @@ def test_rnn_cell_matches_torch():
     _assert_same_grads(ours, ref)
 
 
+def test_lstm_cell_matches_torch():
+    ref, ours = nn.LSTMCell(5, 7), LSTMCell(5, 7)
+    _copy(ours, ref)
+    x, h, c = torch.randn(3, 5), torch.randn(3, 7), torch.randn(3, 7)
+    (h1, c1), (h2, c2) = ours(x, (h, c)), ref(x, (h, c))
+    torch.testing.assert_close((h1, c1), (h2, c2), atol=ATOL, rtol=1e-5)
+    (h1.square().sum() + c1.sum()).backward()
+    (h2.square().sum() + c2.sum()).backward()
+    _assert_same_grads(ours, ref)
+
+
 def test_cells_default_to_zero_state():
     cell = GRUCell(4, 6)
     x = torch.randn(2, 4)
@@ -63,39 +75,42 @@ def test_cells_default_to_zero_state():
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
-@pytest.mark.parametrize("kind", ["gru", "rnn"])
+@pytest.mark.parametrize("kind", ["gru", "lstm", "rnn"])
 @pytest.mark.parametrize("layers", [1, 2, 3])
 def test_sequence_modules_match_torch(kind, layers, fast):
     T, B, I, H = 9, 4, 6, 8
     if kind == "gru":
         ref, ours = nn.GRU(I, H, layers), GRU(I, H, layers, reset_after=True, fast=fast)
+    elif kind == "lstm":
+        ref, ours = nn.LSTM(I, H, layers), LSTM(I, H, layers, fast=fast)
     else:
         ref, ours = nn.RNN(I, H, layers), RNN(I, H, layers, fast=fast)
     _copy(ours, ref)
     x = torch.randn(T, B, I, requires_grad=True)
     x2 = x.detach().clone().requires_grad_(True)
     h0 = torch.randn(layers, B, H)
+    h0 = (h0, torch.randn(layers, B, H)) if kind == "lstm" else h0
     out_ref, hn_ref = ref(x, h0)
     out, hn = ours(x2, h0)
-    assert out.shape == (T, B, H) and hn.shape == (layers, B, H)
+    assert out.shape == (T, B, H) and torch.cat([*hn] if kind == "lstm" else [hn]).shape[1:] == (B, H)
     torch.testing.assert_close(out, out_ref, atol=ATOL, rtol=1e-5)
     torch.testing.assert_close(hn, hn_ref, atol=ATOL, rtol=1e-5)
     w = torch.randn_like(out)
-    ((out_ref * w).sum() + hn_ref.sum()).backward()
-    ((out * w).sum() + hn.sum()).backward()
+    final = (lambda s: s[0].sum() + s[1].square().sum()) if kind == "lstm" else (lambda s: s.sum())
+    ((out_ref * w).sum() + final(hn_ref)).backward()
+    ((out * w).sum() + final(hn)).backward()
     _assert_same_grads(ours, ref)
     torch.testing.assert_close(x2.grad, x.grad, atol=ATOL, rtol=1e-4)
 
 
-def test_parameter_names_and_shapes_follow_torch():
-    ours, ref = GRU(5, 7, 2), nn.GRU(5, 7, 2)
-    assert {n: p.shape for n, p in ours.named_parameters()} == {n: p.shape for n, p in ref.named_parameters()}
-    ours, ref = RNN(5, 7, 2), nn.RNN(5, 7, 2)
-    assert {n: p.shape for n, p in ours.named_parameters()} == {n: p.shape for n, p in ref.named_parameters()}
+@pytest.mark.parametrize("ours, ref", [(GRU, nn.GRU), (LSTM, nn.LSTM), (RNN, nn.RNN)])
+def test_parameter_names_and_shapes_follow_torch(ours, ref):
+    a, b = ours(5, 7, 2), ref(5, 7, 2)
+    assert {n: p.shape for n, p in a.named_parameters()} == {n: p.shape for n, p in b.named_parameters()}
 
 
-def _lecture_gru(x, h, W_xr, W_hr, b_r, W_xz, W_hz, b_z, W_xh, W_hh, b_h):
-    """The lecture's equations, written out line by line with row-vector weights (X W)."""
+def _d2l_gru(x, h, W_xr, W_hr, b_r, W_xz, W_hz, b_z, W_xh, W_hh, b_h):
+    """Dive into Deep Learning's GRU equations, written out line by line with row-vector weights (X W)."""
     outs = []
     for X in x:
         R = torch.sigmoid(X @ W_xr + h @ W_hr + b_r)
@@ -107,14 +122,14 @@ def _lecture_gru(x, h, W_xr, W_hr, b_r, W_xz, W_hz, b_z, W_xh, W_hh, b_h):
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
-def test_reset_before_gru_matches_the_lecture_equations(fast):
+def test_reset_before_gru_matches_the_dive_into_deep_learning_equations(fast):
     T, B, I, H = 7, 3, 4, 5
     gru = GRU(I, H, 1, reset_after=False, fast=fast)
     w_ih, w_hh, b_ih, b_hh = gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0
     r, z, n = slice(0, H), slice(H, 2 * H), slice(2 * H, 3 * H)
     x, h0 = torch.randn(T, B, I), torch.randn(B, H)
     out, hn = gru(x, h0[None])
-    ref_out, ref_h = _lecture_gru(
+    ref_out, ref_h = _d2l_gru(
         x, h0,
         w_ih[r].T, w_hh[r].T, b_ih[r] + b_hh[r],
         w_ih[z].T, w_hh[z].T, b_ih[z] + b_hh[z],
@@ -126,6 +141,67 @@ def test_reset_before_gru_matches_the_lecture_equations(fast):
     after = GRU(I, H, 1, reset_after=True, fast=fast)
     after.load_state_dict(gru.state_dict())
     assert (after(x, h0[None])[0] - out).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "reference"])
+def test_lstm_matches_its_equations_written_out(fast):
+    """c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c'), each gate from its own weights, step by step in float64."""
+    T, B, I, H = 6, 3, 4, 8
+    lstm = LSTM(I, H, 1, fast=fast)
+    w_ih, w_hh, b_ih, b_hh = (t.detach().double() for t in lstm.layer_weights(0))
+    x, h, c = torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H)
+    out, (hn, cn) = lstm(x, (h[None], c[None]))
+    h, c = h.double(), c.double()
+    gate = lambda k, X, h: X @ w_ih[k * H : (k + 1) * H].T + b_ih[k * H : (k + 1) * H] + h @ w_hh[k * H : (k + 1) * H].T + b_hh[k * H : (k + 1) * H]  # noqa: E731
+    outs = []
+    for X in x.double():
+        i, f = torch.sigmoid(gate(0, X, h)), torch.sigmoid(gate(1, X, h))
+        g, o = torch.tanh(gate(2, X, h)), torch.sigmoid(gate(3, X, h))
+        c = f * c + i * g
+        h = o * torch.tanh(c)
+        outs.append(h)
+    torch.testing.assert_close(out.double(), torch.stack(outs), atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close((hn[0].double(), cn[0].double()), (h, c), atol=ATOL, rtol=1e-5)
+
+
+def test_lstm_forget_one_input_zero_copies_the_cell_and_its_gradient():
+    H = 6
+    gi, h, w_hh = torch.randn(3, 4 * H), torch.rand(3, H) * 1.8 - 0.9, torch.randn(4 * H, H)
+    gi[:, :H] = -1e4  # i = 0: nothing written
+    gi[:, H : 2 * H] = 1e4  # f = 1: everything kept
+    c = torch.randn(3, H, requires_grad=True)
+    h1, c1 = lstm_step(gi, (h, c), w_hh, None)
+    torch.testing.assert_close(c1, c.detach())
+    (g,) = torch.autograd.grad(c1.sum(), c)
+    torch.testing.assert_close(g, torch.ones_like(c))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LSTMCell(3, 4),
+        lambda: LSTM(3, 4, 2, fast=False),
+        lambda: LSTM(3, 4, 2),
+        lambda: LSTM(3, 4, 1, bias=False),
+    ],
+    ids=["lstmcell", "lstm-ref", "lstm-fast", "lstm-fast-nobias"],
+)
+def test_gradcheck_float64_lstm(make):
+    torch.manual_seed(1)
+    m = make().double()
+    params = tuple(m.parameters())
+    seq = isinstance(m, LSTM)
+    x = torch.randn(*((4, 2, 3) if seq else (2, 3)), dtype=torch.float64, requires_grad=True)
+    shape = (m.num_layers, 2, 4) if seq else (2, 4)
+    h, c = (torch.randn(*shape, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    inputs = (x, h, c) + tuple(p.detach().clone().requires_grad_(True) for p in params)
+
+    def f(x, h, c, *ps):
+        state = {n: v for (n, _), v in zip(m.named_parameters(), ps)}
+        out = torch.func.functional_call(m, state, (x, (h, c)))
+        return (out[0], *out[1]) if seq else out
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -229,12 +305,12 @@ def test_dropout_between_layers_only_in_training():
     assert (c - d).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("kind", ["gru", "rnn"])
+@pytest.mark.parametrize("kind", ["gru", "lstm", "rnn"])
 def test_weight_drop_masks_the_recurrent_weights_once_per_window(kind):
     """DropConnect: in training the compiled window sees W_hh with a fraction of its entries zeroed
     (the same ones at every step): it matches the reference loop given the same draws, no gradient
     reaches a dropped entry, and in eval mode the weights are whole."""
-    cls = GRU if kind == "gru" else RNN
+    cls = {"gru": GRU, "lstm": LSTM, "rnn": RNN}[kind]
     fast_m, ref_m = cls(6, 16, 2, weight_drop=0.5), cls(6, 16, 2, weight_drop=0.5, fast=False)
     ref_m.load_state_dict(fast_m.state_dict())
     x = torch.randn(7, 3, 6)
@@ -242,7 +318,7 @@ def test_weight_drop_masks_the_recurrent_weights_once_per_window(kind):
     for m in (fast_m, ref_m):
         torch.manual_seed(5)
         out, h = m(x)
-        (out.square().sum() + h.sum()).backward()
+        (out.square().sum() + (torch.cat(h) if kind == "lstm" else h).sum()).backward()
         outs.append(out)
     torch.testing.assert_close(outs[0], outs[1])
     for (name, a), b in zip(fast_m.named_parameters(), ref_m.parameters()):
@@ -258,37 +334,68 @@ def test_weight_drop_masks_the_recurrent_weights_once_per_window(kind):
     assert (fast_m(x)[0] - plain.train()(x)[0]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("shape", [(11, 5, 8), (5, 16, 256)], ids=["small", "rows-split-over-threads"])
-@pytest.mark.parametrize("backend", ["compiled", "python"])
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("make", [lambda b, H: GRU(6, H, 2, bias=b), lambda b, H: GRU(6, H, 2, reset_after=True, bias=b),
-                                  lambda b, H: RNN(6, H, 2, bias=b)], ids=["gru-before", "gru-after", "rnn"])
-def test_fast_path_equals_the_reference_loop(make, bias, backend, shape, monkeypatch):
-    """The hand-derived backward of fast.py (compiled, and its Python fallback) against autograd
-    through the plain loop of cells.py."""
+def _use_backend(backend: str, monkeypatch) -> None:
+    """Run windows on the AVX2 micro-kernels, the BLAS path (both compiled) or the Python loops."""
     if backend == "python":
         monkeypatch.setattr(window, "compiled", lambda: None)
-    elif compiled() is None:
+        return
+    if compiled() is None:
         pytest.skip("no compiler here: the compiled kernels could not be built")
+    if backend == "avx2" and compiled().preferred_kernels() == "blas" and not _can_run_avx2():
+        pytest.skip("this CPU or build has no AVX2 micro-kernels")
+    monkeypatch.setenv("GRU_LM_KERNEL", backend)
+
+
+def _can_run_avx2() -> bool:
+    from gru_lm.machine import build_target
+
+    return build_target() == "x86-64-v3"
+
+
+_MAKERS = {
+    "gru-before": lambda b, H: GRU(6, H, 2, bias=b),
+    "gru-after": lambda b, H: GRU(6, H, 2, reset_after=True, bias=b),
+    "lstm": lambda b, H: LSTM(6, H, 2, bias=b),
+    "rnn": lambda b, H: RNN(6, H, 2, bias=b),
+}
+
+
+def _state(m, B: int, H: int):
+    h0 = torch.randn(2, B, H)
+    return (h0, torch.randn(2, B, H)) if isinstance(m, LSTM) else h0
+
+
+@pytest.mark.parametrize("shape", [(11, 5, 8), (5, 17, 256), (4, 3, 20)],
+                         ids=["small", "units-split-over-threads", "hidden-not-a-multiple-of-8"])
+@pytest.mark.parametrize("backend", ["avx2", "blas", "python"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kind", list(_MAKERS))
+def test_fast_path_equals_the_reference_loop(kind, bias, backend, shape, monkeypatch):
+    """The hand-derived backward of window.py (the AVX2 and BLAS kernels, and the Python fallback)
+    against autograd through the plain loop of cells.py."""
+    _use_backend(backend, monkeypatch)
     T, B, H = shape
-    quick = make(bias, H)
-    ref = make(bias, H)
+    quick = _MAKERS[kind](bias, H)
+    ref = _MAKERS[kind](bias, H)
     ref.fast = False
     ref.load_state_dict(quick.state_dict())
     x = torch.randn(T, B, 6)
-    h0 = torch.randn(2, B, H)
+    h0 = _state(quick, B, H)
     xs = [x.clone().requires_grad_(True) for _ in range(2)]
-    hs = [h0.clone().requires_grad_(True) for _ in range(2)]
+    hs = [tuple(t.clone().requires_grad_(True) for t in h0) if kind == "lstm" else h0.clone().requires_grad_(True)
+          for _ in range(2)]
     w = torch.randn(T, B, H)
     results = []
     for m, xi, hi in ((quick, xs[0], hs[0]), (ref, xs[1], hs[1])):
         out, hn = m(xi, hi)
-        ((out * w).sum() + (hn * hn).sum()).backward()
-        results.append((out, hn))
+        final = torch.cat(hn) if kind == "lstm" else hn
+        ((out * w).sum() + (final * final).sum()).backward()
+        results.append((out, final))
     torch.testing.assert_close(results[0], results[1], atol=1e-6, rtol=1e-5)
     _assert_same_grads(quick, ref, atol=1e-5)
     torch.testing.assert_close(xs[0].grad, xs[1].grad, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(hs[0].grad, hs[1].grad, atol=1e-5, rtol=1e-4)
+    for a, b in zip(*(h if kind == "lstm" else (h,) for h in hs)):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
@@ -297,8 +404,8 @@ def test_compiled_kernels_build_where_there_is_a_compiler():
 
 
 @pytest.mark.parametrize("backend", ["compiled", "compiled-unpacked", "python"])
-@pytest.mark.parametrize("make", [lambda: GRU(6, 32, 2), lambda: GRU(6, 32, 2, reset_after=True), lambda: RNN(6, 32, 2)],
-                         ids=["gru-before", "gru-after", "rnn"])
+@pytest.mark.parametrize("make", [lambda: GRU(6, 32, 2), lambda: GRU(6, 32, 2, reset_after=True), lambda: RNN(6, 32, 2),
+                                  lambda: LSTM(6, 32, 2)], ids=["gru-before", "gru-after", "rnn", "lstm"])
 def test_bfloat16_autocast_rounds_only_the_products(make, backend, monkeypatch):
     """Under CPU autocast to bfloat16 (train --dtype bfloat16) the window's products take bfloat16
     operands: outputs and gradients move by bfloat16 rounding (~1e-3 relative), not more, and do move,
@@ -313,12 +420,13 @@ def test_bfloat16_autocast_rounds_only_the_products(make, backend, monkeypatch):
     torch.manual_seed(3)
     exact, mixed = make(), make()
     mixed.load_state_dict(exact.state_dict())
-    x, h0 = torch.randn(12, 4, 6), torch.randn(2, 4, 32)
+    x, h0 = torch.randn(12, 4, 6), _state(exact, 4, 32)
     w = torch.randn(12, 4, 32)
     outs = []
     for m, amp in ((exact, False), (mixed, True)):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             out, hn = m(x, h0)
+        hn = torch.cat(hn) if isinstance(hn, tuple) else hn
         assert out.dtype == hn.dtype == torch.float32
         ((out.float() * w).sum() + (hn * hn).sum()).backward()
         outs.append(out.float())

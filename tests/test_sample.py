@@ -1,4 +1,4 @@
-"""Sampling: seeds, greedy decoding, top-k and top-p filtering, prime checks."""
+"""Sampling: seeds, greedy decoding, top-k and top-p filtering, prime checks, the compiled sampler against the model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from gru_lm import checkpoint
 from gru_lm.data import Vocab
 from gru_lm.errors import UserError
 from gru_lm.model import CharModel, ModelConfig
-from gru_lm.sample import Stepper, check_options, filter_logits, generate
+from gru_lm import sample
+from gru_lm.sample import Stepper, Streams, check_options, filter_logits, generate, pick
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,8 @@ def test_prime_outside_the_vocabulary_is_refused_before_output(model_vocab):
         generate(m, v, "ROMEO: ☃", 10)
 
 
-@pytest.mark.parametrize("cfg", [dict(cell="gru", layers=2), dict(cell="gru", reset_after=True), dict(cell="rnn", layers=2)])
+@pytest.mark.parametrize("cfg", [dict(cell="gru", layers=2), dict(cell="gru", reset_after=True), dict(cell="lstm", layers=2),
+                                 dict(cell="rnn", layers=2)])
 def test_stepper_equals_the_model_over_a_window(cfg):
     torch.manual_seed(0)
     model = CharModel(ModelConfig(vocab_size=11, hidden_size=12, embed_size=5, **cfg)).eval()
@@ -94,3 +96,58 @@ def test_stepper_equals_the_model_over_a_window(cfg):
 def test_a_tiny_temperature_is_nearly_greedy(model_vocab):
     m, v = model_vocab
     assert _text(m, v, temperature=1e-30, seed=3) == _text(m, v, temperature=0)
+
+
+CELLS = [dict(cell="gru", layers=2), dict(cell="gru", reset_after=True), dict(cell="lstm", layers=2),
+         dict(cell="rnn", layers=2)]
+
+
+@pytest.mark.parametrize("cfg", CELLS, ids=["gru-before", "gru-after", "lstm", "rnn"])
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
+def test_the_sampler_gives_the_models_next_character_logits(cfg, compiled, monkeypatch):
+    """Streams (the compiled sampler, or its torch fallback) reading characters one at a time gives
+    the logits of the model's own forward over the whole window, for every stream."""
+    if not compiled:
+        monkeypatch.setattr(sample, "_compiled_sampler", lambda model: None)
+    torch.manual_seed(0)
+    model = CharModel(ModelConfig(vocab_size=11, hidden_size=16, embed_size=5, **cfg)).eval()
+    ids = torch.randint(0, 11, (7, 3))
+    with torch.no_grad():
+        expected, _ = model(ids)
+    streams = Streams(model, ids[:1, 0], 3)
+    if compiled and streams.compiled is None:
+        pytest.skip("no compiled sampler here (no compiler or no AVX2)")
+    for t in range(7):
+        streams.last = ids[t].clone()
+        torch.testing.assert_close(streams.logits(), expected[t], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.7, 3, None), (1.3, None, 0.8),
+                                                        (1.0, 4, 0.6), (0.0, None, None)])
+def test_the_compiled_draw_is_pick(temperature, top_k, top_p):
+    """For the same logits and the same uniform number, the compiled sampler draws the character that
+    sample.pick draws: the same distribution, temperature, top-k and top-p rules."""
+    torch.manual_seed(1)
+    model = CharModel(ModelConfig(vocab_size=13, hidden_size=16, embed_size=5)).eval()
+    streams = Streams(model, torch.tensor([3]), 64)
+    if streams.compiled is None:
+        pytest.skip("no compiled sampler here (no compiler or no AVX2)")
+    streams.state = torch.randn_like(streams.state).contiguous()  # 64 different next-character distributions
+    state = streams.state.clone()
+    uniforms = torch.rand(1, 64, dtype=torch.float64)
+    drawn = streams.next(uniforms, temperature, top_k, top_p)[0]
+    streams.state, streams.last = state, torch.full((64,), 3)
+    logits = streams.logits()
+    expected = [pick(lg, temperature, top_k, top_p, u) for lg, u in zip(logits, uniforms[0])]
+    assert drawn.tolist() == expected
+
+
+def test_streams_generated_together_are_the_streams_generated_alone():
+    torch.manual_seed(2)
+    model = CharModel(ModelConfig(vocab_size=9, hidden_size=24, embed_size=5, cell="lstm")).eval()
+    prime = torch.tensor([1, 4, 2])
+    uniforms = torch.rand(20, 4, dtype=torch.float64)
+    together = Streams(model, prime, 4).next(uniforms, 0.9, None, 0.95)
+    alone = [Streams(model, prime, 1).next(uniforms[:, s : s + 1], 0.9, None, 0.95)[:, 0] for s in range(4)]
+    assert torch.equal(together, torch.stack(alone, dim=1))
+    assert len({tuple(together[:, s].tolist()) for s in range(4)}) > 1  # the streams do differ

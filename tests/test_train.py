@@ -86,9 +86,9 @@ def test_training_writes_outputs_and_learns(trained_run):
     assert state["step"] == 60 and state["hidden"].shape == (1, 4, 32)
 
 
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
-def test_exact_resume_matches_an_uninterrupted_run(corpus, smoke, tmp_path, ema_decay):
-    s = smoke(max_steps=40, eval_every=15, dropout=0.2, layers=2, ema_decay=ema_decay)
+@pytest.mark.parametrize("ema_decay, cell", [(0.0, "gru"), (0.9, "gru"), (0.0, "lstm")])
+def test_exact_resume_matches_an_uninterrupted_run(corpus, smoke, tmp_path, ema_decay, cell):
+    s = smoke(max_steps=40, eval_every=15, dropout=0.2, layers=2, ema_decay=ema_decay, cell=cell)
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(corpus, s, straight, progress=False)
     first = train(corpus, s, split, progress=False, should_stop=lambda step: step == 22)
@@ -150,6 +150,16 @@ def test_seed_makes_runs_reproducible(corpus, smoke, tmp_path):
     train(corpus, smoke(max_steps=8), tmp_path / "b", progress=False)
     train(corpus, smoke(max_steps=8, seed=2), tmp_path / "c", progress=False)
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b") != _losses(tmp_path / "c")
+
+
+def test_lstm_trains_and_carries_h_and_c(corpus, smoke, tmp_path):
+    result = train(corpus, smoke(cell="lstm", max_steps=30), tmp_path / "lstm", progress=False)
+    state = checkpoint.load(tmp_path / "lstm" / "last.pt")
+    assert state["model_config"]["cell"] == "lstm" and state["model"]["rnn.weight_hh_l0"].shape == (4 * 32, 32)
+    assert state["hidden"].shape == (1, 4, 2 * 32)  # the carried (h, c) of every stream, side by side
+    h, c = state["hidden"].chunk(2, dim=-1)
+    assert h.abs().max() < 1 and (c - h).abs().max() > 1e-3  # really two states: h = o ⊙ tanh(c)
+    assert result.val_loss < math.log(65)
 
 
 def test_rnn_baseline_trains(corpus, smoke, tmp_path):

@@ -39,6 +39,9 @@ inline bool use_avx2(const at::Tensor& like, int64_t hidden, bool bf16_operands)
   return !bf16_operands && like.scalar_type() == at::kFloat && hidden % 8 == 0 && preferred_kernels() == "avx2";
 }
 
+// The compiled sampler (sampler.cpp), where the AVX2 kernels exist.
+void bind_sampler(pybind11::module& m);
+
 #if GRU_LM_HAVE_AVX2
 using at::Tensor;
 std::vector<Tensor> gru_after_forward_avx2(const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
@@ -50,6 +53,10 @@ std::vector<Tensor> gru_before_forward_avx2(const Tensor& gi, const Tensor& h0, 
 std::vector<Tensor> gru_before_backward_avx2(const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
                                              const Tensor& RZ, const Tensor& Q, const Tensor& N, const Tensor& w_hh,
                                              bool has_bias);
+std::vector<Tensor> lstm_forward_avx2(const Tensor& gi, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                                      const c10::optional<Tensor>& b_hh);
+std::vector<Tensor> lstm_backward_avx2(const Tensor& d_out, const Tensor& d_hT, const Tensor& d_cT, const Tensor& out,
+                                       const Tensor& C, const Tensor& G, const Tensor& w_hh, bool has_bias);
 Tensor rnn_forward_avx2(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, const c10::optional<Tensor>& b_hh);
 std::vector<Tensor> rnn_backward_avx2(const Tensor& d_out, const Tensor& d_hT, const Tensor& out, const Tensor& w_hh,
                                       bool has_bias);

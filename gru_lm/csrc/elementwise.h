@@ -118,6 +118,43 @@ void gru_before_bwd_row2(int64_t H, int64_t j0, int64_t j1, const T* dq, const T
   }
 }
 
+// LSTM: g holds the product h W_hhᵀ of the four gates on entry and the activated gates [i, f, g, o] on exit.
+template <typename T>
+void lstm_fwd_row(int64_t H, int64_t j0, int64_t j1, const T* x, const T* bias, T* g, const T* cp, T* cn, T* hn) {
+#pragma GCC ivdep
+  for (int64_t j = j0; j < j1; ++j) {
+    T i = sigmoid(x[j] + g[j] + bias[j]);
+    T f = sigmoid(x[H + j] + g[H + j] + bias[H + j]);
+    T cand = tanh_(x[2 * H + j] + g[2 * H + j] + bias[2 * H + j]);
+    T o = sigmoid(x[3 * H + j] + g[3 * H + j] + bias[3 * H + j]);
+    g[j] = i;
+    g[H + j] = f;
+    g[2 * H + j] = cand;
+    g[3 * H + j] = o;
+    T c = f * cp[j] + i * cand;
+    cn[j] = c;
+    hn[j] = o * tanh_(c);
+  }
+}
+
+// LSTM backward of one step: dc carries dL/dc in and dL/dc_prev out; dg gets the pre-activation gradients.
+template <typename T>
+void lstm_bwd_row(int64_t H, int64_t j0, int64_t j1, const T* dout, const T* dhp, T* dc, const T* g, const T* cp,
+                  const T* cn, T* dg) {
+#pragma GCC ivdep
+  for (int64_t j = j0; j < j1; ++j) {
+    T i = g[j], f = g[H + j], cand = g[2 * H + j], o = g[3 * H + j];
+    T tc = tanh_(cn[j]);
+    T dh = dout[j] + dhp[j];
+    T dct = dc[j] + dh * o * (1 - tc * tc);
+    dg[j] = dct * cand * i * (1 - i);
+    dg[H + j] = dct * cp[j] * f * (1 - f);
+    dg[2 * H + j] = dct * i * (1 - cand * cand);
+    dg[3 * H + j] = dh * tc * o * (1 - o);
+    dc[j] = dct * f;
+  }
+}
+
 template <typename T>
 void rnn_fwd_row(int64_t j0, int64_t j1, const T* a, T* p) {
 #pragma GCC ivdep

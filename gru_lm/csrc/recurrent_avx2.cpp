@@ -50,6 +50,19 @@ void pack_backward(PackedColumns& packed, const float* W, int64_t H, int64_t row
   packed.pack(rows, {{j0, j1 - j0}}, [&](int64_t k, int64_t n) { return W[(row0 + k) * H + n]; });
 }
 
+// Rows row0.. of dW (rows of them) = Σ over the T·B rows of dA[:, col0:col0+rows]ᵀ · prev, for dA with
+// `width` columns per row and prev (T·B × H): the recurrent weight gradient of a window.
+void weight_gradient_into(Tensor& dW, int64_t row0, const Tensor& dA, int64_t width, int64_t col0, int64_t rows,
+                          const float* prev, int64_t TB, int64_t H) {
+  gemm_at_b(TB, rows, H, dA.data_ptr<float>() + col0, width, prev, H, dW.data_ptr<float>() + row0 * H, H);
+}
+
+Tensor weight_gradient(const Tensor& dA, int64_t width, int64_t col0, int64_t rows, const Tensor& out, int64_t H) {
+  Tensor dW = at::empty({rows, H}, dA.options());
+  weight_gradient_into(dW, 0, dA, width, col0, rows, out.data_ptr<float>(), dA.size(0) * dA.size(1), H);
+  return dW;
+}
+
 const float* bias_data(const c10::optional<Tensor>& b, int64_t n, Tensor& keep, const Tensor& like) {
   keep = b.has_value() ? b->contiguous() : at::zeros({n}, like.options());
   return keep.data_ptr<float>();
@@ -119,7 +132,7 @@ std::vector<Tensor> gru_after_backward_avx2(const Tensor& d_out_in, const Tensor
           packed[p].multiply<true>(B, dg + t * B * 3 * H, 3 * H, dhp, H);
         }
       });
-  Tensor dW = dG.view({T * B, 3 * H}).t().mm(out.narrow(0, 0, T).reshape({T * B, H}));
+  Tensor dW = weight_gradient(dG, 3 * H, 0, 3 * H, out, H);
   Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
   dG.narrow(2, 2 * H, H).copy_(dAN);  // now d_gi = [da_r, da_z, da_n]
   return {dG, dh, dW, db};
@@ -207,11 +220,82 @@ std::vector<Tensor> gru_before_backward_avx2(const Tensor& d_out_in, const Tenso
           packed_rz[p].multiply<true>(B, drz, 2 * H, dhp, H);
         }
       });
-  Tensor h_prev = out.narrow(0, 0, T).reshape({T * B, H});
-  Tensor flat = dA.view({T * B, 3 * H});
-  Tensor dW = at::cat({flat.narrow(1, 0, 2 * H).t().mm(h_prev), flat.narrow(1, 2 * H, H).t().mm(Q.view({T * B, H}))});
+  Tensor dW = at::empty({3 * H, H}, RZ.options());
+  weight_gradient_into(dW, 0, dA, 3 * H, 0, 2 * H, out.data_ptr<float>(), T * B, H);
+  weight_gradient_into(dW, 2 * H, dA, 3 * H, 2 * H, H, Q.data_ptr<float>(), T * B, H);
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
   return {dA, dh, dW, db};
+}
+
+// ---- LSTM ---------------------------------------------------------------------------------------------
+
+std::vector<Tensor> lstm_forward_avx2(const Tensor& gi_in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                                      const c10::optional<Tensor>& b_hh) {
+  const Tensor gi = gi_in.contiguous(), w = w_hh.contiguous();
+  const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
+  Tensor bias_t;
+  const float* bias = bias_data(b_hh, 4 * H, bias_t, gi);
+  Tensor out = at::empty({T + 1, B, H}, gi.options()), C = at::empty({T + 1, B, H}, gi.options());
+  Tensor G = at::empty({T, B, 4 * H}, gi.options());
+  out[0].copy_(h0);
+  C[0].copy_(c0);
+  float *o = out.data_ptr<float>(), *c = C.data_ptr<float>(), *g = G.data_ptr<float>();
+  const float *x = gi.data_ptr<float>(), *W = w.data_ptr<float>();
+  const int parts = team_size(H, kMinUnitsPerPart);
+  std::vector<PackedColumns> packed(parts);
+  run_team(
+      parts, T, 1,
+      [&](int p) {
+        auto [j0, j1] = units_of(p, parts, H);
+        pack_forward(packed[p], W, H, 0, j0, j1, 4);
+      },
+      [&](int p, int64_t t, int) {
+        auto [j0, j1] = units_of(p, parts, H);
+        float* gt = g + t * B * 4 * H;
+        packed[p].multiply<false>(B, o + t * B * H, H, gt, 4 * H);
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t o1 = (t * B + b) * H;
+          lstm_fwd_row(H, j0, j1, x + (t * B + b) * 4 * H, bias, gt + b * 4 * H, c + o1, c + o1 + B * H,
+                       o + o1 + B * H);
+        }
+      });
+  return {out, C, G};
+}
+
+std::vector<Tensor> lstm_backward_avx2(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& d_cT,
+                                       const Tensor& out, const Tensor& C, const Tensor& G, const Tensor& w_hh,
+                                       bool has_bias) {
+  const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
+  const int64_t T = G.size(0), B = G.size(1), H = out.size(2);
+  Tensor dG = at::empty({T, B, 4 * H}, G.options());
+  Tensor dh = d_hT.contiguous().clone(), dc = d_cT.contiguous().clone();
+  float *dg = dG.data_ptr<float>(), *dhp = dh.data_ptr<float>(), *dcp = dc.data_ptr<float>();
+  const float *g = G.data_ptr<float>(), *c = C.data_ptr<float>(), *dout = d_out.data_ptr<float>();
+  const float* W = w.data_ptr<float>();
+  const int parts = team_size(H, kMinUnitsPerPart);
+  std::vector<PackedColumns> packed(parts);
+  run_team(
+      parts, T, 2,
+      [&](int p) {
+        auto [j0, j1] = units_of(p, parts, H);
+        pack_backward(packed[p], W, H, 0, 4 * H, j0, j1);
+      },
+      [&](int p, int64_t s, int phase) {
+        const int64_t t = T - 1 - s;
+        auto [j0, j1] = units_of(p, parts, H);
+        if (phase == 0) {  // the gate gradients of this part's units, and dc carried to the step before
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t o1 = (t * B + b) * H;
+            lstm_bwd_row(H, j0, j1, dout + o1, dhp + b * H, dcp + b * H, g + (t * B + b) * 4 * H, c + o1,
+                         c + o1 + B * H, dg + (t * B + b) * 4 * H);
+          }
+        } else {  // dh = dG W_hh for this part's units
+          packed[p].multiply<false>(B, dg + t * B * 4 * H, 4 * H, dhp, H);
+        }
+      });
+  Tensor dW = weight_gradient(dG, 4 * H, 0, 4 * H, out, H);
+  Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
+  return {dG, dh, dc, dW, db};
 }
 
 // ---- plain RNN ------------------------------------------------------------------------------------
@@ -265,7 +349,7 @@ std::vector<Tensor> rnn_backward_avx2(const Tensor& d_out_in, const Tensor& d_hT
           packed[p].multiply<false>(B, da + t * B * H, H, dhp, H);
         }
       });
-  Tensor dW = dA.view({T * B, H}).t().mm(out.narrow(0, 0, T).reshape({T * B, H}));
+  Tensor dW = weight_gradient(dA, H, 0, H, out, H);
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
   return {dA, dh, dW, db};
 }

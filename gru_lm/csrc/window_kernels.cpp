@@ -1,4 +1,4 @@
-// Whole-window GRU and RNN kernels: the equations of gru_lm/cells.py, with the time loop in C++.
+// Whole-window GRU, LSTM and RNN kernels: the equations of gru_lm/cells.py, with the time loop in C++.
 //
 // Each step is one matrix product (ATen's, multi-threaded BLAS) followed by one fused pass over the
 // B×H gate values, which stays in cache. The backward is the hand-derived one of gru_lm/window.py
@@ -443,12 +443,101 @@ std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w
   return {dA, dh, dW, db};
 }
 
+// LSTM (gates i, f, g, o): returns out and C, (T+1)×B×H each (out[0] = h0, C[0] = c0), and G T×B×4H, the
+// activated gates.
+std::vector<Tensor> lstm_forward(Tensor gi, Tensor h0, Tensor c0, Tensor w_hh, c10::optional<Tensor> b_opt,
+                                 bool low_precision) {
+#if GRU_LM_HAVE_AVX2
+  if (use_avx2(gi, h0.size(1), low_precision)) return lstm_forward_avx2(gi, h0, c0, w_hh, b_opt);
+#endif
+  gi = gi.contiguous();
+  const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
+  Tensor bias = bias_or_zeros(b_opt, 4 * H, gi);
+  Tensor out = at::empty({T + 1, B, H}, gi.options()), C = at::empty({T + 1, B, H}, gi.options());
+  out[0].copy_(h0);
+  C[0].copy_(c0);
+  Tensor G = at::empty({T, B, 4 * H}, gi.options());
+  const RecurrentProduct w(w_hh, B, low_precision);
+  Tensor hb = low_precision ? out[0].to(at::kBFloat16) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(gi.scalar_type(), "lstm_forward", [&] {
+    const scalar_t* bp = bias.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < T; ++t) {
+      Tensor g_t = G[t], g_low;
+      if (low_precision) {
+        g_low = w.product(hb);
+      } else {
+        w.into(g_t, out[t]);
+      }
+      const BF16* gl = bf16_ptr(g_low);
+      BF16* hbp = bf16_ptr(hb);
+      scalar_t* g = g_t.data_ptr<scalar_t>();
+      const scalar_t* x = gi[t].data_ptr<scalar_t>();
+      const scalar_t* cp = C[t].data_ptr<scalar_t>();
+      scalar_t* cn = C[t + 1].data_ptr<scalar_t>();
+      scalar_t* hn = out[t + 1].data_ptr<scalar_t>();
+      for_rows(B, H, [&](int64_t b) {
+        if (gl) widen_row(4 * H, gl + b * 4 * H, g + b * 4 * H);
+        lstm_fwd_row(H, 0, H, x + b * 4 * H, bp, g + b * 4 * H, cp + b * H, cn + b * H, hn + b * H);
+        if (hbp) narrow_row(H, hn + b * H, hbp + b * H);
+      });
+    }
+  });
+  return {out, C, G};
+}
+
+// Returns d_gi T×B×4H, d_h0, d_c0, d_w_hh 4H×H, d_b_hh 4H (undefined without bias).
+std::vector<Tensor> lstm_backward(Tensor d_out, Tensor d_hT, Tensor d_cT, Tensor out, Tensor C, Tensor G, Tensor w_hh,
+                                  bool has_bias, bool low_precision) {
+#if GRU_LM_HAVE_AVX2
+  if (use_avx2(G, out.size(2), low_precision))
+    return lstm_backward_avx2(d_out, d_hT, d_cT, out, C, G, w_hh, has_bias);
+#endif
+  d_out = d_out.contiguous();
+  const int64_t T = G.size(0), B = G.size(1), H = out.size(2);
+  Tensor dG = at::empty({T, B, 4 * H}, G.options());
+  Tensor dh = d_hT.contiguous().clone(), dc = d_cT.contiguous().clone();
+  const at::ScalarType operand = operand_type(low_precision, G);
+  const RecurrentProduct w(w_hh.t(), B, low_precision);  // dh = dG W_hh = dG (W_hhᵀ)ᵀ
+  Tensor dgb = low_precision ? at::empty({B, 4 * H}, G.options().dtype(at::kBFloat16)) : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "lstm_backward", [&] {
+    BF16* dgl = bf16_ptr(dgb);
+    scalar_t* dcp = dc.data_ptr<scalar_t>();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const scalar_t* g = G[t].data_ptr<scalar_t>();
+      const scalar_t* cp = C[t].data_ptr<scalar_t>();
+      const scalar_t* cn = C[t + 1].data_ptr<scalar_t>();
+      const scalar_t* dout = d_out[t].data_ptr<scalar_t>();
+      const scalar_t* dhp = dh.data_ptr<scalar_t>();
+      scalar_t* dg = dG[t].data_ptr<scalar_t>();
+      for_rows(B, H, [&](int64_t b) {
+        lstm_bwd_row(H, 0, H, dout + b * H, dhp + b * H, dcp + b * H, g + b * 4 * H, cp + b * H, cn + b * H,
+                     dg + b * 4 * H);
+        if (dgl) narrow_row(4 * H, dg + b * 4 * H, dgl + b * 4 * H);
+      });
+      if (low_precision) {
+        Tensor m = w.product(dgb);
+        scalar_t* dh_out = dh.data_ptr<scalar_t>();
+        const BF16* mp = m.data_ptr<BF16>();
+        for_rows(B, H, [&](int64_t b) { widen_row(H, mp + b * H, dh_out + b * H); });
+      } else {
+        w.into(dh, dG[t]);
+      }
+    }
+  });
+  Tensor dW = mm_as(dG.view({T * B, 4 * H}).t(), out.narrow(0, 0, T).reshape({T * B, H}), operand);
+  Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
+  return {dG, dh, dc, dW, db};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("preferred_kernels", &preferred_kernels);
+  bind_sampler(m);
   m.def("gru_after_forward", &gru_after_forward);
   m.def("gru_after_backward", &gru_after_backward);
   m.def("gru_before_forward", &gru_before_forward);
   m.def("gru_before_backward", &gru_before_backward);
+  m.def("lstm_forward", &lstm_forward);
+  m.def("lstm_backward", &lstm_backward);
   m.def("rnn_forward", &rnn_forward);
   m.def("rnn_backward", &rnn_backward);
 }
