@@ -221,11 +221,11 @@ def inspect_cmd(
                               "(--start -600 takes the last 600)."),
     length: int = typer.Option(1000, help="Inspect at most this many characters (from --start)."),
     color_by: Optional[str] = typer.Option(
-        None, "--color-by", help="What colours each character: z (update gate, mean over units), r (reset gate, "
-        "mean over units), change (mean |h'-h| over units), surprise (-log p of the character, nats) or unit "
-        "(activation of --unit). [default: unit with --unit, else z for a GRU, change for an RNN]"),
-    unit: Optional[int] = typer.Option(None, help="Follow hidden unit K (0-based) of the inspected layer: its "
-                                       "activation in (-1, 1), red negative, blue positive."),
+        None, "--color-by", help="What colours each character: a gate's mean over the units (z, r for a GRU; i, f, o "
+        "for an LSTM), change (mean |h'-h|), surprise (-log p of the character, nats) or unit (--unit's value). "
+        "[default: unit with --unit, else the first gate, or change for an RNN]"),
+    unit: Optional[int] = typer.Option(None, help="Follow unit K (0-based) of the inspected layer: its state (the cell "
+                                       "state c for an LSTM), red negative, blue positive."),
     layer: int = typer.Option(-1, help="Layer to inspect, 0-based; -1 is the last."),
     html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML page here: each "
                                             "character coloured, a hover shows all its values, a menu switches the colouring."),
@@ -233,13 +233,12 @@ def inspect_cmd(
                                    "whose activation correlates most (Pearson r) with: inside double quotes, position "
                                    "in line, just read a newline, uppercase. Use a few thousand characters."),
 ) -> None:
-    """Show what the gates do on a text, character by character.
+    """Show what the gates do on a text, character by character (docs/inspect.md).
 
-    For each character the model reads: the mean update gate z (h' = z*h + (1-z)*n, so z near 1
-    keeps the old state), the mean reset gate r (r near 0 makes the candidate n ignore the old
-    state), the state change mean |h'-h|, and the surprise -log p(character | the ones before),
-    in nats. The state starts from zeros; the first character has no surprise (shown grey).
-    Colours span the 1st to 99th percentile of the text (printed in the legend).
+    For each character the model reads: the mean of each gate over the units (a GRU's update gate z
+    and reset gate r; an LSTM's input, forget and output gates), the state change mean |h'-h|, and the
+    surprise -log p(character | the ones before), in nats. The state starts from zeros; the first
+    character has no surprise (grey). Colours span the 1st to 99th percentile of the text.
     """
     from rich.console import Console
 
@@ -271,25 +270,28 @@ def plot(
 def compare(
     file: Path = typer.Argument(..., help="UTF-8 text file every run trains on.", show_default=False),
     config: list[Path] = typer.Option([], "--config", "-c", help="A config to train (repeat: one run each)."),
-    run: list[Path] = typer.Option([], "--run", help="An existing run folder to include (repeat)."),
+    run: list[Path] = typer.Option([], "--run", help="A finished run folder to include (repeat), or a folder of "
+                                   "seed runs made by an earlier compare."),
+    seeds: int = typer.Option(1, "--seeds", help="Train each config N times with the seeds s..s+N-1; the report "
+                              "gives means, spreads and the difference of each pair with a 95% interval."),
     out: Path = typer.Option(Path("reports/compare"), "--out", "-o", help="Report folder."),
     max_time: Optional[float] = typer.Option(None, help="The same wall-clock budget for every trained run (seconds)."),
     retrain: bool = typer.Option(False, "--retrain", help="Train again runs that the report folder already holds."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Train several configs on the same data and budget (e.g. a GRU and the RNN baseline) and write
-    OUT/report.md (a table: parameters, steps, characters, wall time, losses, perplexity, bpc,
-    chars/s) and OUT/loss.png (validation loss against wall time and characters seen)."""
-    from .compare import train_configs
+    """Train several configs on the same data and budget (e.g. a GRU, an LSTM and the RNN baseline),
+    each with --seeds seeds, and write OUT/report.md (every run; per config the mean, spread and
+    range of the losses; each pair's difference with its interval) and OUT/loss.png."""
+    from .compare import given_runs, train_configs
     from .report import write_report
 
     with _user_errors():
         if not config and not run:
             raise UserError("give at least one --config to train or --run to include")
-        trained, stopped = train_configs(file, config, out, max_time, retrain, progress=not quiet)
-        if stopped:  # Ctrl-C or SIGTERM: stop here, not go on to the next config
+        trained, stopped = train_configs(file, config, out, max_time, retrain, not quiet, seeds)
+        if stopped:  # Ctrl-C or SIGTERM: stop here, not go on to the next run
             _interrupted(stopped, f"continue with `gru-lm train {file} --out {stopped.out_dir} --resume`")
-        report = write_report([*run, *trained], out, title=f"{file.name}: {out.name}")
+        report = write_report([*given_runs(run), *trained], out, title=f"{file.name}: {out.name}")
     print(report)
 
 

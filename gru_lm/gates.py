@@ -20,26 +20,30 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cells import GRU, gru_gates
+from .cells import GRU, LSTM, gru_gates, lstm_gates
 from .data import Vocab
 from .errors import UserError
 from .text import read_text
 
-QUANTITIES = ("z", "r", "change", "surprise", "unit")
+QUANTITIES = ("z", "r", "i", "f", "o", "change", "surprise", "unit")
 LABELS = {
     "z": "mean update gate z",
     "r": "mean reset gate r",
+    "i": "mean input gate i",
+    "f": "mean forget gate f",
+    "o": "mean output gate o",
     "change": "state change mean |h'−h|",
     "surprise": "surprise −log p (nats)",
     "unit": "activation of unit",
 }
+GATES = {"gru": ("z", "r"), "lstm": ("i", "f", "o"), "rnn": ()}
 
 
 @dataclass
@@ -49,19 +53,33 @@ class Trace:
     text: str
     cell: str
     layer: int  # 0-based index of the layer traced
-    h: Tensor  # T×H, the layer's state after each character
+    h: Tensor  # T×H, the layer's state (its output) after each character
     change: Tensor  # T, mean over units of |h_t − h_{t−1}| (h_{−1} = 0)
     surprise: Tensor  # T, nats; surprise[0] is NaN
-    z: Tensor | None = None  # T×H update gate (None for the plain RNN, which has no gates)
-    r: Tensor | None = None  # T×H reset gate
+    gates: dict[str, Tensor] = field(default_factory=dict)  # T×H each: z, r (GRU) or i, f, o (LSTM); none for the RNN
+    c: Tensor | None = None  # T×H, the LSTM's cell state after each character
+
+    @property
+    def z(self) -> Tensor | None:
+        return self.gates.get("z")
+
+    @property
+    def r(self) -> Tensor | None:
+        return self.gates.get("r")
+
+    @property
+    def units(self) -> Tensor:
+        """What --unit and --top-units follow: the cell state c of an LSTM (as Karpathy et al. did), else h."""
+        return self.c if self.c is not None else self.h
 
     def values(self, by: str, unit: int | None = None) -> Tensor:
-        """The per-character series `by` names: mean z, mean r, change, surprise, or h of `unit`."""
-        if by in ("z", "r"):
-            gate = self.z if by == "z" else self.r
-            if gate is None:
-                raise UserError(f"a plain RNN has no gates to show; colour by change, surprise or unit, not {by}")
-            return gate.mean(-1)
+        """The per-character series `by` names: a gate's mean over the units, change, surprise, or `unit`."""
+        if by in LABELS and by not in ("change", "surprise", "unit"):
+            if by not in self.gates:
+                has = ", ".join(self.gates) or "no gates"
+                raise UserError(f"a {self.cell.upper()} has {has} to show; colour by "
+                                f"{', '.join([*self.gates, 'change', 'surprise', 'unit'])}, not {by}")
+            return self.gates[by].mean(-1)
         if by == "change":
             return self.change
         if by == "surprise":
@@ -69,12 +87,12 @@ class Trace:
         if by == "unit":
             if unit is None:
                 raise UserError("colouring by unit needs --unit K")
-            return self.h[:, unit]
+            return self.units[:, unit]
         raise UserError(f"--color-by must be one of {', '.join(QUANTITIES)}, not {by!r}")
 
 
-def _gru_layer(rnn: GRU, k: int, x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Layer k over x (T×1×I) with its gates: (out T×1×H, z T×H, r T×H).
+def _gru_layer(rnn: GRU, k: int, x: Tensor, h0: Tensor) -> tuple[Tensor, dict[str, Tensor], None]:
+    """Layer k over x (T×1×I) with its gates: (out T×1×H, {z, r: T×H}, no cell state).
 
     The gates of step t depend only on x_t and the state before it, h_{t−1}, so once the layer
     has run, cells.gru_gates computes all T steps at once as a batch of T rows: no Python loop
@@ -84,23 +102,41 @@ def _gru_layer(rnn: GRU, k: int, x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor,
     w_ih, w_hh, b_ih, b_hh = rnn.layer_weights(k)
     h_prev = torch.cat([h0, out[:-1, 0]])  # T×H, the state each character is read into
     r, z, _ = gru_gates(F.linear(x[:, 0], w_ih, b_ih), h_prev, w_hh, b_hh, rnn.reset_after)
-    return out, z, r
+    return out, {"z": z, "r": r}, None
+
+
+def _lstm_layer(rnn: LSTM, k: int, x: Tensor, h0: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """Layer k over x (T×1×I) with its gates i, f, o and its cell state c (T×H each).
+
+    The gates come from cells.lstm_gates over all T steps at once (given the states h_{t−1} the layer
+    went through); the cell state then follows c_t = f_t ⊙ c_{t−1} + i_t ⊙ g_t.
+    """
+    out, _ = rnn.run_layer(k, x, (h0, h0))
+    w_ih, w_hh, b_ih, b_hh = rnn.layer_weights(k)
+    h_prev = torch.cat([h0, out[:-1, 0]])
+    i, f, g, o = lstm_gates(F.linear(x[:, 0], w_ih, b_ih), h_prev, w_hh, b_hh)
+    c, cs = h0[0], []
+    for t in range(len(i)):
+        c = f[t] * c + i[t] * g[t]
+        cs.append(c)
+    return out, {"i": i, "f": f, "o": o}, torch.stack(cs)
 
 
 @torch.no_grad()
 def trace(model, vocab: Vocab, text: str, layer: int = -1) -> Trace:
     """Run model over text from a zero state and record layer `layer` (default the last) per character.
 
-    Gates come from the layer's own weights through cells.gru_gates, the code gru_step runs,
-    fed with the states the layer went through, so what is shown is what the model computes. Raises UserError for an empty
-    text, characters outside the vocabulary, or a layer that does not exist.
+    Gates come from the layer's own weights through cells.gru_gates or cells.lstm_gates, the code the
+    steps run, fed with the states the layer went through, so what is shown is what the model
+    computes. Raises UserError for an empty text, characters outside the vocabulary, or a layer that
+    does not exist.
     """
     if not text:
         raise UserError("the text to inspect is empty")
     bad = vocab.unknown(text)
     if bad:
         raise UserError(f"the text has characters the model has never seen: {bad[:40]!r}")
-    rnn = model.rnn
+    rnn, cell = model.rnn, model.cfg.cell
     L = rnn.num_layers
     if not -L <= layer < L:
         raise UserError(f"--layer must be from 0 to {L - 1} (or -1 for the last), not {layer}")
@@ -112,12 +148,12 @@ def trace(model, vocab: Vocab, text: str, layer: int = -1) -> Trace:
     try:
         x = model.embed(ids).unsqueeze(1)  # T×1×E, time-major with one stream
         h0 = x.new_zeros(1, rnn.hidden_size)
-        z = r = h = None
+        gates, c = {}, None
         for k in range(L):
-            if k == layer and isinstance(rnn, GRU):
-                x, z, r = _gru_layer(rnn, k, x, h0)
+            if k == layer and cell in ("gru", "lstm"):
+                x, gates, c = (_gru_layer if cell == "gru" else _lstm_layer)(rnn, k, x, h0)
             else:
-                x, _ = rnn.run_layer(k, x, h0)
+                x, _ = rnn.run_layer(k, x, (h0, h0) if cell == "lstm" else h0)
             if k == layer:
                 h = x[:, 0]
         logp = torch.log_softmax(model.head(x[:, 0]).float(), -1)  # T×V (eval mode: no dropout)
@@ -127,7 +163,7 @@ def trace(model, vocab: Vocab, text: str, layer: int = -1) -> Trace:
     surprise[1:] = -logp[:-1].gather(1, ids[1:, None])[:, 0]  # character t predicted at step t − 1
     change = (h - torch.cat([h0, h[:-1]])).abs().mean(-1)
     cpu = lambda t: None if t is None else t.float().cpu()  # noqa: E731
-    return Trace(text, "gru" if isinstance(rnn, GRU) else "rnn", layer, cpu(h), cpu(change), cpu(surprise), cpu(z), cpu(r))
+    return Trace(text, cell, layer, cpu(h), cpu(change), cpu(surprise), {n: cpu(g) for n, g in gates.items()}, cpu(c))
 
 
 # ---- text features and the units that follow them ------------------------------------------
@@ -171,7 +207,7 @@ def top_units(tr: Trace, k: int = 5) -> dict[str, list[tuple[int, float]] | None
     """
     result: dict[str, list[tuple[int, float]] | None] = {}
     for name, f in text_features(tr.text).items():
-        c = correlations(tr.h.double(), f.double())
+        c = correlations(tr.units.double(), f.double())
         if c is None:
             result[name] = None
             continue
@@ -198,7 +234,7 @@ def char_class(ch: str) -> str:
 
 
 def class_means(tr: Trace) -> list[dict]:
-    """Mean z, r, change and surprise over the characters of each class (rows with none left out)."""
+    """Mean gates, change and surprise over the characters of each class (classes with none left out)."""
     kinds = [char_class(c) for c in tr.text]
     rows = []
     for cls in CLASSES:
@@ -210,8 +246,7 @@ def class_means(tr: Trace) -> list[dict]:
         rows.append({
             "class": cls,
             "count": len(idx),
-            "z": None if tr.z is None else float(tr.z[idx].mean()),
-            "r": None if tr.r is None else float(tr.r[idx].mean()),
+            **{name: float(g[idx].mean()) for name, g in tr.gates.items()},
             "change": float(tr.change[idx].mean()),
             "surprise": float(s.mean()) if len(s) else math.nan,
         })

@@ -45,8 +45,9 @@ def colour_range(values: Tensor, by: str) -> tuple[float, float]:
     quantities use the 1st to 99th percentile of this text, so that a mean over hundreds of
     units, which moves little, still shows contrast; the legend prints the range.
     """
-    if by == "unit":
-        return -1.0, 1.0
+    if by == "unit":  # white at 0; ±1 for a state in (−1, 1), the 99th percentile of |c| for an LSTM's cell
+        m = float(torch.quantile(values.abs().double(), 0.99)) if len(values) else 1.0
+        return -max(1.0, m), max(1.0, m)
     v = values[~values.isnan()].double()
     if len(v) == 0:
         return 0.0, 1.0
@@ -74,7 +75,7 @@ def _shown(ch: str) -> str:
 
 def legend(by: str, lo: float, hi: float, unit: int | None = None) -> str:
     if by == "unit":
-        return f"colour: {LABELS['unit']} {unit}: red = −1, white = 0, blue = +1"
+        return f"colour: {LABELS['unit']} {unit}: red = {lo:.3g}, white = 0, blue = +{hi:.3g}"
     return f"colour: {LABELS[by]}: white = {lo:.3g} (or less) … blue = {hi:.3g} (or more)"
 
 
@@ -91,7 +92,7 @@ def render_terminal(tr: Trace, by: str, unit: int | None = None) -> Text:
 
 def means_table(tr: Trace) -> Table:
     table = Table(title="means by the character read")
-    cols = ("z", "r", "change", "surprise") if tr.z is not None else ("change", "surprise")  # an RNN has no gates
+    cols = (*tr.gates, "change", "surprise")  # an RNN has no gates
     for col in ("character", "count", *cols):
         table.add_column(col, justify="left" if col == "character" else "right")
     for row in class_means(tr):
@@ -124,7 +125,7 @@ def inspect(ckpt: Path, text: str | None, file: Path | None, start: int, length:
     if unit is not None and not 0 <= unit < H:
         raise UserError(f"--unit must be from 0 to {H - 1} (the layer has {H} units), not {unit}")
     tr = trace(model, vocab, piece, layer)
-    color_by = color_by or ("unit" if unit is not None else "z" if tr.z is not None else "change")
+    color_by = color_by or ("unit" if unit is not None else next(iter(tr.gates), "change"))
     values = tr.values(color_by, unit)  # refuses z/r for an RNN, unit without --unit
     if html_out is not None:
         page = render_html(tr, color_by, unit, title="gru-lm inspect: what the gates do",
@@ -188,18 +189,17 @@ def _fmt(v: float) -> str:
 
 def _scale(values: Tensor, by: str) -> dict:
     """The legend of one quantity: its two ends as text and the gradient bar, from the palette."""
-    if by == "unit":
-        return {"lo": "−1", "hi": "+1", "gradient": f"linear-gradient(to right, {PALETTE[1][0]}, #ffffff, {PALETTE[-1][0]})"}
     lo, hi = colour_range(values, by)
+    if by == "unit":
+        return {"lo": f"{lo:.3g}", "hi": f"+{hi:.3g}",
+                "gradient": f"linear-gradient(to right, {PALETTE[1][0]}, #ffffff, {PALETTE[-1][0]})"}
     return {"lo": f"{lo:.3g}", "hi": f"{hi:.3g}", "gradient": f"linear-gradient(to right, #ffffff, {PALETTE[-1][0]})"}
 
 
 def _series(tr: Trace, unit: int | None) -> dict[str, Tensor]:
-    series = {"change": tr.change, "surprise": tr.surprise}
-    if tr.z is not None:
-        series = {"z": tr.z.mean(-1), "r": tr.r.mean(-1), **series}
+    series = {**{name: g.mean(-1) for name, g in tr.gates.items()}, "change": tr.change, "surprise": tr.surprise}
     if unit is not None:
-        series["unit"] = tr.h[:, unit]
+        series["unit"] = tr.units[:, unit]
     return series
 
 
@@ -214,13 +214,13 @@ def render_html(tr: Trace, by: str, unit: int | None = None, title: str = "gru-l
     series = _series(tr, unit)
     index = {name: colour_indexes(v, name) for name, v in series.items()}
     lists = {name: v.tolist() for name, v in series.items()}
-    key = {"z": "z", "r": "r", "change": "c", "surprise": "s", "unit": "u"}
+    key = {"z": "z", "r": "r", "i": "i", "f": "f", "o": "o", "change": "c", "surprise": "s", "unit": "u"}
     spans = []
     for i, ch in enumerate(tr.text):
         bg, fg = PALETTE[index[by][i]]
         data = " ".join(f'data-{key[n]}="{_fmt(lists[n][i])}"' for n in series)
-        hover = f"#{i} {ch!r}  " + "  ".join(
-            f"{'h[' + str(unit) + ']' if n == 'unit' else n}={_fmt(lists[n][i])}" for n in series)
+        name_of_unit = f"{'c' if tr.c is not None else 'h'}[{unit}]"
+        hover = f"#{i} {ch!r}  " + "  ".join(f"{name_of_unit if n == 'unit' else n}={_fmt(lists[n][i])}" for n in series)
         body = html.escape(_shown(ch)) + ("\n" if ch == "\n" else "")
         spans.append(f'<span class="c" style="background:{bg};color:{fg}" {data} '
                      f'title="{html.escape(hover, quote=True)}">{body}</span>')
@@ -233,7 +233,10 @@ def render_html(tr: Trace, by: str, unit: int | None = None, title: str = "gru-l
 
 
 def _equations(tr: Trace) -> str:
-    if tr.z is None:
+    if tr.cell == "lstm":
+        return ("c′ = f ⊙ c + i ⊙ g, h′ = o ⊙ tanh(c′): f near 1 keeps the cell state, i near 1 writes the "
+                "candidate g into it, o sets how much of it the layer shows.")
+    if tr.cell == "rnn":
         return "A plain RNN has no gates: h′ = tanh(x W_ih + b_ih + h W_hh + b_hh)."
     return ("h′ = z ⊙ h + (1 − z) ⊙ n: z near 1 keeps the old state, z near 0 replaces it by the candidate n; "
             "r near 0 makes n ignore the old state (a reset).")

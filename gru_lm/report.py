@@ -1,4 +1,10 @@
-"""Reports of finished runs: a Markdown table and loss curves (for `gru-lm plot` and `gru-lm compare`)."""
+"""Reports of finished runs: Markdown tables and loss curves (for `gru-lm plot` and `gru-lm compare`).
+
+A report compares groups of runs: a config trained with several seeds is one group, and its rows
+are summarised by their mean, spread and range; each pair of groups gets the difference of their
+mean validation losses with a 95% interval (stats.difference), so a report says "better" only where
+the runs can tell the two apart.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,10 @@ import math
 from pathlib import Path
 
 from . import checkpoint
+from .compare import Group
 from .errors import UserError
 from .model import ModelConfig
+from .stats import difference, spread
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -32,46 +40,117 @@ def summarize(run_dir: Path) -> dict:
     best = min(evals, key=lambda r: r["val_loss"]) if evals else None
     last = rows[-1]
     cfg = state["model_config"]
-    cell = ModelConfig(**cfg).label()
     val = best["val_loss"] if best else math.nan
     return {
-        "run": str(run_dir), "cell": cell, "hidden": cfg["hidden_size"], "layers": cfg["layers"], "params": params,
-        "steps": last["step"], "chars": last["chars"], "wall_s": last["elapsed_s"],
-        "train_loss": last["train_loss"], "val_loss": val, "perplexity": math.exp(val), "bpc": val / math.log(2),
-        "chars_per_s": last["chars"] / max(last["elapsed_s"], 1e-9),
+        "run": str(run_dir), "cell": ModelConfig(**cfg).label(), "hidden": cfg["hidden_size"], "layers": cfg["layers"],
+        "params": params, "seed": state.get("settings", {}).get("seed"), "steps": last["step"], "chars": last["chars"],
+        "wall_s": last["elapsed_s"], "train_loss": last["train_loss"], "val_loss": val, "perplexity": math.exp(val),
+        "bpc": val / math.log(2), "chars_per_s": last["chars"] / max(last["elapsed_s"], 1e-9),
     }
 
 
-def markdown_table(summaries: list[dict]) -> str:
+def markdown_table(summaries: list[dict], names: list[str] | None = None) -> str:
+    """One row per run: names (default: the run folders' names), cell, size, budget spent, losses."""
     head = ("| run | cell | hidden × layers | parameters | steps | characters | wall time | train loss | "
             "best val loss | val perplexity | val bpc | chars/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    names = names or [Path(s["run"]).name for s in summaries]
     body = "".join(
-        f"| {Path(s['run']).name} | {s['cell']} | {s['hidden']} × {s['layers']} | {s['params']:,} | {s['steps']:,} | "
+        f"| {name} | {s['cell']} | {s['hidden']} × {s['layers']} | {s['params']:,} | {s['steps']:,} | "
         f"{s['chars']:,} | {s['wall_s']:.0f} s | {s['train_loss']:.3f} | {s['val_loss']:.4f} | {s['perplexity']:.3f} | "
         f"{s['bpc']:.3f} | {s['chars_per_s']:,.0f} |\n"
-        for s in summaries
+        for name, s in zip(names, summaries)
     )
     return head + body
 
 
-def plot_runs(run_dirs: list[Path], out_png: Path, title: str = "") -> None:
-    """Validation (and train) loss against wall time and against characters seen, one line per run."""
+def groups_table(groups: list[Group], rows: dict[str, list[dict]]) -> str:
+    """Per group: runs, and the mean ± standard deviation [range] of validation loss, perplexity and bpc."""
+    out = ("| config | cell | runs | val loss, mean ± sd [range] | perplexity | bits/char |\n"
+           "|---|---|---|---|---|---|\n")
+    for g in groups:
+        rs = rows[g.name]
+        cells = []
+        for key, fmt in (("val_loss", ".4f"), ("perplexity", ".3f"), ("bpc", ".4f")):
+            s = spread([r[key] for r in rs])
+            sd = f" ± {s.std:{fmt}}" if s.n > 1 else ""
+            rng = f" [{s.low:{fmt}}–{s.high:{fmt}}]" if s.n > 1 else ""
+            cells.append(f"{s.mean:{fmt}}{sd}{rng}")
+        out += f"| {g.name} | {rs[0]['cell']} | {len(rs)} | " + " | ".join(cells) + " |\n"
+    return out
+
+
+def pairs_table(groups: list[Group], rows: dict[str, list[dict]]) -> str:
+    """Each pair of groups: the difference of mean validation losses, its 95% interval, and the verdict."""
+    out = "| A | B | A − B (val loss) | 95% interval (Welch) | verdict |\n|---|---|---|---|---|\n"
+    for i, a in enumerate(groups):
+        for b in groups[i + 1 :]:
+            d = difference([r["val_loss"] for r in rows[a.name]], [r["val_loss"] for r in rows[b.name]])
+            if math.isnan(d.low):
+                interval, verdict = "-", "one run on a side: no interval"
+            else:
+                interval = f"[{d.low:+.4f}, {d.high:+.4f}]"
+                verdict = (f"{a.name if d.diff < 0 else b.name} is better" if d.decided
+                           else "the runs cannot tell them apart")
+            out += f"| {a.name} | {b.name} | {d.diff:+.4f} | {interval} | {verdict} |\n"
+    return out
+
+
+def _gru_against_rnn(groups: list[Group], rows: dict[str, list[dict]]) -> str:
+    """The best GRU group against the best RNN group, by mean validation loss (where both are there)."""
+    def mean(g: Group, key: str) -> float:
+        return spread([r[key] for r in rows[g.name]]).mean
+
+    grus = [g for g in groups if rows[g.name][0]["cell"].startswith("gru")]
+    rnns = [g for g in groups if rows[g.name][0]["cell"] == "rnn"]
+    if not grus or not rnns:
+        return ""
+    g, r = min(grus, key=lambda x: mean(x, "val_loss")), min(rnns, key=lambda x: mean(x, "val_loss"))
+    gl, rl, gp, rp = mean(g, "val_loss"), mean(r, "val_loss"), mean(g, "perplexity"), mean(r, "perplexity")
+    return (f"\nBest GRU against best RNN: validation loss {gl:.4f} against {rl:.4f} nats/char "
+            f"(RNN minus GRU: {rl - gl:+.4f}); perplexity {gp:.3f} against {rp:.3f} (the GRU's is {gp / rp:.3f}× "
+            "the RNN's).\n")
+
+
+def plot_runs(groups: list[Group] | list[Path], out_png: Path, title: str = "") -> None:
+    """Validation loss against wall time and characters seen: every run of a group faint, their mean bold.
+
+    A group's mean is taken evaluation by evaluation, over as many evaluations as its shortest run has.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    groups = _as_groups(groups)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     all_vals = []
-    for run in run_dirs:
-        rows = read_metrics(run)
-        evals = [r for r in rows if "val_loss" in r]
-        all_vals += [r["val_loss"] for r in evals]
+    for g in groups:
+        metrics = [read_metrics(run) for run in g.runs]
+        evals = [[r for r in m if "val_loss" in r] for m in metrics]
+        all_vals += [r["val_loss"] for e in evals for r in e]
         for ax, key, scale in ((axes[0], "elapsed_s", 1.0), (axes[1], "chars", 1e6)):
-            line, = ax.plot([r[key] / scale for r in evals], [r["val_loss"] for r in evals], marker=".",
-                            label=f"{Path(run).name} (val)")
-            ax.plot([r[key] / scale for r in rows], [r["train_loss"] for r in rows], color=line.get_color(),
-                    alpha=0.25, linewidth=0.8, label=f"{Path(run).name} (train)")
+            color = None
+            if len(metrics) == 1:  # a single run: its training loss too, faint
+                train, = ax.plot([r[key] / scale for r in metrics[0]], [r["train_loss"] for r in metrics[0]],
+                                 alpha=0.25, linewidth=0.8, label=f"{g.name} (train)")
+                color = train.get_color()
+            for e in evals:
+                line, = ax.plot([r[key] / scale for r in e], [r["val_loss"] for r in e], color=color,
+                                alpha=0.3 if len(evals) > 1 else 1.0, linewidth=0.9, marker="" if len(evals) > 1 else ".")
+                color = line.get_color()
+            if len(evals) > 1:
+                n = min(len(e) for e in evals)
+                xs = [sum(e[i][key] for e in evals) / len(evals) / scale for i in range(n)]
+                ys = [sum(e[i]["val_loss"] for e in evals) / len(evals) for i in range(n)]
+                ax.plot(xs, ys, color=color, linewidth=2.2, label=f"{g.name} (mean of {len(evals)})")
+            else:
+                ax.lines[-1].set_label(f"{g.name} (val)")
+    _finish_plot(fig, axes, all_vals, title, out_png)
+
+
+def _finish_plot(fig, axes, all_vals: list[float], title: str, out_png: Path) -> None:
+    import matplotlib.pyplot as plt
+
     axes[0].set_xlabel("wall time (s)")
     axes[1].set_xlabel("characters seen (millions)")
     axes[0].set_ylabel("loss (nats per character)")
@@ -87,22 +166,26 @@ def plot_runs(run_dirs: list[Path], out_png: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def write_report(run_dirs: list[Path], out_dir: Path, title: str) -> Path:
-    """report.md (table, the GRU-versus-RNN difference where both are there) and loss.png."""
+def _as_groups(items: list[Group] | list[Path]) -> list[Group]:
+    return [g if isinstance(g, Group) else Group(Path(g).name, [Path(g)]) for g in items]
+
+
+def write_report(groups: list[Group] | list[Path], out_dir: Path, title: str) -> Path:
+    """report.md (every run; with several runs per group their spread and the pairwise differences;
+    the GRU against the RNN where both are there) and loss.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    summaries = [summarize(r) for r in run_dirs]
-    plot_runs(run_dirs, out_dir / "loss.png", title)
-    text = f"# {title}\n\n" + markdown_table(summaries)
-    grus = [s for s in summaries if s["cell"].startswith("gru")]
-    rnns = [s for s in summaries if s["cell"] == "rnn"]
-    if grus and rnns:
-        g, r = min(grus, key=lambda s: s["val_loss"]), min(rnns, key=lambda s: s["val_loss"])
-        text += (f"\nBest GRU against best RNN: validation loss {g['val_loss']:.4f} against {r['val_loss']:.4f} nats/char "
-                 f"(RNN minus GRU: {r['val_loss'] - g['val_loss']:+.4f}); perplexity {g['perplexity']:.3f} against "
-                 f"{r['perplexity']:.3f} (the GRU's is {g['perplexity'] / r['perplexity']:.3f}× the RNN's).\n")
+    groups = _as_groups(groups)
+    rows = {g.name: [summarize(r) for r in g.runs] for g in groups}
+    plot_runs(groups, out_dir / "loss.png", title)
+    names = [g.name if len(g.runs) == 1 else f"{g.name} (seed {r['seed']})" for g in groups for r in rows[g.name]]
+    text = f"# {title}\n\n" + markdown_table([r for g in groups for r in rows[g.name]], names)
+    if any(len(g.runs) > 1 for g in groups):
+        text += "\n" + groups_table(groups, rows) + "\n" + pairs_table(groups, rows)
+    text += _gru_against_rnn(groups, rows)
     text += ("\nLosses in nats per character; validation as during training (the validation split, at most its "
              "first eval_chars characters, in eval_streams contiguous streams, each from a zero state; 32 and "
-             "1,000,000 by default); `gru-lm perplexity` gives the exact single-stream figure.\n"
+             "1,000,000 by default); `gru-lm perplexity` gives the exact single-stream figure. Intervals are "
+             "Welch's t intervals for the difference of the mean best validation losses.\n"
              "\n![validation loss against wall time and characters seen](loss.png)\n")
     (out_dir / "report.md").write_text(text)
     return out_dir / "report.md"

@@ -27,9 +27,9 @@ TEXT = 'THIS is <b> & "bold"\nOh, ha!\n'
 VOCAB = "".join(sorted(set(TEXT)))  # sorted by code point, as the training vocabulary is
 
 
-def tiny_model(cell: str = "gru", reset_after: bool = False, layers: int = 1, seed: int = 0) -> CharModel:
+def tiny_model(cell: str = "gru", reset_after: bool = False, layers: int = 1, seed: int = 0, hidden: int = 6) -> CharModel:
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=len(VOCAB), cell=cell, hidden_size=6, layers=layers, embed_size=4,
+    cfg = ModelConfig(vocab_size=len(VOCAB), cell=cell, hidden_size=hidden, layers=layers, embed_size=4,
                       reset_after=reset_after)
     return CharModel(cfg).eval()
 
@@ -83,7 +83,36 @@ def test_gates_match_the_cell_equations(reset_after, layers, layer):
     torch.testing.assert_close(tr.change.double(), (hs - prev).abs().mean(-1), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("cell,layers", [("gru", 1), ("gru", 2), ("rnn", 2)])
+@pytest.mark.parametrize("layers,layer", [(1, -1), (2, 0), (2, 1)])
+def test_lstm_gates_and_cell_state_match_the_equations(layers, layer):
+    model = tiny_model(cell="lstm", layers=layers, hidden=8)
+    vocab = Vocab(VOCAB)
+    tr = trace(model, vocab, TEXT, layer=layer)
+    xs = model.embed(vocab.encode(TEXT)[0].long()).detach().double()
+    for k in range(layer % layers + 1):
+        w_ih, w_hh, b_ih, b_hh = (t.detach().double() for t in model.rnn.layer_weights(k))
+        H = w_hh.shape[1]
+        h, c = torch.zeros(H, dtype=torch.float64), torch.zeros(H, dtype=torch.float64)
+        hs, cs, gates = [], [], {"i": [], "f": [], "o": []}
+        for x in xs:
+            a = w_ih @ x + b_ih + w_hh @ h + b_hh
+            i, f, g, o = torch.sigmoid(a[:H]), torch.sigmoid(a[H : 2 * H]), torch.tanh(a[2 * H : 3 * H]), torch.sigmoid(a[3 * H :])
+            c = f * c + i * g
+            h = o * torch.tanh(c)
+            hs.append(h), cs.append(c), gates["i"].append(i), gates["f"].append(f), gates["o"].append(o)
+        xs = torch.stack(hs)
+    assert tr.cell == "lstm" and set(tr.gates) == {"i", "f", "o"} and tr.z is None
+    for name, series in gates.items():
+        torch.testing.assert_close(tr.gates[name].double(), torch.stack(series), atol=1e-5, rtol=0)
+    torch.testing.assert_close(tr.c.double(), torch.stack(cs), atol=1e-5, rtol=0)
+    torch.testing.assert_close(tr.h.double(), xs, atol=1e-5, rtol=0)
+    assert tr.units is tr.c  # --unit and --top-units follow the cell state, as Karpathy et al. did
+    torch.testing.assert_close(tr.values("unit", 3), tr.c[:, 3])
+    with pytest.raises(Exception, match="LSTM has i, f, o"):
+        tr.values("z")
+
+
+@pytest.mark.parametrize("cell,layers", [("gru", 1), ("gru", 2), ("lstm", 2), ("rnn", 2)])
 def test_surprise_is_minus_log_softmax_of_the_model_forward(cell, layers):
     model = tiny_model(cell=cell, layers=layers)
     vocab = Vocab(VOCAB)
@@ -160,7 +189,8 @@ class _Page(HTMLParser):
             self.text.append(data)
 
 
-@pytest.mark.parametrize("cell,by,unit", [("gru", "z", None), ("gru", "unit", 3), ("rnn", "surprise", None)])
+@pytest.mark.parametrize("cell,by,unit", [("gru", "z", None), ("gru", "unit", 3), ("lstm", "f", None), ("lstm", "unit", 2),
+                                          ("rnn", "surprise", None)])
 def test_html_page_is_self_contained_and_escaped(cell, by, unit):
     tr = trace(tiny_model(cell=cell), Vocab(VOCAB), TEXT)
     page = render_html(tr, by, unit, title="t <&>", meta="m")
@@ -173,7 +203,7 @@ def test_html_page_is_self_contained_and_escaped(cell, by, unit):
     assert "".join(p.text) == TEXT.replace("\n", "↵\n")  # the text comes back, newlines drawn as ↵
     body = page.split("<body>")[1]
     assert ">&lt;</span>" in body and ">&amp;</span>" in body and "<b>" not in body  # '<' and '&' escaped
-    assert "title=" in page and ('data-z="' in page) == (cell == "gru")
+    assert "title=" in page and ('data-z="' in page) == (cell == "gru") and ('data-f="' in page) == (cell == "lstm")
     assert render_terminal(tr, by, unit).plain == TEXT.replace("\n", "↵\n")
     # the page's script only looks colours up: the palette and every quantity's indexes travel as data
     colours = json.loads(page.split('id="colours">')[1].split("</script>")[0])

@@ -12,6 +12,7 @@ from gru_lm.errors import UserError
 from gru_lm.report import markdown_table, summarize, write_report
 from gru_lm.train import train
 
+from .conftest import ROOT
 from .test_cli import SMOKE, gru_lm
 
 
@@ -33,6 +34,28 @@ def test_report_compares_gru_and_rnn(corpus, smoke, trained_run, tmp_path):
     assert "| gru |" in text and "| rnn |" in text and "Best GRU against best RNN" in text
     png = (tmp_path / "report" / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_compare_with_seeds_reports_means_spreads_and_an_interval(corpus, tmp_path):
+    """--seeds 2: each config trains twice with the seeds s and s+1 into runs/<config>/seed<s>; the report
+    gives each config's mean and range and the pair's difference with an interval; a second call reuses
+    the finished runs."""
+    from gru_lm.compare import train_configs
+    from gru_lm.report import write_report
+
+    cfg_rnn = tmp_path / "smoke_rnn.toml"
+    cfg_rnn.write_text((ROOT / "configs" / "smoke.toml").read_text().replace('cell = "gru"', 'cell = "rnn"'))
+    configs = [ROOT / "configs" / "smoke.toml", cfg_rnn]
+    groups, stopped = train_configs(corpus, configs, tmp_path / "cmp", None, False, False, seeds=2)
+    assert stopped is None and [g.name for g in groups] == ["smoke", "smoke_rnn"]
+    assert [r.name for r in groups[0].runs] == ["seed1", "seed2"] and all((r / "best.pt").is_file() for g in groups
+                                                                         for r in g.runs)
+    text = write_report(groups, tmp_path / "cmp", "seeds").read_text()
+    assert "smoke (seed 1)" in text and "smoke (seed 2)" in text and "± " in text and "95% interval" in text
+    assert ("is better" in text) != ("cannot tell them apart" in text)
+    before = (groups[0].runs[0] / "last.pt").stat().st_mtime_ns
+    train_configs(corpus, configs, tmp_path / "cmp", None, False, False, seeds=2)
+    assert (groups[0].runs[0] / "last.pt").stat().st_mtime_ns == before  # reused, not trained again
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path):
