@@ -7,8 +7,9 @@
 Every point trains from the same seed on the same split (the last 10% of data/tinyshakespeare.txt)
 for `--budget` seconds into bench/results/runs/<budget>s/<cell>_<settings>/ (so that `gru-lm compare
 --run ...` can report on it) and records its best validation loss in bench/results/sweep.jsonl (one
-JSON object per line, with the settings and the machine). Points already there are skipped, so a
-sweep can be stopped and continued. Run it on an otherwise idle machine: the budget is wall-clock time.
+JSON object per line, with the settings and the machine: CPU model, ISA level, dtype, kernels). Points
+already measured on a CPU of the same ISA level are skipped, so a sweep can be stopped and continued.
+Run it on an otherwise idle machine: the budget is wall-clock time.
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gru_lm.config import Settings, resolve  # noqa: E402
+from gru_lm.device import autocast_dtype  # noqa: E402
+from gru_lm.kernels import backend  # noqa: E402
+from gru_lm.machine import cpu_model, isa_level  # noqa: E402
+from gru_lm.sizes import load_table  # noqa: E402
 from gru_lm.train import train  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "sweep.jsonl"
 RUNS = ROOT / "bench" / "results" / "runs"
 GRIDS: dict[str, list[dict]] = {
-    "g100": [  # 2026-11-25, then the learning rate, batch and window on 2026-11-26
+    "g100": [  # the 100-second points (docs/results.md tells what each showed)
         {"hidden_size": 256, "dropout": 0.1},
         {"hidden_size": 256},
         {"hidden_size": 384, "dropout": 0.1},
@@ -56,8 +61,7 @@ GRIDS: dict[str, list[dict]] = {
         {"hidden_size": 512, "dropout": 0.2, "lr": 0.006},
         {"hidden_size": 512, "dropout": 0.3, "lr": 0.006},
     ],
-    "g300bf": [  # 2026-11-26 (session 3): mixed precision (bfloat16 products on the AMX units), and
-        # the float32 default again the same day for comparison
+    "g300bf": [  # mixed precision (bfloat16 products), and the float32 default again for comparison
         {"hidden_size": 384, "layers": 2, "dropout": 0.2},
         {"hidden_size": 384, "layers": 2, "dropout": 0.2, "dtype": "bfloat16"},
         {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16"},
@@ -65,11 +69,11 @@ GRIDS: dict[str, list[dict]] = {
         {"hidden_size": 512, "layers": 2, "dropout": 0.2, "batch_size": 64, "lr": 0.004, "dtype": "bfloat16"},
         {"hidden_size": 512, "dropout": 0.2, "lr": 0.006, "dtype": "bfloat16"},
     ],
-    "g300pk": [  # session 3, after packing the recurrent weights (the bfloat16 step ~1.6x faster than above)
+    "g300pk": [  # the same points again after the recurrent weights were packed (a faster bfloat16 step)
         {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16"},
         {"hidden_size": 512, "layers": 2, "dropout": 0.2, "batch_size": 64, "lr": 0.004, "dtype": "bfloat16"},
     ],
-    "g300ema": [  # session 4: the cosine down to ~0 (min_lr 1e-5), then weight averaging on top
+    "g300ema": [  # the cosine down to ~0 (min_lr 1e-5), then weight averaging, weight decay 0.1, weight drop on top
         {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16", "min_lr": 1e-05},
         {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16", "min_lr": 1e-05, "ema_decay": 0.995},
         {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16", "min_lr": 1e-05, "ema_decay": 0.995,
@@ -79,18 +83,16 @@ GRIDS: dict[str, list[dict]] = {
     ],
     "g1800": [
         {"hidden_size": 512, "layers": 2, "dropout": 0.3, "lr": 0.004},
-        {"hidden_size": 512, "layers": 2, "dropout": 0.3, "lr": 0.004, "dtype": "bfloat16"},  # session 3
-        # session 4: wider, more dropout, the cosine down to ~0 and weight averaging
+        {"hidden_size": 512, "layers": 2, "dropout": 0.3, "lr": 0.004, "dtype": "bfloat16"},
+        # wider, more dropout, the cosine down to ~0 and weight averaging
         {"hidden_size": 768, "layers": 2, "dropout": 0.4, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
          "ema_decay": 0.998},
         {"hidden_size": 768, "layers": 2, "dropout": 0.4, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
          "ema_decay": 0.998, "weight_decay": 0.1, "weight_drop": 0.25},
         {"hidden_size": 1024, "layers": 2, "dropout": 0.4, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
          "ema_decay": 0.998, "weight_decay": 0.1, "weight_drop": 0.25},
-        # session 5: three layers of 512; then two layers of 512 with the new recipe. Stopped early, and
-        # so not recorded: 3 x 512 with dropout 0.35 and weight drop 0.35 (val 1.5978 at 427 s, where the
-        # point below read 1.5291 at 416 s), and 4 x 512 otherwise as the point below (1.4953 at 1,028 s,
-        # where it read 1.4666 at 1,014 s).
+        # three layers of 512; then two layers of 512 with that recipe (two more points were stopped early
+        # and not recorded: docs/results.md)
         {"hidden_size": 512, "layers": 3, "dropout": 0.3, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
          "ema_decay": 0.998, "weight_decay": 0.1, "weight_drop": 0.2},
         {"hidden_size": 512, "layers": 2, "dropout": 0.3, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
@@ -104,17 +106,20 @@ def run_dir(point: dict, budget: float, cell: str) -> Path:
     return RUNS / f"{budget:.0f}s" / name
 
 
-def run_point(point: dict, budget: float, cell: str) -> dict | None:
+def run_point(point: dict, budget: float, cell: str, candidate: str | None = None) -> dict | None:
     """The point's row, or None when the run was stopped (Ctrl-C, SIGTERM) before its budget ran out."""
     s = resolve(None, {**point, "cell": cell, "max_time": float(budget), "max_steps": 0, "eval_every": 250})
     out = run_dir(point, budget, cell)
     res = train(ROOT / "data" / "tinyshakespeare.txt", s, out, overwrite=True, progress=False)
     if res.interrupted:
         return None
-    return {"budget_s": budget, "cell": cell, "point": point, "run": str(out.relative_to(ROOT)), "best_val_loss": res.best_val_loss,
-            "final_val_loss": res.val_loss, "steps": res.step, "chars": res.chars, "elapsed_s": round(res.elapsed_s, 1),
-            "chars_per_s": round(res.chars / res.elapsed_s), "machine": f"{platform.machine()} {os.cpu_count()} cores",
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    dtype = "bfloat16" if autocast_dtype(s.dtype, torch.device("cpu")) else "float32"
+    row = {"budget_s": budget, "cell": cell, "point": point, "run": str(out.relative_to(ROOT)),
+           "best_val_loss": res.best_val_loss, "final_val_loss": res.val_loss, "steps": res.step, "chars": res.chars,
+           "elapsed_s": round(res.elapsed_s, 1), "chars_per_s": round(res.chars / res.elapsed_s),
+           "machine": f"{platform.machine()} {os.cpu_count()} cores", "cpu": cpu_model(), "isa": isa_level(),
+           "dtype": dtype, "kernels": backend(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    return {**row, "candidate": candidate} if candidate else row
 
 
 def main() -> None:
@@ -122,12 +127,19 @@ def main() -> None:
     ap.add_argument("--budget", type=float, required=True, help="wall seconds per point")
     ap.add_argument("--grid", choices=sorted(GRIDS), help="a named list of points")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one ad-hoc point (repeat keys)")
-    ap.add_argument("--cell", default="gru", choices=["gru", "rnn"])
+    ap.add_argument("--cell", default="gru", choices=["gru", "lstm", "rnn"])
+    ap.add_argument("--candidates", action="store_true",
+                    help="the size candidates of gru_lm/sizes.json (what bench/fit_sizes.py fits)")
     ap.add_argument("--again", action="store_true",
                     help="measure points already in the results again (machines drift from day to day: "
                     "compare points measured the same day)")
     args = ap.parse_args()
     points = list(GRIDS[args.grid]) if args.grid else []
+    names: dict[int, str] = {}
+    if args.candidates:
+        for c in load_table()[1]:
+            names[len(points)] = c.name
+            points.append(dict(c.settings))
     if args.set:
         kinds = {f: type(getattr(Settings(), f)) for f in Settings.__dataclass_fields__}
         point = {}
@@ -137,11 +149,12 @@ def main() -> None:
         points.append(point)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(ln) for ln in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
-    for point in points:
-        if not args.again and any(d["point"] == point and d["budget_s"] == args.budget and d["cell"] == args.cell for d in done):
-            print(f"skip (done): {point}")
+    for i, point in enumerate(points):
+        same = [d for d in done if d["point"] == point and d["budget_s"] == args.budget and d["cell"] == args.cell]
+        if not args.again and any(d.get("isa") == isa_level() for d in same):
+            print(f"skip (done on an {isa_level()} CPU): {point}")
             continue
-        row = run_point(point, args.budget, args.cell)
+        row = run_point(point, args.budget, args.cell, names.get(i))
         if row is None:  # a stopped run's loss is not the budget's: leave it out, and stop the sweep
             print(f"stopped: {point} not recorded", file=sys.stderr)
             sys.exit(130)

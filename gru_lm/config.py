@@ -34,6 +34,9 @@ class Settings:
     dropout: float = setting(0.0, "Dropout between layers and before the read-out.")
     weight_drop: float = setting(0.0, "DropConnect on the recurrent weights: each window drops this fraction of "
                                  "every W_hh's entries, the same ones at every step (AWD-LSTM's weight drop).")
+    fit_to_machine: bool = setting(False, "With --max-time: before the clock starts, measure this machine's speed for "
+                                   "the candidate sizes of gru_lm/sizes.json and train the one predicted best for the "
+                                   "characters it will see (docs/results.md). --hidden-size or --layers switch it off.")
     # data
     seq_len: int = setting(64, "Window T of truncated backpropagation through time.")
     batch_size: int = setting(32, "B contiguous streams trained side by side.")
@@ -146,6 +149,8 @@ def resolve(config_file: str | Path | None, flags: dict[str, Any], base: dict[st
     if config_file:
         values.update(load_config(config_file))
     values.update({k: _check_type(k, v, "command line") for k, v in flags.items() if v is not None})
+    if flags.get("hidden_size") is not None or flags.get("layers") is not None:
+        values["fit_to_machine"] = False  # a size given on the command line is the size to train
     return validate(Settings(**values))
 
 

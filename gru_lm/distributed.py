@@ -128,6 +128,15 @@ def from_main(group: Dist, value: float, device: torch.device) -> float:
     return float(t)
 
 
+def from_main_object(group: Dist, obj: T) -> T:
+    """Rank 0's object (picklable) on every process."""
+    if not group.parallel:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather_streams(group: Dist, h: torch.Tensor) -> torch.Tensor:
     """The L×(B/N)×H states of all processes as one L×B×H state, in stream order."""
     if not group.parallel:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from .model import CharModel, ModelConfig
 from .progress import Progress
 from .run_state import RunState
 from .schedule import budget_over, learning_rate
+from .sizes import fit_to_machine
 
 
 @dataclass
@@ -278,6 +280,8 @@ def _build_run(file, settings: Settings, out_dir: Path, point: resuming.ResumePo
     corpus = load_corpus(file, settings, Vocab(point.state["vocab"]) if point else None, progress=group.main)
     if point:
         resuming.check_same_text(point, corpus.source, file)
+    if settings.fit_to_machine and settings.max_time and not point:
+        settings = _fit_to_machine(settings, corpus, group, device, amp_dtype)
     model, net = build_model(settings, len(corpus.vocab), group, device)
     opt = build_optimizer(model, settings)
     state = RunState()
@@ -292,6 +296,16 @@ def _build_run(file, settings: Settings, out_dir: Path, point: resuming.ResumePo
     batcher = StreamBatcher(corpus.train_ids, settings.batch_size, settings.seq_len, settings.seed)
     return Run(settings, group, device, out_dir, corpus, model, net, opt, average, batcher, streams, amp_dtype, state,
                saved_step=state.step if point else None)
+
+
+def _fit_to_machine(settings: Settings, corpus: Corpus, group: distributed.Dist, device: torch.device,
+                    amp_dtype: torch.dtype | None) -> Settings:
+    """The size predicted best for this machine and budget (sizes.py): rank 0 measures, every process takes it."""
+    chosen = None
+    if group.main:
+        chosen, line = fit_to_machine(settings, len(corpus.vocab), corpus.train_ids, device, amp_dtype)
+        print(line, file=sys.stderr)
+    return distributed.from_main_object(group, chosen)
 
 
 def build_model(settings: Settings, vocab_size: int, group: distributed.Dist,
