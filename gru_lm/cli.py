@@ -68,6 +68,8 @@ def _with_settings_options(command):
         default = DEFAULTS[name]
         if name == "reset_after":
             decl, shown = "--reset-after/--reset-before", "reset-after" if default else "reset-before"
+        elif kind == "bool":  # a plain flag: given means true
+            decl, shown = "--" + name.replace("_", "-"), "off"
         else:
             decl, shown = "--" + name.replace("_", "-"), default if default != "" else "none"
         option = typer.Option(None, decl, help=f"{HELP[name]} [default: {shown}]", show_default=False)
@@ -99,20 +101,20 @@ def train(
     come from the built-in defaults, then --config, then the flags given here.
     """
     from . import launcher, resume as resuming
-    from .config import resolve
     from .distributed import from_env
+    from .init_from import fresh_settings
     from .run_folder import default_out_dir
     from .train import train as run_training
 
     with _user_errors():
         out = out or default_out_dir(file, config, flags["cell"])
         point = resuming.load(out) if resume and (out / "last.pt").exists() else None
-        settings = resuming.resume_settings(point, config, flags) if point else resolve(config, flags)
+        settings, start = (resuming.resume_settings(point, config, flags), None) if point else fresh_settings(config, flags)
         if nproc != 1:
             launcher.check_launch(nproc, file, settings.batch_size, point)
             raise typer.Exit(launcher.spawn(nproc, launcher.without_nproc(sys.argv[1:])))
         result = run_training(file, settings, out, resume=resume, overwrite=overwrite, progress=not quiet,
-                              resume_point=point)
+                              resume_point=point, start_point=start)
     if not from_env().main:
         raise typer.Exit(130 if result.interrupted else 0)
     if result.interrupted:

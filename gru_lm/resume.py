@@ -13,7 +13,7 @@ from .errors import UserError
 
 #: Settings a resumed run must share with the run it continues (they shape the model, data or RNG).
 LOCKED_ON_RESUME = ("cell", "reset_after", "hidden_size", "layers", "embed_size", "batch_size", "seq_len",
-                    "val_fraction", "val_file", "eval_chars", "seed")
+                    "val_fraction", "val_file", "eval_chars", "seed", "init_from", "extend_vocab")
 
 #: What a checkpoint must hold, beyond the model, to continue a run from it exactly.
 RESUME_KEYS = ("settings", "optimizer", "step", "epoch", "window", "chars", "elapsed_s", "val_loss", "best_val_loss",
