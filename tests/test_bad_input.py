@@ -124,6 +124,11 @@ CASES = {
     "top-p = 0": (["sample", "{run}/best.pt", "--top-p", "0"], ["--top-p", "(0, 1]"]),
     "top-p > 1": (["sample", "{run}/best.pt", "--top-p", "1.5"], ["--top-p", "(0, 1]"]),
     "length < 0": (["sample", "{run}/best.pt", "--length", "-5"], ["--length"]),
+    "--beam with --temperature": (["sample", "{run}/best.pt", "--beam", "4", "--temperature", "0.5"],
+                                  ["--beam", "takes no --temperature"]),
+    "--beam 0": (["sample", "{run}/best.pt", "--beam", "0"], ["--beam must be from 1"]),
+    "--length-norm without --beam": (["sample", "{run}/best.pt", "--length-norm", "1"], ["--length-norm", "--beam K"]),
+    "--stop outside the vocabulary": (["sample", "{run}/best.pt", "--beam", "2", "--stop", "☃"], ["--stop", "never seen"]),
     # checkpoints
     "missing checkpoint": (["sample", "{files}/missing.pt"], ["missing.pt", "no such checkpoint"]),
     "text file as checkpoint": (["sample", "{files}/short.txt"], ["short.txt", "not a readable checkpoint"]),
