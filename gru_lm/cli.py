@@ -255,6 +255,22 @@ def compare(
     print(report)
 
 
+@app.command()
+def serve(
+    ckpts: list[Path] = typer.Argument(..., metavar="CKPT...", help="Checkpoints to write with; the page chooses.", show_default=False),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this machine only)."),
+    port: int = typer.Option(8000, help="Port to listen on (0: any free one)."),
+) -> None:
+    """A local web page to write with a model: it continues what you type, as it generates. Ctrl-C stops it."""
+    from .serve import open_server, serve_until_interrupted
+
+    with _user_errors():
+        server = open_server(ckpts, host, port)
+    print(f"serving {len(ckpts)} checkpoint(s) at {server.url} (Ctrl-C stops)", flush=True)
+    serve_until_interrupted(server)
+    print("stopped", file=sys.stderr)
+
+
 def main() -> None:
     """Entry point: usage errors (bad flags) become one line on stderr with exit code 2, like ours."""
     if len(sys.argv) == 1:

@@ -186,7 +186,7 @@ def _fmt(v: float) -> str:
     return "NaN" if math.isnan(v) else f"{v:.4g}"
 
 
-def _scale(values: Tensor, by: str) -> dict:
+def legend_scale(values: Tensor, by: str) -> dict:
     """The legend of one quantity: its two ends as text and the gradient bar, from the palette."""
     if by == "unit":
         return {"lo": "−1", "hi": "+1", "gradient": f"linear-gradient(to right, {PALETTE[1][0]}, #ffffff, {PALETTE[-1][0]})"}
@@ -194,7 +194,8 @@ def _scale(values: Tensor, by: str) -> dict:
     return {"lo": f"{lo:.3g}", "hi": f"{hi:.3g}", "gradient": f"linear-gradient(to right, #ffffff, {PALETTE[-1][0]})"}
 
 
-def _series(tr: Trace, unit: int | None) -> dict[str, Tensor]:
+def quantity_series(tr: Trace, unit: int | None) -> dict[str, Tensor]:
+    """Every quantity the trace has, per character: z and r (a GRU), change, surprise, and unit's activation."""
     series = {"change": tr.change, "surprise": tr.surprise}
     if tr.z is not None:
         series = {"z": tr.z.mean(-1), "r": tr.r.mean(-1), **series}
@@ -211,7 +212,7 @@ def render_html(tr: Trace, by: str, unit: int | None = None, title: str = "gru-l
     colouring when another quantity is chosen and shows the hovered values in a line.
     """
     tr.values(by, unit)  # raises for a quantity this trace lacks
-    series = _series(tr, unit)
+    series = quantity_series(tr, unit)
     index = {name: colour_indexes(v, name) for name, v in series.items()}
     lists = {name: v.tolist() for name, v in series.items()}
     key = {"z": "z", "r": "r", "change": "c", "surprise": "s", "unit": "u"}
@@ -227,7 +228,7 @@ def render_html(tr: Trace, by: str, unit: int | None = None, title: str = "gru-l
     options = "".join(
         f'<option value="{n}"{" selected" if n == by else ""}>'
         f"{html.escape(LABELS[n] + (f' {unit}' if n == 'unit' else ''))}</option>" for n in series)
-    scale = {name: _scale(v, name) for name, v in series.items()}
+    scale = {name: legend_scale(v, name) for name, v in series.items()}
     colours = json.dumps({"palette": PALETTE, "index": index, "scale": scale}).replace("<", "\\u003c")
     return _page(title, meta, _equations(tr), options, scale[by], "".join(spans), colours)
 
