@@ -123,8 +123,8 @@ def _training_ids(enc: Encoded, cut: int, vocab: Vocab | None, extend_vocab: boo
         return vocab, train_ids
     new = unseen_counts(enc.ids[:cut][missing], enc.chars)
     if not extend_vocab:
-        raise UserError(f"{file}: the training text has {len(new)} characters the checkpoint's model has never "
-                        f"seen: {describe_counts(new)}; pass --extend-vocab to add them to its vocabulary")
+        raise UserError(f"{file}: the training text has characters the checkpoint's model has never seen: "
+                        f"{describe_counts(new)}; pass --extend-vocab to add them to its vocabulary")
     vocab = Vocab(vocab.chars + "".join(new))  # the old ids stay; the new characters follow, in code-point order
     return vocab, remap(enc.ids[:cut], enc.chars, vocab)[0]
 

@@ -45,7 +45,7 @@ def inputs(trained_run, tmp_path_factory) -> tuple[Path, Path]:
     (f / "random.bin").write_bytes(random.Random(6).randbytes(4096))
     (f / "latin1.txt").write_bytes("caf\xe9 au lait, ".encode("latin-1") * 50)
     (f / "utf16_bad.txt").write_bytes("To be, or not".encode("utf-16") + b"\x00\xd8")  # a lone high surrogate
-    (f / "snowman.txt").write_text("To be, or not to be: ☃ that is the thing.\n" * 20)  # one character new to the run
+    (f / "snowman.txt").write_text("To be, or not to be: ☃ that is the thing.\n" * 20, encoding="utf-8")  # ☃: new to the run
     (f / "bad.toml").write_text("hidden_sise = 3\n")
     (f / "badtype.toml").write_text('layers = "two"\n')
 
@@ -115,7 +115,7 @@ CASES = {
                                         "--hidden-size", "64"], ["--init-from", "hidden_size is 32", "not 64 (--hidden-size)"]),
     "--init-from with characters the model has never seen": (
         ["train", "{files}/snowman.txt", "--config", SMOKE, "--init-from", "{run}/best.pt"],
-        ["snowman.txt", "1 characters the checkpoint's model has never seen: '☃' ×18", "--extend-vocab"]),
+        ["snowman.txt", "characters the checkpoint's model has never seen: '☃' ×18;", "--extend-vocab"]),
     "--extend-vocab without --init-from": (["train", "{corpus}", "--extend-vocab"], ["extend-vocab", "--init-from"]),
     # sampling options
     "prime outside the vocabulary": (["sample", "{run}/best.pt", "--prime", "snow☃"], ["best.pt", "never seen", "☃"]),

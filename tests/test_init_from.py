@@ -13,6 +13,7 @@ import torch
 from gru_lm import checkpoint, distributed, resume
 from gru_lm.cli import main
 from gru_lm.config import resolve
+from gru_lm.corpus import describe_counts
 from gru_lm.data import Vocab
 from gru_lm.errors import UserError
 from gru_lm.evaluate import measure
@@ -21,7 +22,7 @@ from gru_lm.train import build_model, train
 
 from .conftest import ROOT, SMOKE
 
-#: A little more than smoke.toml, so that the Shakespeare model learns something in a few seconds.
+#: A little more than smoke.toml: longer windows and more streams, so that 200 steps teach the model some English.
 RECIPE = {"seq_len": 32, "batch_size": 8, "hidden_size": 64}
 
 
@@ -30,20 +31,20 @@ def texts(tmp_path_factory) -> dict[str, Path]:
     """Shakespeare to learn from; a few thousand characters of The Time Machine to fine-tune on, and a later
     part of it to score, with only characters every model compared knows."""
     d = tmp_path_factory.mktemp("texts")
-    (d / "shakespeare.txt").write_text((ROOT / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:100_000])
+    shakespeare = (ROOT / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:100_000]
     machine = (ROOT / "data" / "timemachine.txt").read_text(encoding="utf-8")
-    (d / "machine_raw.txt").write_text(machine[5_000:11_000])  # with “ ” ’ — _ that Shakespeare lacks
-    known = set((d / "shakespeare.txt").read_text()[:90_000])
+    known = set(shakespeare[:90_000])  # the base model's vocabulary: its training part
     plain = "".join(c for c in machine[5_000:] if c in known)
-    (d / "machine.txt").write_text(plain[:6_000])
     seen = set(plain[:6_000])
-    (d / "held_out.txt").write_text("".join(c for c in plain[16_000:20_000] if c in seen))
+    for name, text in (("shakespeare", shakespeare), ("machine_raw", machine[5_000:11_000]),  # raw: with “ ” ’ — _
+                       ("machine", plain[:6_000]), ("held_out", "".join(c for c in plain[16_000:20_000] if c in seen))):
+        (d / f"{name}.txt").write_text(text, encoding="utf-8")
     return {p.stem: p for p in d.iterdir()}
 
 
 @pytest.fixture(scope="module")
 def base(texts, tmp_path_factory) -> Path:
-    """A GRU of 64 units trained on Shakespeare for 200 steps (a few seconds)."""
+    """A GRU of 64 units trained on Shakespeare for 200 steps: the model to fine-tune."""
     out = tmp_path_factory.mktemp("base") / "run"
     train(texts["shakespeare"], resolve(SMOKE, {**RECIPE, "max_steps": 200, "eval_every": 200}),
           out, progress=False)
@@ -88,10 +89,10 @@ def test_a_fine_tuned_run_is_a_new_run_that_records_where_it_started(texts, base
 
 
 def test_new_characters_are_refused_or_added_after_the_old_ones(texts, base, tmp_path):
-    with pytest.raises(UserError, match=r"machine_raw.txt: the training text has \d+ characters .* never seen: "
+    with pytest.raises(UserError, match=r"machine_raw.txt: the training text has characters .* never seen: "
                                         r".*; pass --extend-vocab to add them") as refused:
         _tune(texts, base, tmp_path / "refused", text="machine_raw", max_steps=4)
-    training_part = texts["machine_raw"].read_text()[:5_400]  # (val_fraction 0.1 of 6,000)
+    training_part = texts["machine_raw"].read_text(encoding="utf-8")[:5_400]  # (val_fraction 0.1 of 6,000)
     for c in "“”—":
         assert f"{c!r} ×{training_part.count(c)}" in str(refused.value)  # each one named, with its count
     assert not (tmp_path / "refused").exists()
@@ -189,3 +190,8 @@ def test_a_vocabulary_out_of_code_point_order_encodes_each_character_to_its_posi
     ids, dropped = vocab.encode("zé\na—☃b", drop_unknown=True)
     assert ids.tolist() == [3, 5, 0, 1, 4, 2] and dropped == 1
     assert vocab.decode(ids) == "zé\na—b"
+
+
+def test_unseen_characters_are_named_most_frequent_first():
+    assert describe_counts({"a": 2, "\n": 1, "b": 30}) == "'b' ×30, 'a' ×2, '\\n' ×1"
+    assert describe_counts({chr(0x4E00 + i): i + 1 for i in range(25)}, most=2) == "'丘' ×25, '丗' ×24 and 23 more"
