@@ -262,13 +262,14 @@ def serve(
     port: int = typer.Option(8000, help="Port to listen on (0: any free one)."),
 ) -> None:
     """A local web page to write with a model: it continues what you type, as it generates. Ctrl-C stops it."""
-    from .serve import open_server, serve_until_interrupted
+    from .serve import end_process, open_server, serve_until_interrupted
 
     with _user_errors():
         server = open_server(ckpts, host, port)
     print(f"serving {len(ckpts)} checkpoint(s) at {server.url} (Ctrl-C stops)", flush=True)
     serve_until_interrupted(server)
     print("stopped", file=sys.stderr)
+    end_process(0)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import random
 import re
 import socket
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import parse_qs, urlsplit
 
 import torch
@@ -282,3 +284,19 @@ def serve_until_interrupted(server: Server) -> None:
         pass
     finally:
         server.server_close()
+
+
+def end_process(code: int) -> NoReturn:
+    """Exit now, without the interpreter's teardown.
+
+    The request threads are daemons, and after Ctrl-C some may still be generating, inside torch.
+    The teardown stops such a thread where it stands, and stopped inside C++ code it aborts the whole
+    process ("terminate called without an active exception"): a crash after a clean stop. Nothing is
+    left to write by then but stdout and stderr, flushed here.
+    """
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):  # closed, or the reader went away
+            pass
+    os._exit(code)
