@@ -4,8 +4,6 @@ library, and prints; every mistake the library reports (UserError) becomes one l
 from __future__ import annotations
 
 import contextlib
-import inspect
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Optional
@@ -13,33 +11,25 @@ from typing import TYPE_CHECKING, NoReturn, Optional
 import typer
 
 from . import __version__
-from .config import DEFAULTS, FIELD_TYPES, HELP
+from .cli_settings import with_settings_options
 from .errors import UserError
 
 if TYPE_CHECKING:
     from .train import TrainResult
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    help="Train character-level language models with a GRU (or a plain RNN) written from its equations, "
-    "sample from them, and measure them.",
-)
-
-
-def _fail(message: str) -> NoReturn:
-    print(f"gru-lm: error: {message}", file=sys.stderr)
-    raise typer.Exit(2)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  help="Train character-level language models with a GRU, an LSTM or a plain RNN written from "
+                  "their equations, sample from them, and measure them.")
 
 
 @contextlib.contextmanager
 def _user_errors():
+    """A UserError becomes `gru-lm: error: ...` on stderr and exit code 2."""
     try:
         yield
     except UserError as e:
-        _fail(str(e))
+        print(f"gru-lm: error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
 
 
 def _version(value: bool) -> None:
@@ -55,38 +45,15 @@ def _root(
     pass
 
 
-def _with_settings_options(command):
-    """Give a command one option per training setting (--hidden-size, ...), help and default from config.Settings.
-
-    Each option defaults to None, meaning "not given": the setting then comes from --config, a resumed
-    run or the built-in default, in that order of precedence (config.resolve).
-    """
-    types = {"int": int, "float": float, "str": str, "bool": bool}
-    sig = inspect.signature(command)
-    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    for name, kind in FIELD_TYPES.items():
-        default = DEFAULTS[name]
-        if name == "reset_after":
-            decl, shown = "--reset-after/--reset-before", "reset-after" if default else "reset-before"
-        else:
-            decl, shown = "--" + name.replace("_", "-"), default if default != "" else "none"
-        option = typer.Option(None, decl, help=f"{HELP[name]} [default: {shown}]", show_default=False)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=Optional[types[kind]]))
-    command.__signature__ = sig.replace(parameters=params)
-    return command
-
-
 @app.command()
-@_with_settings_options
+@with_settings_options
 def train(
     file: Path = typer.Argument(..., help="UTF-8 text file to train on, or a folder made by `gru-lm prepare` "
                                 "(memory-mapped: for corpora of hundreds of MB).", show_default=False),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file of settings (flags override it)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder [default: runs/<config or file name>]."),
-    nproc: int = typer.Option(1, "--nproc", help="Train with N processes on this host (data-parallel; each takes "
-                              "B/N of the streams), as `torchrun --standalone --nproc_per_node N -m gru_lm train` "
-                              "would. Over several hosts, run torchrun yourself (docs/scaling.md)."),
+    nproc: int = typer.Option(1, "--nproc", help="Train with N processes on this host (data-parallel, as torchrun "
+                              "--standalone --nproc_per_node N would); over several hosts see docs/scaling.md."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt, exactly."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run already in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -94,25 +61,23 @@ def train(
 ) -> None:
     """Train a character-level language model on FILE.
 
-    Writes last.pt, best.pt (lowest validation loss), metrics.jsonl and config.toml into the run
-    folder. Ctrl-C (or SIGTERM) saves last.pt and exits with 130; continue with --resume. Settings
-    come from the built-in defaults, then --config, then the flags given here.
-    """
-    from . import launcher, resume as resuming
-    from .config import resolve
+    Writes last.pt, best.pt (lowest validation loss), metrics.jsonl and config.toml into the run folder.
+    Ctrl-C (or SIGTERM) saves last.pt and exits with 130; continue with --resume. Settings come from the
+    built-in defaults, then --config, then the flags given here."""
+    from . import launcher
     from .distributed import from_env
+    from .resume import run_settings
     from .run_folder import default_out_dir
     from .train import train as run_training
 
     with _user_errors():
         out = out or default_out_dir(file, config, flags["cell"])
-        point = resuming.load(out) if resume and (out / "last.pt").exists() else None
-        settings = resuming.resume_settings(point, config, flags) if point else resolve(config, flags)
+        point, settings, start = run_settings(out, resume, config, flags)
         if nproc != 1:
             launcher.check_launch(nproc, file, settings.batch_size, point)
             raise typer.Exit(launcher.spawn(nproc, launcher.without_nproc(sys.argv[1:])))
         result = run_training(file, settings, out, resume=resume, overwrite=overwrite, progress=not quiet,
-                              resume_point=point)
+                              resume_point=point, start_point=start)
     if not from_env().main:
         raise typer.Exit(130 if result.interrupted else 0)
     if result.interrupted:
@@ -133,10 +98,9 @@ def prepare(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write ids.bin and vocab.json into.", show_default=False),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Encode a large text file once, for `gru-lm train OUT`: the characters become a compact id array
-    (1 byte each where there are at most 256 distinct characters, else 2 or 4) that training
-    memory-maps, so its memory stays about the same whatever the corpus size. Streams the file in
-    chunks: memory stays small while it encodes. The vocabulary is every character of the file."""
+    """Encode a large text file once, for `gru-lm train OUT`: a compact id array (1 byte per character where
+    there are at most 256 distinct ones, else 2 or 4) that training memory-maps, so its memory stays about the
+    same whatever the corpus size. Streams the file in chunks. The vocabulary is every character of the file."""
     import time
 
     from .prepare import prepare as run_prepare
@@ -144,8 +108,7 @@ def prepare(
     with _user_errors():
         t = time.perf_counter()
         meta = run_prepare(file, out, progress=not quiet)
-        dt = time.perf_counter() - t
-    mb = meta["source_bytes"] / 1e6
+    dt, mb = time.perf_counter() - t, meta["source_bytes"] / 1e6
     print(f"prepared {out}: {meta['n_chars']:,} characters, {len(meta['chars']):,} distinct ({meta['dtype']}), "
           f"from {mb:,.1f} MB in {dt:.1f}s ({mb / max(dt, 1e-9):,.1f} MB/s)", file=sys.stderr)
 
@@ -155,23 +118,34 @@ def sample(
     ckpt: Path = typer.Argument(..., help="Checkpoint (best.pt or last.pt of a run).", show_default=False),
     prime: Optional[str] = typer.Option(None, help="Text to start from; printed first. [default: a newline]"),
     length: int = typer.Option(500, help="Characters to generate after the prime."),
-    temperature: float = typer.Option(1.0, help="Softmax temperature; 0 picks the most likely character (greedy)."),
+    temperature: Optional[float] = typer.Option(None, help="Softmax temperature; 0: greedy. [default: 1.0]"),
     top_k: Optional[int] = typer.Option(None, help="Sample only among the K most likely characters."),
     top_p: Optional[float] = typer.Option(None, help="Sample only among the most likely characters whose probabilities add up to P."),
     seed: Optional[int] = typer.Option(None, help="Random seed; the same seed gives the same text. [default: random]"),
     num_samples: int = typer.Option(1, help="How many samples to generate, one after another."),
+    beam: Optional[int] = typer.Option(None, help="Instead of sampling: the most likely continuation, K beams."),
+    length_norm: float = typer.Option(0.0, help="With --beam: rank by log p / length^ALPHA (matters with --stop)."),
+    stop: Optional[str] = typer.Option(None, help="With --beam: end a continuation at this character (\\n: newline)."),
 ) -> None:
-    """Generate text from a checkpoint, streamed to stdout as it is made."""
+    """Generate text from a checkpoint, streamed to stdout as it is made (or with --beam, its best continuation)."""
     import random
 
-    from . import sample as sampling
+    from . import beam as beams, sample as sampling
 
     with _user_errors():
-        request = sampling.prepare(ckpt, prime, length, temperature, top_k, top_p, num_samples, seed)
+        beams.check_options(beam, length_norm, stop, {"--temperature": temperature, "--top-k": top_k, "--top-p": top_p,
+                            "--seed": seed, "--num-samples": None if num_samples == 1 else num_samples})
+        req = sampling.prepare(ckpt, prime, length, 1.0 if temperature is None else temperature, top_k, top_p,
+                               num_samples, seed)
+        best = beams.search(req.model, req.vocab, req.prime, length, beam, length_norm, stop) if beam else None
+    if best is not None:
+        _write_out(req.prime + best.text + "\n")
+        print(beams.describe(best, beam), file=sys.stderr)
+        return
     if seed is None:
         seed = random.randrange(2**31 - 1)
         print(f"seed {seed}", file=sys.stderr)
-    sampling.write_samples(request, seed, _write_out)
+    sampling.write_samples(req, seed, _write_out)
 
 
 def _write_out(text: str) -> None:
@@ -185,27 +159,17 @@ def perplexity(
     file: Optional[Path] = typer.Option(None, help="Text to score [default: each checkpoint's own validation split]."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
 ) -> None:
-    """Loss (nats/char), perplexity and bits per character of checkpoints on a text, side by side.
-
-    Every character is scored given all the characters before it (the state is carried through
-    the whole text from zeros; the first character is not predicted). Characters outside a
-    checkpoint's vocabulary are left out and counted.
-    """
+    """Loss (nats/char), perplexity and bits per character of checkpoints on a text, side by side: every character
+    given all those before it (the first is not predicted); characters a checkpoint does not know are left out."""
     from rich.console import Console
 
-    from .evaluate import measure
-    from .report import perplexity_table
+    from .evaluate import measure_all
+    from .report import perplexity_json, perplexity_table
 
-    rows = []
     with _user_errors():
-        for ck in ckpts:
-            rows.append(row := measure(ck, file))
-            if row["unknown"]:
-                print(f"note: {row['file']}: {row['unknown']} characters outside the vocabulary of {ck} were left out: "
-                      f"{row['unknown_chars'][:40]!r}", file=sys.stderr)
+        rows = measure_all(ckpts, file)
     if as_json:
-        keys = ("checkpoint", "file", "chars", "loss", "perplexity", "bpc", "unknown")
-        print(json.dumps([{k: r[k] for k in keys} for r in rows], indent=2))
+        print(perplexity_json(rows))
     else:
         Console().print(perplexity_table(rows, rows[0]["file"] if file else None))
 
@@ -213,32 +177,27 @@ def perplexity(
 @app.command("inspect")
 def inspect_cmd(
     ckpt: Path = typer.Argument(..., help="Checkpoint (best.pt or last.pt of a run).", show_default=False),
-    text: Optional[str] = typer.Option(None, help="Text to run the model over; every character must be in the "
-                                       "model's vocabulary."),
-    file: Optional[Path] = typer.Option(None, help="Read the text from this UTF-8 file instead of --text; "
-                                        "characters outside the vocabulary are left out, with a note."),
-    start: int = typer.Option(0, help="First character to take from the text; negative counts from the end "
-                              "(--start -600 takes the last 600)."),
+    text: Optional[str] = typer.Option(None, help="Text to run the model over; all its characters known to the model."),
+    file: Optional[Path] = typer.Option(None, help="Read the text from this file; unknown characters are left out."),
+    start: int = typer.Option(0, help="First character to take; negative counts from the end (-600: the last 600)."),
     length: int = typer.Option(1000, help="Inspect at most this many characters (from --start)."),
     color_by: Optional[str] = typer.Option(
-        None, "--color-by", help="What colours each character: a gate's mean over the units (z, r for a GRU; i, f, o "
-        "for an LSTM), change (mean |h'-h|), surprise (-log p of the character, nats) or unit (--unit's value). "
-        "[default: unit with --unit, else the first gate, or change for an RNN]"),
-    unit: Optional[int] = typer.Option(None, help="Follow unit K (0-based) of the inspected layer: its state (the cell "
-                                       "state c for an LSTM), red negative, blue positive."),
+        None, "--color-by", help="What colours each character: a gate's mean over the units (z, r: GRU; i, f, o: "
+        "LSTM), change (mean |h'-h|), surprise (-log p, nats) or unit. [default: unit, else the first gate, else change]"),
+    unit: Optional[int] = typer.Option(None, help="Follow unit K (0-based) of the layer (an LSTM's cell state c)."),
     layer: int = typer.Option(-1, help="Layer to inspect, 0-based; -1 is the last."),
-    html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML page here: each "
-                                            "character coloured, a hover shows all its values, a menu switches the colouring."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML page here (hover: "
+                                            "a character's values; a menu switches the colouring)."),
     top_units: bool = typer.Option(False, "--top-units", help="Instead of the coloured text, list the 5 hidden units "
                                    "whose activation correlates most (Pearson r) with: inside double quotes, position "
                                    "in line, just read a newline, uppercase. Use a few thousand characters."),
 ) -> None:
     """Show what the gates do on a text, character by character (docs/inspect.md).
 
-    For each character the model reads: the mean of each gate over the units (a GRU's update gate z
-    and reset gate r; an LSTM's input, forget and output gates), the state change mean |h'-h|, and the
-    surprise -log p(character | the ones before), in nats. The state starts from zeros; the first
-    character has no surprise (grey). Colours span the 1st to 99th percentile of the text.
+    For each character the model reads: the mean of each gate over the units (a GRU's update gate z and
+    reset gate r; an LSTM's input, forget and output gates), the state change mean |h'-h|, and the surprise
+    -log p(character | the ones before), in nats. The state starts from zeros; the first character has no
+    surprise (grey). Colours span the 1st to 99th percentile of the text.
     """
     from rich.console import Console
 
@@ -279,9 +238,9 @@ def compare(
     retrain: bool = typer.Option(False, "--retrain", help="Train again runs that the report folder already holds."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Train several configs on the same data and budget (e.g. a GRU, an LSTM and the RNN baseline),
-    each with --seeds seeds, and write OUT/report.md (every run; per config the mean, spread and
-    range of the losses; each pair's difference with its interval) and OUT/loss.png."""
+    """Train several configs on the same data and budget (e.g. a GRU, an LSTM and the RNN baseline), each with
+    --seeds seeds, and write OUT/report.md (every run; per config the mean and spread of the losses; each
+    pair's difference with its interval) and OUT/loss.png."""
     from .compare import given_runs, train_configs
     from .report import write_report
 
@@ -293,6 +252,23 @@ def compare(
             _interrupted(stopped, f"continue with `gru-lm train {file} --out {stopped.out_dir} --resume`")
         report = write_report([*given_runs(run), *trained], out, title=f"{file.name}: {out.name}")
     print(report)
+
+
+@app.command()
+def serve(
+    ckpts: list[Path] = typer.Argument(..., metavar="CKPT...", help="Checkpoints to write with; the page chooses.", show_default=False),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this machine only)."),
+    port: int = typer.Option(8000, help="Port to listen on (0: any free one)."),
+) -> None:
+    """A local web page to write with a model: it continues what you type, as it generates. Ctrl-C stops it."""
+    from .serve import end_process, open_server, serve_until_interrupted
+
+    with _user_errors():
+        server = open_server(ckpts, host, port)
+    print(f"serving {len(ckpts)} checkpoint(s) at {server.url} (Ctrl-C stops)", flush=True)
+    serve_until_interrupted(server)
+    print("stopped", file=sys.stderr)
+    end_process(0)
 
 
 def main() -> None:

@@ -37,6 +37,11 @@ class Settings:
     fit_to_machine: bool = setting(False, "With --max-time: before the clock starts, measure this machine's speed for "
                                    "the candidate sizes of gru_lm/sizes.json and train the one predicted best for the "
                                    "characters it will see (docs/results.md). --hidden-size or --layers switch it off.")
+    # where the weights start (a fresh run otherwise)
+    init_from: str = setting("", "Start from this checkpoint's weights (not its optimiser, step or schedule): "
+                             "fine-tuning on FILE with the checkpoint's model and vocabulary.")
+    extend_vocab: bool = setting(False, "With --init-from: add FILE's characters that the checkpoint has never seen "
+                                 "to its vocabulary (new rows initialised as a fresh model's), instead of refusing.")
     # data
     seq_len: int = setting(64, "Window T of truncated backpropagation through time.")
     batch_size: int = setting(32, "B contiguous streams trained side by side.")
@@ -128,6 +133,8 @@ def validate(settings: Settings) -> Settings:
         v = getattr(settings, key)
         if not math.isfinite(v) or v < 0:
             raise UserError(f"{key} must be a finite number >= 0, not {v}")
+    if settings.extend_vocab and not settings.init_from:
+        raise UserError("extend_vocab (--extend-vocab) needs init_from (--init-from CKPT): it extends that checkpoint's vocabulary")
     if settings.lr == 0:
         raise UserError("lr must be greater than 0")
     check_seed(settings.seed, "seed")

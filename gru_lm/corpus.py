@@ -8,6 +8,7 @@ same code that cut it for training.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,19 @@ def ids_of(path: str | Path, vocab: Vocab) -> tuple[torch.Tensor, int, str]:
     return ids, dropped, vocab.unknown(text) if dropped else ""
 
 
+def unseen_counts(ids: np.ndarray, chars: str) -> dict[str, int]:
+    """How often each character that ids stand for occurs, in code-point order."""
+    distinct, counts = np.unique(ids, return_counts=True)
+    return {chars[int(i)]: int(n) for i, n in zip(distinct, counts)}
+
+
+def describe_counts(counts: dict[str, int], most: int = 20) -> str:
+    """'“' ×105, '”' ×104, ...: the most frequent first, at most `most` of them (one line)."""
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    shown = ", ".join(f"{c!r} ×{n:,}" for c, n in ranked[:most])
+    return shown + (f" and {len(ranked) - most} more" if len(ranked) > most else "")
+
+
 def _training_vocab(enc: Encoded, cut: int) -> Vocab:
     """A text file's vocabulary is the characters of its training part; a prepared folder's, all of its own."""
     if enc.prepared:
@@ -100,16 +114,37 @@ def _training_vocab(enc: Encoded, cut: int) -> Vocab:
     return Vocab("".join(c for c, k in zip(enc.chars, counts) if k))
 
 
-def load_corpus(file: str | Path, settings: Settings, vocab: Vocab | None = None, progress: bool = False) -> Corpus:
-    """Training and validation ids of a run, its vocabulary (vocab on resume) and the record of where they came from.
+def _training_ids(enc: Encoded, cut: int, vocab: Vocab | None, extend_vocab: bool,
+                  file: str | Path) -> tuple[Vocab, np.ndarray]:
+    """The run's vocabulary and the training part's ids over it (see load_corpus)."""
+    vocab = vocab or _training_vocab(enc, cut)
+    train_ids, missing = remap(enc.ids[:cut], enc.chars, vocab)
+    if missing is None:
+        return vocab, train_ids
+    new = unseen_counts(enc.ids[:cut][missing], enc.chars)
+    if not extend_vocab:
+        raise UserError(f"{file}: the training text has characters the checkpoint's model has never seen: "
+                        f"{describe_counts(new)}; pass --extend-vocab to add them to its vocabulary")
+    vocab = Vocab(vocab.chars + "".join(new))  # the old ids stay; the new characters follow, in code-point order
+    return vocab, remap(enc.ids[:cut], enc.chars, vocab)[0]
 
-    Validation characters outside the vocabulary are left out (with a note); training characters
-    outside a given vocabulary are an error.
+
+def load_corpus(file: str | Path, settings: Settings, vocab: Vocab | None = None, progress: bool = False,
+                extend_vocab: bool = False, check_source: Callable[[dict], None] | None = None) -> Corpus:
+    """Training and validation ids of a run, its vocabulary and the record of where they came from.
+
+    vocab is the vocabulary of the checkpoint a run resumes or starts from (--init-from); without
+    it, the training text's own characters make it. Training characters outside a given vocabulary
+    are an error, or with extend_vocab are added at its end; validation characters outside the
+    vocabulary are left out (with a note). check_source(source) runs as soon as the text is read
+    (resume checks there that it is the run's own text).
     """
     enc = read_ids(file, progress)
     source = {"train_file": str(Path(file).resolve()), "text_sha256": enc.sha256, "val_file": "", "val_start": 0}
     if enc.prepared:
         source["prepared"] = True
+    if check_source is not None:
+        check_source(source)
     n = len(enc.ids)
     if settings.val_file:
         cut = n
@@ -119,11 +154,7 @@ def load_corpus(file: str | Path, settings: Settings, vocab: Vocab | None = None
         if n - cut < 2:
             raise UserError(f"{file}: the validation split has {n - cut} characters; it needs at least 2")
     check_train_length(cut, settings.batch_size, settings.seq_len, str(file))
-    vocab = vocab or _training_vocab(enc, cut)
-    train_ids, missing = remap(enc.ids[:cut], enc.chars, vocab)
-    if missing is not None:
-        bad = chars_of(enc.ids[:cut][missing], enc.chars)
-        raise UserError(f"{file}: characters not in the vocabulary: {bad!r} (the checkpoint's vocabulary was built from another text)")
+    vocab, train_ids = _training_ids(enc, cut, vocab, extend_vocab, file)
     if settings.val_file:
         val_ids, dropped, _ = ids_of(settings.val_file, vocab)
     else:

@@ -19,7 +19,11 @@ def _storage_dtype(vocab_size: int) -> torch.dtype:
 
 @dataclass(frozen=True)
 class Vocab:
-    """The characters of the training text, sorted by code point; id = position in `chars`."""
+    """The characters a model knows; id = position in `chars`.
+
+    A vocabulary built from a text is sorted by code point; one extended for fine-tuning
+    (--extend-vocab) keeps its old characters where they were and adds the new ones at the end.
+    """
 
     chars: str
 
@@ -30,8 +34,10 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.chars)
 
-    def _codes(self) -> Tensor:
-        return torch.tensor([ord(c) for c in self.chars], dtype=torch.int32)
+    def _sorted_codes(self) -> tuple[Tensor, Tensor]:
+        """The code points in ascending order, and the id of each (the identity for a sorted vocabulary)."""
+        codes = torch.tensor([ord(c) for c in self.chars], dtype=torch.int32)
+        return torch.sort(codes)
 
     def unknown(self, text: str) -> str:
         """The distinct characters of text that are not in the vocabulary, in order of appearance."""
@@ -42,9 +48,9 @@ class Vocab:
         """Text -> compact 1-D id tensor, and the number of unknown characters dropped.
 
         Unknown characters raise ValueError unless drop_unknown is set. Works in chunks of
-        code points (searchsorted over the sorted vocabulary), never a Python list per character.
+        code points (searchsorted over the sorted code points), never a Python list per character.
         """
-        codes = self._codes()
+        codes, order = self._sorted_codes()
         dtype = _storage_dtype(len(self))
         parts, dropped = [], 0
         for start in range(0, len(text), _CHUNK):
@@ -58,7 +64,7 @@ class Vocab:
                     raise ValueError(f"characters not in the vocabulary: {bad!r}")
                 dropped += int((~ok).sum())
                 idx = idx[ok]
-            parts.append(idx.to(dtype))
+            parts.append(order[idx].to(dtype))
         ids = torch.cat(parts) if parts else torch.empty(0, dtype=dtype)
         return ids, dropped
 

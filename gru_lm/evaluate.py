@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -47,6 +48,17 @@ def nll(model, ids: Tensor, num_streams: int = 1, chunk: int = 256, device: torc
 
 def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def measure_all(ckpts: list[Path], file: str | Path | None) -> list[dict]:
+    """measure() for each checkpoint, with a note on stderr for the characters each one's vocabulary lacks."""
+    rows = []
+    for ck in ckpts:
+        rows.append(row := measure(ck, file))
+        if row["unknown"]:
+            print(f"note: {row['file']}: {row['unknown']} characters outside the vocabulary of {ck} were left out: "
+                  f"{row['unknown_chars'][:40]!r}", file=sys.stderr)
+    return rows
 
 
 def measure(ckpt_path: str | Path, file: str | Path | None = None, device: str = "cpu") -> dict:

@@ -187,7 +187,7 @@ def _fmt(v: float) -> str:
     return "NaN" if math.isnan(v) else f"{v:.4g}"
 
 
-def _scale(values: Tensor, by: str) -> dict:
+def legend_scale(values: Tensor, by: str) -> dict:
     """The legend of one quantity: its two ends as text and the gradient bar, from the palette."""
     lo, hi = colour_range(values, by)
     if by == "unit":
@@ -196,7 +196,8 @@ def _scale(values: Tensor, by: str) -> dict:
     return {"lo": f"{lo:.3g}", "hi": f"{hi:.3g}", "gradient": f"linear-gradient(to right, #ffffff, {PALETTE[-1][0]})"}
 
 
-def _series(tr: Trace, unit: int | None) -> dict[str, Tensor]:
+def quantity_series(tr: Trace, unit: int | None) -> dict[str, Tensor]:
+    """Every quantity the trace has, per character: the gates' means, change, surprise, and unit's value."""
     series = {**{name: g.mean(-1) for name, g in tr.gates.items()}, "change": tr.change, "surprise": tr.surprise}
     if unit is not None:
         series["unit"] = tr.units[:, unit]
@@ -211,7 +212,7 @@ def render_html(tr: Trace, by: str, unit: int | None = None, title: str = "gru-l
     colouring when another quantity is chosen and shows the hovered values in a line.
     """
     tr.values(by, unit)  # raises for a quantity this trace lacks
-    series = _series(tr, unit)
+    series = quantity_series(tr, unit)
     index = {name: colour_indexes(v, name) for name, v in series.items()}
     lists = {name: v.tolist() for name, v in series.items()}
     key = {"z": "z", "r": "r", "i": "i", "f": "f", "o": "o", "change": "c", "surprise": "s", "unit": "u"}
@@ -227,7 +228,7 @@ def render_html(tr: Trace, by: str, unit: int | None = None, title: str = "gru-l
     options = "".join(
         f'<option value="{n}"{" selected" if n == by else ""}>'
         f"{html.escape(LABELS[n] + (f' {unit}' if n == 'unit' else ''))}</option>" for n in series)
-    scale = {name: _scale(v, name) for name, v in series.items()}
+    scale = {name: legend_scale(v, name) for name, v in series.items()}
     colours = json.dumps({"palette": PALETTE, "index": index, "scale": scale}).replace("<", "\\u003c")
     return _page(title, meta, _equations(tr), options, scale[by], "".join(spans), colours)
 

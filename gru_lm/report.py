@@ -191,6 +191,12 @@ def write_report(groups: list[Group] | list[Path], out_dir: Path, title: str) ->
     return out_dir / "report.md"
 
 
+def perplexity_json(rows: list[dict]) -> str:
+    """`gru-lm perplexity --json`: a list with one object per checkpoint."""
+    keys = ("checkpoint", "file", "chars", "loss", "perplexity", "bpc", "unknown")
+    return json.dumps([{k: r[k] for k in keys} for r in rows], indent=2)
+
+
 def perplexity_table(rows: list[dict], scored_on: str | None):
     """The rich table of `gru-lm perplexity`: one row per checkpoint."""
     from rich.table import Table

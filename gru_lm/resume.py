@@ -10,10 +10,11 @@ from typing import Any
 from . import checkpoint
 from .config import Settings, resolve
 from .errors import UserError
+from .init_from import StartPoint, fresh_settings
 
 #: Settings a resumed run must share with the run it continues (they shape the model, data or RNG).
 LOCKED_ON_RESUME = ("cell", "reset_after", "hidden_size", "layers", "embed_size", "batch_size", "seq_len",
-                    "val_fraction", "val_file", "eval_chars", "seed")
+                    "val_fraction", "val_file", "eval_chars", "seed", "init_from", "extend_vocab")
 
 #: What a checkpoint must hold, beyond the model, to continue a run from it exactly.
 RESUME_KEYS = ("settings", "optimizer", "step", "epoch", "window", "chars", "elapsed_s", "val_loss", "best_val_loss",
@@ -69,6 +70,16 @@ def resume_settings(point: ResumePoint, config_file: str | Path | None, flags: d
             raise UserError(f"--resume: {key} is {getattr(was, key)!r} in {point.path}; "
                             f"it cannot change to {getattr(settings, key)!r}")
     return settings
+
+
+def run_settings(out_dir: Path, resume: bool, config_file: str | Path | None,
+                 flags: dict[str, Any]) -> tuple[ResumePoint | None, Settings, StartPoint | None]:
+    """What `gru-lm train` runs with: the last.pt it resumes (with --resume, where there is one), the settings,
+    and the checkpoint a new run starts from (init_from.fresh_settings)."""
+    point = load(out_dir) if resume and (Path(out_dir) / "last.pt").exists() else None
+    if point:
+        return point, resume_settings(point, config_file, flags), None
+    return None, *fresh_settings(config_file, flags)
 
 
 def check_processes(point: ResumePoint, world: int) -> None:

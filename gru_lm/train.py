@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, distributed, run_folder
+from . import checkpoint, distributed, init_from, run_folder
 from . import resume as resuming
 from .average import WeightAverage
 from .config import Settings, to_toml
@@ -68,6 +68,7 @@ class Run:
     amp_dtype: torch.dtype | None  # autocast's dtype for --dtype bfloat16 (None: plain float32)
     state: RunState
     saved_step: int | None  # the step last.pt holds (for the message when a loss turns NaN)
+    origin: dict | None = None  # the checkpoint the run started from (--init-from), as its checkpoints record it
     start_s: float = 0.0  # time.perf_counter() when this session's clock started
 
     @property
@@ -81,13 +82,17 @@ class Run:
 
 def train(file: str | Path, settings: Settings, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
           should_stop: Callable[[int], bool] | None = None, progress: bool = True,
-          resume_point: resuming.ResumePoint | None = None) -> TrainResult:
+          resume_point: resuming.ResumePoint | None = None,
+          start_point: init_from.StartPoint | None = None) -> TrainResult:
     """Train (or continue) a character model on file into out_dir; returns where it stopped.
 
-    resume_point is last.pt as the caller already loaded it (else it is loaded here). should_stop(step)
-    is checked after every step: tests use it to interrupt a run exactly as Ctrl-C does.
+    resume_point is last.pt and start_point the checkpoint of settings.init_from, as the caller
+    already loaded them (else they are loaded here; a resumed run never reads init_from again: its
+    last.pt holds everything). should_stop(step) is checked after every step: tests use it to
+    interrupt a run exactly as Ctrl-C does.
     """
     out_dir = Path(out_dir)
+    start = None if resume else _start_point(settings, start_point)
     group = distributed.from_env()
     device = pick_device(settings.device, group.local_rank)
     distributed.init(group, device)
@@ -103,7 +108,7 @@ def train(file: str | Path, settings: Settings, out_dir: str | Path, resume: boo
             distributed.agree(group, claim)
             point = (resume_point or resuming.load(out_dir)) if resume else None
             stop = stack.enter_context(catch_stop_signals())
-            run = _build_run(file, settings, out_dir, point, group, device)
+            run = _build_run(file, settings, out_dir, point, start, group, device)
             return _loop(run, lambda step: stop["stop"] or bool(should_stop and should_stop(step)),
                          Progress(settings, show_bar=progress and group.main, speak=group.main))
     except UserError:
@@ -213,6 +218,8 @@ def snapshot(run: Run) -> dict:
                               distributed.gather_streams(group, state.hidden.detach()).cpu()),
         "rng": rngs[0], "data": run.corpus.source,
     }
+    if run.origin:
+        snap["init_from"] = run.origin
     if run.average:
         snap["train_model"] = run.model.state_dict()
     if group.parallel:
@@ -270,19 +277,34 @@ def _prepare_compute(run: Run) -> None:
 
 # ---- building a run ------------------------------------------------------------------------------
 
+def _start_point(settings: Settings, given: init_from.StartPoint | None) -> init_from.StartPoint | None:
+    """The checkpoint a new run starts from (settings.init_from), checked against the run's shape settings."""
+    if not settings.init_from:
+        return None
+    start = given or init_from.load(settings.init_from)
+    init_from.check_shape(start, {k: (v, "the run's settings") for k, v in settings.to_dict().items()})
+    return start
+
+
 def _build_run(file, settings: Settings, out_dir: Path, point: resuming.ResumePoint | None,
-               group: distributed.Dist, device: torch.device) -> Run:
-    """The data, model, optimiser and state of a run, fresh or restored from last.pt; writes config.toml."""
+               start: init_from.StartPoint | None, group: distributed.Dist, device: torch.device) -> Run:
+    """The data, model, optimiser and state of a run: fresh, from --init-from's weights, or restored from last.pt.
+
+    Writes config.toml.
+    """
     amp_dtype = autocast_dtype(settings.dtype, device)
     streams = distributed.streams(settings.batch_size, group)
     if point:
         resuming.check_processes(point, group.world)
-    corpus = load_corpus(file, settings, Vocab(point.state["vocab"]) if point else None, progress=group.main)
-    if point:
-        resuming.check_same_text(point, corpus.source, file)
-    if settings.fit_to_machine and settings.max_time and not point:
+    vocab = Vocab(point.state["vocab"]) if point else start.vocab if start else None
+    same_text = (lambda source: resuming.check_same_text(point, source, file)) if point else None
+    corpus = load_corpus(file, settings, vocab, progress=group.main, check_source=same_text,
+                         extend_vocab=settings.extend_vocab and start is not None)
+    if settings.fit_to_machine and settings.max_time and not point and not start:
         settings = _fit_to_machine(settings, corpus, group, device, amp_dtype)
-    model, net = build_model(settings, len(corpus.vocab), group, device)
+    model, net = build_model(settings, len(corpus.vocab), group, device, start.state["model"] if start else None)
+    if start and group.main:
+        print(init_from.describe(start, corpus.vocab), file=sys.stderr)
     opt = build_optimizer(model, settings)
     state = RunState()
     if point:
@@ -294,8 +316,9 @@ def _build_run(file, settings: Settings, out_dir: Path, point: resuming.ResumePo
         config_text = f"# resolved settings of this run, trained on {Path(file)}; usable as --config\n" + to_toml(settings.to_dict())
         run_folder.start_files(out_dir, config_text, state.step if point else None)
     batcher = StreamBatcher(corpus.train_ids, settings.batch_size, settings.seq_len, settings.seed)
+    origin = start.record(corpus.vocab) if start else point.state.get("init_from") if point else None
     return Run(settings, group, device, out_dir, corpus, model, net, opt, average, batcher, streams, amp_dtype, state,
-               saved_step=state.step if point else None)
+               saved_step=state.step if point else None, origin=origin)
 
 
 def _fit_to_machine(settings: Settings, corpus: Corpus, group: distributed.Dist, device: torch.device,
@@ -308,13 +331,19 @@ def _fit_to_machine(settings: Settings, corpus: Corpus, group: distributed.Dist,
     return distributed.from_main_object(group, chosen)
 
 
-def build_model(settings: Settings, vocab_size: int, group: distributed.Dist,
-                device: torch.device) -> tuple[CharModel, torch.nn.Module]:
-    """The model from the run's seed (the same initial weights in every process), and its DDP wrapper."""
+def build_model(settings: Settings, vocab_size: int, group: distributed.Dist, device: torch.device,
+                start_weights: dict | None = None) -> tuple[CharModel, torch.nn.Module]:
+    """The model from the run's seed (the same initial weights in every process), and its DDP wrapper.
+
+    start_weights (--init-from) replace the fresh weights, except the rows of characters they lack.
+    """
     torch.manual_seed(settings.seed)
     s = settings
     model = CharModel(ModelConfig(vocab_size, s.cell, s.hidden_size, s.layers, s.embed_size, s.dropout, s.reset_after,
-                                  s.weight_drop)).to(device)
+                                  s.weight_drop))
+    if start_weights is not None:
+        init_from.copy_weights(model, start_weights)
+    model = model.to(device)
     if not group.parallel:
         return model, model
     net = torch.nn.parallel.DistributedDataParallel(

@@ -45,6 +45,7 @@ def inputs(trained_run, tmp_path_factory) -> tuple[Path, Path]:
     (f / "random.bin").write_bytes(random.Random(6).randbytes(4096))
     (f / "latin1.txt").write_bytes("caf\xe9 au lait, ".encode("latin-1") * 50)
     (f / "utf16_bad.txt").write_bytes("To be, or not".encode("utf-16") + b"\x00\xd8")  # a lone high surrogate
+    (f / "snowman.txt").write_text("To be, or not to be: ☃ that is the thing.\n" * 20, encoding="utf-8")  # ☃: new to the run
     (f / "bad.toml").write_text("hidden_sise = 3\n")
     (f / "badtype.toml").write_text('layers = "two"\n')
 
@@ -107,6 +108,15 @@ CASES = {
                                         ["already holds a run"]),
     "output folder cannot be made": (["train", "{corpus}", "--out", "{files}/short.txt/run"],
                                      ["short.txt/run", "cannot create the output folder"]),
+    # fine-tuning: nothing is written, and the checkpoint started from is untouched
+    "--init-from a missing checkpoint": (["train", "{corpus}", "--init-from", "{files}/missing.pt"],
+                                         ["missing.pt", "no such checkpoint"]),
+    "--init-from changing the model": (["train", "{corpus}", "--config", SMOKE, "--init-from", "{run}/best.pt",
+                                        "--hidden-size", "64"], ["--init-from", "hidden_size is 32", "not 64 (--hidden-size)"]),
+    "--init-from with characters the model has never seen": (
+        ["train", "{files}/snowman.txt", "--config", SMOKE, "--init-from", "{run}/best.pt"],
+        ["snowman.txt", "characters the checkpoint's model has never seen: '☃' ×18;", "--extend-vocab"]),
+    "--extend-vocab without --init-from": (["train", "{corpus}", "--extend-vocab"], ["extend-vocab", "--init-from"]),
     # sampling options
     "prime outside the vocabulary": (["sample", "{run}/best.pt", "--prime", "snow☃"], ["best.pt", "never seen", "☃"]),
     "temperature < 0": (["sample", "{run}/best.pt", "--temperature", "-1"], ["--temperature"]),
@@ -114,6 +124,11 @@ CASES = {
     "top-p = 0": (["sample", "{run}/best.pt", "--top-p", "0"], ["--top-p", "(0, 1]"]),
     "top-p > 1": (["sample", "{run}/best.pt", "--top-p", "1.5"], ["--top-p", "(0, 1]"]),
     "length < 0": (["sample", "{run}/best.pt", "--length", "-5"], ["--length"]),
+    "--beam with --temperature": (["sample", "{run}/best.pt", "--beam", "4", "--temperature", "0.5"],
+                                  ["--beam", "takes no --temperature"]),
+    "--beam 0": (["sample", "{run}/best.pt", "--beam", "0"], ["--beam must be from 1"]),
+    "--length-norm without --beam": (["sample", "{run}/best.pt", "--length-norm", "1"], ["--length-norm", "--beam K"]),
+    "--stop outside the vocabulary": (["sample", "{run}/best.pt", "--beam", "2", "--stop", "☃"], ["--stop", "never seen"]),
     # checkpoints
     "missing checkpoint": (["sample", "{files}/missing.pt"], ["missing.pt", "no such checkpoint"]),
     "text file as checkpoint": (["sample", "{files}/short.txt"], ["short.txt", "not a readable checkpoint"]),
