@@ -98,6 +98,14 @@ GRIDS: dict[str, list[dict]] = {
         {"hidden_size": 512, "layers": 2, "dropout": 0.3, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
          "ema_decay": 0.998, "weight_decay": 0.1, "weight_drop": 0.15},
     ],
+    "lstm300": [  # LSTMs for the 5-minute comparison of the three cells, with the GRU's recipe
+        {"hidden_size": 512, "layers": 1, "dropout": 0.2, "lr": 0.005, "min_lr": 1e-05, "weight_decay": 0.1,
+         "ema_decay": 0.995},
+        {"hidden_size": 384, "layers": 1, "dropout": 0.1, "lr": 0.007, "min_lr": 1e-05, "weight_decay": 0.1,
+         "ema_decay": 0.995},
+        {"hidden_size": 384, "layers": 2, "dropout": 0.2, "lr": 0.004, "min_lr": 1e-05, "weight_decay": 0.1,
+         "ema_decay": 0.995},
+    ],
 }
 
 
@@ -128,16 +136,18 @@ def main() -> None:
     ap.add_argument("--grid", choices=sorted(GRIDS), help="a named list of points")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one ad-hoc point (repeat keys)")
     ap.add_argument("--cell", default="gru", choices=["gru", "lstm", "rnn"])
-    ap.add_argument("--candidates", action="store_true",
-                    help="the size candidates of gru_lm/sizes.json (what bench/fit_sizes.py fits)")
+    ap.add_argument("--candidates", nargs="*", default=None, metavar="NAME",
+                    help="the size candidates of gru_lm/sizes.json (what bench/fit_sizes.py fits): all, or these")
     ap.add_argument("--again", action="store_true",
                     help="measure points already in the results again (machines drift from day to day: "
                     "compare points measured the same day)")
     args = ap.parse_args()
     points = list(GRIDS[args.grid]) if args.grid else []
     names: dict[int, str] = {}
-    if args.candidates:
+    if args.candidates is not None:
         for c in load_table()[1]:
+            if args.candidates and c.name not in args.candidates:
+                continue
             names[len(points)] = c.name
             points.append(dict(c.settings))
     if args.set:

@@ -1,4 +1,5 @@
-"""Bad input through the real command line (`python -m gru_lm`, a fresh process per case).
+"""Bad input through the real command line (`gru_lm.cli.main()` in a fresh process per case, forked from a
+warm interpreter: conftest.WarmCLI).
 
 Every mistake a user can make with a file, a flag or a checkpoint must end the same way: exit code 2,
 exactly one line on stderr (`gru-lm: error: ...`) naming the problem and the file, no traceback,
@@ -144,10 +145,10 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_user_mistake_gets_one_line_exit_2_and_changes_nothing(case, sandbox, inputs):
+def test_user_mistake_gets_one_line_exit_2_and_changes_nothing(case, sandbox, inputs, warm, tmp_path_factory):
     args, words = CASES[case]
     before = _tree(sandbox["root"])
-    r = gru_lm(*[a.format(**sandbox) for a in args], cwd=sandbox["root"])
+    r = warm.run(*[a.format(**sandbox) for a in args], cwd=sandbox["root"], tmp=tmp_path_factory.mktemp("logs"))
     assert_user_error(r, *[w.format(**sandbox) for w in words])
     assert r.stdout == ""
     assert _tree(sandbox["root"]) == before  # no partial run folder, no empty runs/, checkpoints byte for byte

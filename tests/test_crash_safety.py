@@ -1,10 +1,9 @@
 """Crash safety: SIGKILL at random moments (checkpoint writes included), Ctrl-C, two trainings at once.
 
 Twenty kills cost twenty process starts, and a fresh `python -m gru_lm` spends seconds importing
-torch before it does anything; so the processes killed here are forked from one interpreter that
-has imported gru_lm (and torch) once and done nothing else: each child runs the real command line,
-`gru_lm.cli.main()` with its argv, from the first line of the CLI, and is killed with a real
-SIGKILL. The final resume and the second of two concurrent trainings are fresh `python -m gru_lm`
+torch before it does anything; so the processes killed here are forked from one warm interpreter
+(conftest.WarmCLI): each child runs the real command line, `gru_lm.cli.main()` with its argv, from
+the first line of the CLI, and is killed with a real SIGKILL. The final resume and the second of two concurrent trainings are fresh `python -m gru_lm`
 processes, as a user runs them.
 """
 
@@ -26,96 +25,7 @@ import torch
 from gru_lm import checkpoint
 from gru_lm.train import train
 
-from .conftest import CLI_ENV, SMOKE, assert_user_error, gru_lm
-
-_SERVER = r"""
-import json, os, sys, traceback
-import gru_lm.cli, gru_lm.train  # what a training imports, imported once; nothing else runs before fork
-os.write(1, b"ready\n")
-while True:
-    line = sys.stdin.readline()
-    if not line:
-        break
-    req = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.dup2(log, 1)
-            os.dup2(log, 2)
-            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-            os.chdir(req["cwd"])
-            sys.argv = ["gru-lm", *req["args"]]
-            gru_lm.cli.main()
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
-    os.write(1, f"{pid}\n".encode())
-    _, status = os.waitpid(pid, 0)
-    os.write(1, f"{status}\n".encode())
-"""
-
-
-class WarmCLI:
-    """Starts `gru-lm ARGS` processes forked from a warm interpreter; one at a time, or two (see start)."""
-
-    def __init__(self) -> None:
-        self.server = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, env=CLI_ENV)
-        assert self._line(120) == "ready"
-
-    def _line(self, timeout: float) -> str:
-        """One line from the server, read byte by byte so nothing waits unseen in a buffer."""
-        out, fd, deadline = b"", self.server.stdout.fileno(), time.monotonic() + timeout
-        while not out.endswith(b"\n"):
-            if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                raise TimeoutError("the warm gru-lm server did not answer")
-            ch = os.read(fd, 1)
-            assert ch, "the warm gru-lm server died"
-            out += ch
-        return out.decode().strip()
-
-    def start(self, *args, cwd: Path, log: Path) -> int:
-        """Fork a child running `gru-lm ARGS`; returns a pidfd for it (signals through it cannot hit a reused pid)."""
-        req = {"args": [str(a) for a in args], "cwd": str(cwd), "log": str(log)}
-        self.server.stdin.write((json.dumps(req) + "\n").encode())
-        self.server.stdin.flush()
-        pid = int(self._line(60))
-        return os.pidfd_open(pid)
-
-    def running(self) -> bool:
-        """Whether the child has not ended yet (the server reports its status only once it has reaped it)."""
-        return not select.select([self.server.stdout.fileno()], [], [], 0)[0]
-
-    def signal(self, pidfd: int, sig: int) -> None:
-        signal.pidfd_send_signal(pidfd, sig)
-
-    def wait(self, pidfd: int, timeout: float = 120) -> int:
-        """The child's exit code (-9 when killed by SIGKILL)."""
-        status = int(self._line(timeout))
-        os.close(pidfd)
-        return os.waitstatus_to_exitcode(status)
-
-    def close(self) -> None:
-        self.server.stdin.close()
-        self.server.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def warm():
-    cli = WarmCLI()
-    yield cli
-    cli.close()
-
+from .conftest import SMOKE, WarmCLI, assert_user_error, gru_lm
 
 def _wait_for(condition, what: str, warm: WarmCLI, timeout: float = 60, poll: float = 0.001) -> None:
     deadline = time.monotonic() + timeout
