@@ -37,6 +37,8 @@ class Settings:
     fit_to_machine: bool = setting(False, "With --max-time: before the clock starts, measure this machine's speed for "
                                    "the candidate sizes of gru_lm/sizes.json and train the one predicted best for the "
                                    "characters it will see (docs/results.md). --hidden-size or --layers switch it off.")
+    fit_candidates: str = setting("", "With fit_to_machine: the candidates to choose from, by name, comma-separated "
+                                  "(a config lists the recipes made for its budget); empty: all of sizes.json.")
     # where the weights start (a fresh run otherwise)
     init_from: str = setting("", "Start from this checkpoint's weights (not its optimiser, step or schedule): "
                              "fine-tuning on FILE with the checkpoint's model and vocabulary.")
@@ -138,6 +140,10 @@ def validate(settings: Settings) -> Settings:
     if settings.lr == 0:
         raise UserError("lr must be greater than 0")
     check_seed(settings.seed, "seed")
+    if settings.fit_candidates:
+        from .sizes import check_names
+
+        check_names(settings.fit_candidates)
     return settings
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .config import Settings, resolve
 from .data import StreamBatcher
+from .errors import UserError
 from .kernels import compiled
 from .machine import cpu_model, isa_level
 from .memory import keep_freed_memory
@@ -46,10 +47,20 @@ class Candidate:
         return f"{self.settings['layers']} × {self.settings['hidden_size']}"
 
 
-def load_table(path: Path = TABLE) -> tuple[float, list[Candidate]]:
-    """The exponent α and the candidates, as bench/fit_sizes.py wrote them."""
-    table = json.loads(path.read_text())
-    return table["alpha"], [Candidate(c["name"], c["settings"], c["a"], c["b"]) for c in table["candidates"]]
+def load_table(path: Path | None = None, names: str = "") -> tuple[float, list[Candidate]]:
+    """The exponent α and the candidates (those named, comma-separated, or all), as bench/fit_sizes.py wrote them."""
+    table = json.loads((path or TABLE).read_text())
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    found = [Candidate(c["name"], c["settings"], c["a"], c["b"]) for c in table["candidates"]]
+    return table["alpha"], [c for c in found if not wanted or c.name in wanted]
+
+
+def check_names(names: str) -> None:
+    """Every name in the comma-separated list is a candidate of sizes.json, or UserError."""
+    known = {c.name for c in load_table()[1]}
+    unknown = [n.strip() for n in names.split(",") if n.strip() and n.strip() not in known]
+    if unknown:
+        raise UserError(f"fit_candidates: {', '.join(unknown)} not in {TABLE.name} (known: {', '.join(sorted(known))})")
 
 
 def candidate_settings(base: Settings, candidate: Candidate) -> Settings:
@@ -96,7 +107,7 @@ def fit_to_machine(settings: Settings, vocab_size: int, train_ids: torch.Tensor,
     if device.type == "cpu":
         compiled()
     keep_freed_memory()
-    alpha, candidates = load_table(table or TABLE)
+    alpha, candidates = load_table(table, settings.fit_candidates)
     rates = [measure_rate(candidate_settings(settings, c), vocab_size, train_ids, device, amp_dtype) for c in candidates]
     (loss, best, rate), *rest = choose(candidates, rates, settings.max_time, alpha)
     budget = settings.max_time * TRAINING_SHARE

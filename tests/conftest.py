@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,9 @@ from gru_lm.config import resolve  # noqa: E402
 from gru_lm.train import train  # noqa: E402
 
 SMOKE = str(ROOT / "configs" / "smoke.toml")
+#: The page tests need Debian's chromium; CI installs it (.ci/run), so there a missing browser fails them.
+needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CI"),
+                                    reason="chromium is not installed (CI installs it)")
 CLI_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
 
 

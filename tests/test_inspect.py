@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -21,7 +20,7 @@ from gru_lm.gates import Trace, text_features, top_units, trace
 from gru_lm.gates_view import PALETTE, render_html, render_terminal
 from gru_lm.model import CharModel, ModelConfig
 
-from .conftest import ROOT
+from .conftest import ROOT, needs_chromium
 
 TEXT = 'THIS is <b> & "bold"\nOh, ha!\n'
 VOCAB = "".join(sorted(set(TEXT)))  # sorted by code point, as the training vocabulary is
@@ -285,7 +284,7 @@ def test_cli_inspect_rnn_has_no_gates_and_missing_checkpoint(tmp_path, monkeypat
     assert code == 2 and "no such checkpoint" in err
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+@needs_chromium
 def test_html_page_opens_in_headless_chromium(tmp_path):
     page = tmp_path / "page.html"
     page.write_text(render_html(trace(tiny_model(), Vocab(VOCAB), TEXT * 4), "z"), encoding="utf-8")

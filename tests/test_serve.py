@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +25,7 @@ from gru_lm.model import CharModel, ModelConfig
 from gru_lm.sample import generate
 from gru_lm.serve import MAX_LENGTH, MAX_PRIME, open_server
 
-from .conftest import CLI_ENV
+from .conftest import CLI_ENV, needs_chromium
 
 VOCAB = Vocab("\n !',.:;?ABEILMORTUabcdefghiklmnoprstuwy")
 
@@ -212,7 +211,7 @@ def test_cli_serves_until_ctrl_c_even_in_the_middle_of_streams(ckpts):
     assert proc.returncode == 0 and err == "stopped\n", err  # no traceback, no abort of a thread inside torch
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
+@needs_chromium
 def test_the_page_continues_a_prime_in_headless_chromium(server, tmp_path):
     url = f"http://127.0.0.1:{server.server_address[1]}/?" + urlencode(
         {"prime": "ROMEO:", "auto": 1, "length": 60, "seed": 4, "temperature": 0.9, "top_p": 1, "by": "surprise"})
