@@ -1,5 +1,5 @@
 """Large corpora: encode throughput of `gru-lm prepare`, and peak resident memory of it and of `gru-lm train`
-on the prepared folder, for a large and a small synthetic corpus (issue #7).
+on the prepared folder, for a large and a small synthetic corpus.
 
     python bench/large_corpus.py                      # 200 MB and 2 MB corpora, 100 training steps each
     python bench/large_corpus.py --mb 50 --steps 20   # quicker

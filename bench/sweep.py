@@ -103,8 +103,6 @@ GRIDS: dict[str, list[dict]] = {
          "ema_decay": 0.995},
         {"hidden_size": 384, "layers": 1, "dropout": 0.1, "lr": 0.007, "min_lr": 1e-05, "weight_decay": 0.1,
          "ema_decay": 0.995},
-        {"hidden_size": 384, "layers": 2, "dropout": 0.2, "lr": 0.004, "min_lr": 1e-05, "weight_decay": 0.1,
-         "ema_decay": 0.995},
     ],
 }
 

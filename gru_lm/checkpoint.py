@@ -1,4 +1,4 @@
-"""Checkpoints: one weights_only-loadable file, written atomically (SPEC §4)."""
+"""Checkpoints: one weights_only-loadable file, written atomically."""
 
 from __future__ import annotations
 
