@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -107,7 +106,11 @@ def main() -> None:
     ratio = large["train_peak_mib"] / small["train_peak_mib"]
     import torch
 
-    head = (f"{time.strftime('%Y-%m-%d')}, {platform.machine()} with {os.cpu_count()} cores, torch {torch.__version__}; "
+    sys.path.insert(0, str(ROOT))
+    from gru_lm.machine import cpu_model, isa_level
+
+    head = (f"{time.strftime('%Y-%m-%d')}, {cpu_model()} (ISA level {isa_level()}), {os.cpu_count()} cores, "
+            f"torch {torch.__version__}; "
             f"`python bench/large_corpus.py --mb {args.mb:g} --small-mb {args.small_mb:g} --steps {args.steps}"
             f"{' --raw' if args.raw else ''}`")
     cols = ["mb", "chars", "distinct", "dtype", "prepare_s", "encode_mb_s", "prepare_peak_mib", "train_steps",

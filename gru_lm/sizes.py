@@ -43,6 +43,10 @@ class Candidate:
     def loss(self, chars: float, alpha: float) -> float:
         return self.a + self.b * (max(chars, 1.0) / 1e6) ** (-alpha)
 
+    def fitted(self) -> bool:
+        """False for a candidate added to sizes.json whose curve bench/fit_sizes.py has not fitted yet (a = b = 0)."""
+        return (self.a, self.b) != (0.0, 0.0)
+
     def label(self) -> str:
         return f"{self.settings['layers']} × {self.settings['hidden_size']}"
 
@@ -107,7 +111,10 @@ def fit_to_machine(settings: Settings, vocab_size: int, train_ids: torch.Tensor,
     if device.type == "cpu":
         compiled()
     keep_freed_memory()
-    alpha, candidates = load_table(table, settings.fit_candidates)
+    alpha, named = load_table(table, settings.fit_candidates)
+    candidates = [c for c in named if c.fitted()]
+    if not candidates:
+        return settings, f"fit to this machine: no fitted candidate among {settings.fit_candidates!r}; the config's size"
     rates = [measure_rate(candidate_settings(settings, c), vocab_size, train_ids, device, amp_dtype) for c in candidates]
     (loss, best, rate), *rest = choose(candidates, rates, settings.max_time, alpha)
     budget = settings.max_time * TRAINING_SHARE

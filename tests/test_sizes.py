@@ -38,6 +38,21 @@ def _table(tmp_path):
     return path
 
 
+def test_a_candidate_without_a_fitted_curve_is_never_chosen(corpus, tmp_path, monkeypatch):
+    table = json.loads(_table(tmp_path).read_text())
+    table["candidates"][0]["b"] = 0.5  # "tiny" fitted (1 + ...); "small" left as a placeholder (a = b = 0)
+    table["candidates"][1]["a"] = 0.0
+    (tmp_path / "sizes.json").write_text(json.dumps(table))
+    s = resolve(SMOKE, {"fit_to_machine": True, "max_time": 60.0})
+    train_ids = torch.randint(0, 10, (5000,))
+    chosen, line = sizes.fit_to_machine(s, 10, train_ids, torch.device("cpu"), None, tmp_path / "sizes.json")
+    assert (chosen.hidden_size, chosen.layers) == (16, 1) and "tiny" in line
+    table["candidates"][0].update(a=0.0, b=0.0)
+    (tmp_path / "sizes.json").write_text(json.dumps(table))
+    kept, line = sizes.fit_to_machine(s, 10, train_ids, torch.device("cpu"), None, tmp_path / "sizes.json")
+    assert kept == s and "no fitted candidate" in line
+
+
 def test_a_fitted_run_records_its_choice_and_a_given_size_wins(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(sizes, "TABLE", _table(tmp_path))
     s = resolve(SMOKE, {"fit_to_machine": True, "max_time": 2.0, "max_steps": 5})

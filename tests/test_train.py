@@ -60,6 +60,8 @@ def test_shipped_configs_are_valid():
                      ("shakespeare_30min", "shakespeare_rnn_30min"), ("shakespeare_gru", "shakespeare_rnn")):
         g, r = configs[gru], configs[rnn]
         assert (g.cell, r.cell, g.max_time, g.layers, g.dropout) == ("gru", "rnn", r.max_time, r.layers, r.dropout)
+    lstm = configs["shakespeare_lstm_5min"]  # the third cell of the 5-minute comparison, on the same budget
+    assert (lstm.cell, lstm.max_time, lstm.val_fraction) == ("lstm", configs["shakespeare_5min"].max_time, 0.1)
 
 
 def test_learning_rate_warms_up_then_decays():
