@@ -68,3 +68,16 @@ def build_target() -> str:
 def describe() -> str:
     """One line for a benchmark's header: the CPU, its level, and the cores this process may use."""
     return f"{cpu_model()} ({isa_level()}), {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
+
+
+def describe(device: str = "cpu", bfloat16: bool = False) -> str:
+    """One line naming where a figure was measured, as checkpoints and reports record it:
+    the processor and its ISA level (or the GPU), the dtype of the products and torch's version."""
+    import torch
+
+    where = f"{cpu_model()} ({isa_level()})"
+    if device == "cuda" and torch.cuda.is_available():
+        where = torch.cuda.get_device_name()
+    elif device == "mps":
+        where = f"{platform.machine()} with MPS"
+    return f"{where}, {'bfloat16' if bfloat16 else 'float32'}, torch {torch.__version__}"

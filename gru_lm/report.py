@@ -46,6 +46,7 @@ def summarize(run_dir: Path) -> dict:
         "params": params, "seed": state.get("settings", {}).get("seed"), "steps": last["step"], "chars": last["chars"],
         "wall_s": last["elapsed_s"], "train_loss": last["train_loss"], "val_loss": val, "perplexity": math.exp(val),
         "bpc": val / math.log(2), "chars_per_s": last["chars"] / max(last["elapsed_s"], 1e-9),
+        "machine": state.get("machine", "not recorded (a run from before checkpoints named their machine)"),
     }
 
 
@@ -182,6 +183,7 @@ def write_report(groups: list[Group] | list[Path], out_dir: Path, title: str) ->
     if any(len(g.runs) > 1 for g in groups):
         text += "\n" + groups_table(groups, rows) + "\n" + pairs_table(groups, rows)
     text += _gru_against_rnn(groups, rows)
+    text += _machines([r for g in groups for r in rows[g.name]], names)
     text += ("\nLosses in nats per character; validation as during training (the validation split, at most its "
              "first eval_chars characters, in eval_streams contiguous streams, each from a zero state; 32 and "
              "1,000,000 by default); `gru-lm perplexity` gives the exact single-stream figure. Intervals are "
@@ -189,6 +191,14 @@ def write_report(groups: list[Group] | list[Path], out_dir: Path, title: str) ->
              "\n![validation loss against wall time and characters seen](loss.png)\n")
     (out_dir / "report.md").write_text(text)
     return out_dir / "report.md"
+
+
+def _machines(summaries: list[dict], names: list[str]) -> str:
+    """Where the runs were trained: one line if they all share a machine, else one per run."""
+    machines = [s["machine"] for s in summaries]
+    if len(set(machines)) == 1:
+        return f"\nTrained on: {machines[0]}.\n"
+    return "\nTrained on:\n\n" + "".join(f"- {n}: {m}\n" for n, m in zip(names, machines))
 
 
 def perplexity_json(rows: list[dict]) -> str:

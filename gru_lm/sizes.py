@@ -118,7 +118,7 @@ def fit_to_machine(settings: Settings, vocab_size: int, train_ids: torch.Tensor,
     rates = [measure_rate(candidate_settings(settings, c), vocab_size, train_ids, device, amp_dtype) for c in candidates]
     (loss, best, rate), *rest = choose(candidates, rates, settings.max_time, alpha)
     budget = settings.max_time * TRAINING_SHARE
-    others = "; ".join(f"{c.label()} {r / 1000:.1f}k chars/s → {p:.3f}" for p, c, r in rest)
+    others = "; ".join(f"{c.label()} ({c.name}) {r / 1000:.1f}k chars/s → {p:.3f}" for p, c, r in rest)
     dtype = "bfloat16" if amp_dtype == torch.bfloat16 else "float32"
     line = (f"fit to this machine ({cpu_model()}, {isa_level()}, {dtype}): {best.label()} ({best.name}) at "
             f"{rate / 1000:.1f}k chars/s sees ~{rate * budget / 1e6:.1f}M characters in {settings.max_time:.0f} s, "

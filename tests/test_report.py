@@ -7,8 +7,10 @@ import math
 import shutil
 
 import pytest
+import torch
 
 from gru_lm.errors import UserError
+from gru_lm.machine import cpu_model, isa_level
 from gru_lm.report import markdown_table, summarize, write_report
 from gru_lm.train import train
 
@@ -32,6 +34,7 @@ def test_report_compares_gru_and_rnn(corpus, smoke, trained_run, tmp_path):
     report = write_report([trained_run, rnn], tmp_path / "report", "smoke")
     text = report.read_text()
     assert "| gru |" in text and "| rnn |" in text and "Best GRU against best RNN" in text
+    assert f"Trained on: {cpu_model()} ({isa_level()}), float32, torch {torch.__version__}." in text  # both runs here
     png = (tmp_path / "report" / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
