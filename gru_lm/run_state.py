@@ -19,7 +19,7 @@ class RunState:
     epoch: int = 0  # passes over the training text
     window: int = 0  # the next window of this epoch
     chars: int = 0  # characters trained on, by all processes
-    elapsed_s: float = 0.0  # wall time before this session (a resumed run's earlier sessions)
+    elapsed_s: float = 0.0  # wall time of the run before this process took it up (a resumed run's earlier parts)
     val_loss: float = math.nan  # the latest validation loss
     best_val_loss: float = math.inf
     loss_sum: float = 0.0  # training losses since the last metrics line, and how many

@@ -70,7 +70,7 @@ class Run:
     state: RunState
     saved_step: int | None  # the step last.pt holds (for the message when a loss turns NaN)
     origin: dict | None = None  # the checkpoint the run started from (--init-from), as its checkpoints record it
-    start_s: float = 0.0  # time.perf_counter() when this session's clock started
+    start_s: float = 0.0  # time.perf_counter() when this process's part of the run started
 
     @property
     def eval_model(self) -> CharModel:
