@@ -107,10 +107,9 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from gru_lm.machine import cpu_model, isa_level
+    from gru_lm.machine import cpu_summary
 
-    head = (f"{time.strftime('%Y-%m-%d')}, {cpu_model()} (ISA level {isa_level()}), {os.cpu_count()} cores, "
-            f"torch {torch.__version__}; "
+    head = (f"{time.strftime('%Y-%m-%d')}, {cpu_summary()}, torch {torch.__version__}; "
             f"`python bench/large_corpus.py --mb {args.mb:g} --small-mb {args.small_mb:g} --steps {args.steps}"
             f"{' --raw' if args.raw else ''}`")
     cols = ["mb", "chars", "distinct", "dtype", "prepare_s", "encode_mb_s", "prepare_peak_mib", "train_steps",

@@ -65,12 +65,12 @@ def build_target() -> str:
     return "x86-64-v2" if _V2 <= flags else "x86-64"
 
 
-def describe() -> str:
+def cpu_summary() -> str:
     """One line for a benchmark's header: the CPU, its level, and the cores this process may use."""
     return f"{cpu_model()} ({isa_level()}), {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
 
 
-def describe(device: str = "cpu", bfloat16: bool = False) -> str:
+def trained_on(device: str = "cpu", bfloat16: bool = False) -> str:
     """One line naming where a figure was measured, as checkpoints and reports record it:
     the processor and its ISA level (or the GPU), the dtype of the products and torch's version."""
     import torch

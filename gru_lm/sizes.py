@@ -108,13 +108,13 @@ def fit_to_machine(settings: Settings, vocab_size: int, train_ids: torch.Tensor,
                    amp_dtype: torch.dtype | None, table: Path | None = None) -> tuple[Settings, str]:
     """The candidate predicted best for the characters this machine affords in settings.max_time,
     and one line that says what was picked and why."""
-    if device.type == "cpu":
-        compiled()
-    keep_freed_memory()
     alpha, named = load_table(table, settings.fit_candidates)
     candidates = [c for c in named if c.fitted()]
     if not candidates:
         return settings, f"fit to this machine: no fitted candidate among {settings.fit_candidates!r}; the config's size"
+    if device.type == "cpu":
+        compiled()
+    keep_freed_memory()
     rates = [measure_rate(candidate_settings(settings, c), vocab_size, train_ids, device, amp_dtype) for c in candidates]
     (loss, best, rate), *rest = choose(candidates, rates, settings.max_time, alpha)
     budget = settings.max_time * TRAINING_SHARE

@@ -31,7 +31,7 @@ from .device import autocast_dtype, pick_device, rng_state, set_rng_state
 from .errors import UserError
 from .evaluate import nll
 from .kernels import compiled
-from .machine import describe
+from .machine import trained_on
 from .memory import keep_freed_memory
 from .model import CharModel, ModelConfig
 from .progress import Progress
@@ -218,7 +218,7 @@ def snapshot(run: Run) -> dict:
         **state.to_checkpoint(run.elapsed(), distributed.mean_of(group, state.loss_sum, run.device),
                               distributed.gather_streams(group, state.hidden.detach()).cpu()),
         "rng": rngs[0], "data": run.corpus.source,
-        "machine": describe(run.device.type, run.amp_dtype == torch.bfloat16),
+        "machine": trained_on(run.device.type, run.amp_dtype == torch.bfloat16),
     }
     if run.origin:
         snap["init_from"] = run.origin
