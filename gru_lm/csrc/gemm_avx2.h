@@ -8,13 +8,11 @@
 // and for each k loads 3 vectors of the panel and broadcasts 4 values of A: 12 FMAs per 7 loads.
 #pragma once
 
-#include <ATen/Parallel.h>
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -68,22 +66,6 @@ inline void panel_rows(int64_t B, int64_t K, const float* A, int64_t lda, const 
   int64_t b = 0;
   for (; b + kRows <= B; b += kRows) micro_kernel<kRows, NV, ACC>(K, A + b * lda, lda, 1, P, C + b * ldc, ldc);
   rows_left<NV, ACC>(B - b, K, A + b * lda, lda, 1, P, C + b * ldc, ldc);
-}
-
-// One packed panel (8, 16 or 24 columns) against a packed (K × 4) block of 1-4 rows of A.
-template <bool ACC>
-inline void panel_block(int64_t rows, int64_t nr, int64_t K, const float* Ap, const float* P, float* C, int64_t ldc) {
-  if (rows == kRows) {
-    if (nr == 24) micro_kernel<kRows, 3, ACC>(K, Ap, 1, kRows, P, C, ldc);
-    else if (nr == 16) micro_kernel<kRows, 2, ACC>(K, Ap, 1, kRows, P, C, ldc);
-    else micro_kernel<kRows, 1, ACC>(K, Ap, 1, kRows, P, C, ldc);
-  } else if (nr == 24) {
-    rows_left<3, ACC>(rows, K, Ap, 1, kRows, P, C, ldc);
-  } else if (nr == 16) {
-    rows_left<2, ACC>(rows, K, Ap, 1, kRows, P, C, ldc);
-  } else {
-    rows_left<1, ACC>(rows, K, Ap, 1, kRows, P, C, ldc);
-  }
 }
 
 // A float buffer aligned to 32 bytes for the packed panels (vector loads of 8 floats).
@@ -157,41 +139,5 @@ class PackedColumns {
   std::vector<Run> runs_;
   AlignedFloats buffer_;
 };
-
-// C (M×N) = Aᵀ S for A (K×M, rows lda apart) and S (K×N, rows lds apart), N a multiple of 8: the weight
-// gradient of a window, Σ over its T·B rows of (gate gradient)ᵀ (previous state). The threads split the
-// columns. For each block of kc rows of K a thread packs its columns of S into panels (kept in L2) and,
-// block of 4 rows of C at a time, the matching 4 columns of A (in L1), then runs the micro-kernel.
-inline void gemm_at_b(int64_t K, int64_t M, int64_t N, const float* A, int64_t lda, const float* S, int64_t lds,
-                      float* C, int64_t ldc) {
-  constexpr int64_t kc = 256;
-  const int64_t blocks = N / 8;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    const int64_t n0 = 8 * b0, width = 8 * (b1 - b0);
-    AlignedFloats panels(kc * width), a_block(kc * kRows);
-    for (int64_t k0 = 0; k0 < K; k0 += kc) {
-      const int64_t kn = std::min(kc, K - k0);
-      float* out = panels.p;  // S[k0:k0+kn, n0:n0+width] as panels of kPanel columns
-      for (int64_t c0 = 0; c0 < width; c0 += kPanel) {
-        const int64_t nr = std::min<int64_t>(kPanel, width - c0);
-        for (int64_t k = 0; k < kn; ++k) std::memcpy(out + k * nr, S + (k0 + k) * lds + n0 + c0, nr * sizeof(float));
-        out += kn * nr;
-      }
-      for (int64_t m = 0; m < M; m += kRows) {
-        const int64_t rows = std::min<int64_t>(kRows, M - m);
-        for (int64_t k = 0; k < kn; ++k)  // Aᵀ's rows m.. as a (kn × 4) block
-          for (int64_t r = 0; r < kRows; ++r) a_block.p[k * kRows + r] = r < rows ? A[(k0 + k) * lda + m + r] : 0.0f;
-        const float* P = panels.p;
-        for (int64_t c0 = 0; c0 < width; c0 += kPanel) {
-          const int64_t nr = std::min<int64_t>(kPanel, width - c0);
-          float* Ct = C + m * ldc + n0 + c0;
-          if (k0 == 0) panel_block<false>(rows, nr, kn, a_block.p, P, Ct, ldc);
-          else panel_block<true>(rows, nr, kn, a_block.p, P, Ct, ldc);
-          P += kn * nr;
-        }
-      }
-    }
-  });
-}
 
 }  // namespace gru_lm

@@ -7,7 +7,11 @@
 // weight at every step, from its own cache. Per step it computes its units' gates for all B rows, the
 // element-wise pass for those units, and waits at a barrier: the next step's product needs the whole
 // new state. The backward owns units the same way: its element-wise pass gives the gate gradients of
-// its units, a barrier, then the product that carries the state gradient back to its units.
+// its units, a barrier, then the product that carries the state gradient back to its units. That
+// product reads the gate gradients of all units but writes only the part's own units, which are all
+// that the part's next element-wise pass reads; so the product opens the next step instead of closing
+// this one, and a step of the backward needs one barrier (the GRU with reset before the product, two),
+// over T + 1 steps: the last one is the product for the initial state alone.
 #include <torch/extension.h>
 
 #include <vector>
@@ -50,16 +54,18 @@ void pack_backward(PackedColumns& packed, const float* W, int64_t H, int64_t row
   packed.pack(rows, {{j0, j1 - j0}}, [&](int64_t k, int64_t n) { return W[(row0 + k) * H + n]; });
 }
 
-// Rows row0.. of dW (rows of them) = Σ over the T·B rows of dA[:, col0:col0+rows]ᵀ · prev, for dA with
-// `width` columns per row and prev (T·B × H): the recurrent weight gradient of a window.
-void weight_gradient_into(Tensor& dW, int64_t row0, const Tensor& dA, int64_t width, int64_t col0, int64_t rows,
-                          const float* prev, int64_t TB, int64_t H) {
-  gemm_at_b(TB, rows, H, dA.data_ptr<float>() + col0, width, prev, H, dW.data_ptr<float>() + row0 * H, H);
+// Rows row0.. of dW (rows of them) = Σ over the window's T·B rows of dA[:, col0:col0+rows]ᵀ · prev, for
+// dA (T×B×width) and prev (T·B × H, its first T·B rows): the recurrent weight gradient of a window, one
+// large product that the BLAS does well (it is not on the step-by-step path).
+void weight_gradient_into(Tensor& dW, int64_t row0, const Tensor& dA, int64_t col0, int64_t rows, const Tensor& prev) {
+  const int64_t TB = dA.size(0) * dA.size(1), H = dW.size(1);
+  Tensor into = dW.narrow(0, row0, rows);
+  at::mm_out(into, dA.view({TB, -1}).narrow(1, col0, rows).t(), prev.view({-1, H}).narrow(0, 0, TB));
 }
 
-Tensor weight_gradient(const Tensor& dA, int64_t width, int64_t col0, int64_t rows, const Tensor& out, int64_t H) {
-  Tensor dW = at::empty({rows, H}, dA.options());
-  weight_gradient_into(dW, 0, dA, width, col0, rows, out.data_ptr<float>(), dA.size(0) * dA.size(1), H);
+Tensor weight_gradient(const Tensor& dA, const Tensor& prev, int64_t H) {
+  Tensor dW = at::empty({dA.size(2), H}, dA.options());
+  weight_gradient_into(dW, 0, dA, 0, dA.size(2), prev);
   return dW;
 }
 
@@ -115,24 +121,23 @@ std::vector<Tensor> gru_after_backward_avx2(const Tensor& d_out_in, const Tensor
   const int parts = team_size(H, kMinUnitsPerPart);
   std::vector<PackedColumns> packed(parts);
   run_team(
-      parts, T, 2,
+      parts, T + 1, 1,
       [&](int p) {
         auto [j0, j1] = units_of(p, parts, H);
         pack_backward(packed[p], W, H, 0, 3 * H, j0, j1);
       },
-      [&](int p, int64_t s, int phase) {
+      [&](int p, int64_t s, int) {
         const int64_t t = T - 1 - s;
         auto [j0, j1] = units_of(p, parts, H);
-        if (phase == 0) {  // the gate gradients of this part's units; dh becomes dh ⊙ z (the direct path)
-          for (int64_t b = 0; b < B; ++b) {
-            const int64_t o1 = (t * B + b) * H, o3 = (t * B + b) * 3 * H;
-            gru_after_bwd_row(H, j0, j1, dout + o1, dhp + b * H, g + o3, n + o1, o + o1, dg + o3, dan + o1, dhp + b * H);
-          }
-        } else {  // dh += dG W_hh, for this part's units (all gates of all units feed each of them)
-          packed[p].multiply<true>(B, dg + t * B * 3 * H, 3 * H, dhp, H);
+        // dh += dG[t + 1] W_hh for this part's units (all gates of all units feed each of them)
+        if (s > 0) packed[p].multiply<true>(B, dg + (t + 1) * B * 3 * H, 3 * H, dhp, H);
+        if (s == T) return;
+        for (int64_t b = 0; b < B; ++b) {  // the gate gradients of this part's units; dh becomes dh ⊙ z
+          const int64_t o1 = (t * B + b) * H, o3 = (t * B + b) * 3 * H;
+          gru_after_bwd_row(H, j0, j1, dout + o1, dhp + b * H, g + o3, n + o1, o + o1, dg + o3, dan + o1, dhp + b * H);
         }
       });
-  Tensor dW = weight_gradient(dG, 3 * H, 0, 3 * H, out, H);
+  Tensor dW = weight_gradient(dG, out, H);
   Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
   dG.narrow(2, 2 * H, H).copy_(dAN);  // now d_gi = [da_r, da_z, da_n]
   return {dG, dh, dW, db};
@@ -185,17 +190,20 @@ std::vector<Tensor> gru_before_backward_avx2(const Tensor& d_out_in, const Tenso
                                              bool has_bias) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = RZ.size(0), B = RZ.size(1), H = N.size(2);
+  // dan and darz are read by every part (the products) while the next step writes them: two of each,
+  // alternating by step; dq is this part's own units only.
   Tensor dA = at::empty({T, B, 3 * H}, RZ.options());
-  Tensor dan = at::empty({B, H}, RZ.options()), dq = at::empty({B, H}, RZ.options());
-  Tensor darz = at::empty({B, 2 * H}, RZ.options()), dh = d_hT.contiguous().clone();
-  float *da = dA.data_ptr<float>(), *dn = dan.data_ptr<float>(), *dqp = dq.data_ptr<float>();
-  float *drz = darz.data_ptr<float>(), *dhp = dh.data_ptr<float>();
+  Tensor dan = at::empty({2, B, H}, RZ.options()), dq = at::empty({B, H}, RZ.options());
+  Tensor darz = at::empty({2, B, 2 * H}, RZ.options()), dh = d_hT.contiguous().clone();
+  float *da = dA.data_ptr<float>(), *dqp = dq.data_ptr<float>(), *dhp = dh.data_ptr<float>();
   const float *rz = RZ.data_ptr<float>(), *n = N.data_ptr<float>(), *o = out.data_ptr<float>();
   const float *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
+  auto dn = [&](int64_t s) { return dan.data_ptr<float>() + (s % 2) * B * H; };
+  auto drz = [&](int64_t s) { return darz.data_ptr<float>() + (s % 2) * B * 2 * H; };
   const int parts = team_size(H, kMinUnitsPerPart);
   std::vector<PackedColumns> packed_n(parts), packed_rz(parts);
   run_team(
-      parts, T, 3,
+      parts, T + 1, 2,
       [&](int p) {
         auto [j0, j1] = units_of(p, parts, H);
         pack_backward(packed_n[p], W, H, 2 * H, H, j0, j1);
@@ -204,25 +212,26 @@ std::vector<Tensor> gru_before_backward_avx2(const Tensor& d_out_in, const Tenso
       [&](int p, int64_t s, int phase) {
         const int64_t t = T - 1 - s;
         auto [j0, j1] = units_of(p, parts, H);
-        if (phase == 0) {  // da_n, da_z of this part's units; dh becomes dh ⊙ z
-          for (int64_t b = 0; b < B; ++b) {
+        if (phase == 0) {
+          // dh += [da_r, da_z] W_rz of step t + 1 for this part's units
+          if (s > 0) packed_rz[p].multiply<true>(B, drz(s - 1), 2 * H, dhp, H);
+          if (s == T) return;
+          for (int64_t b = 0; b < B; ++b) {  // da_n, da_z of this part's units; dh becomes dh ⊙ z
             const int64_t o1 = (t * B + b) * H;
             gru_before_bwd_row1(H, j0, j1, dout + o1, dhp + b * H, rz + 2 * o1, n + o1, o + o1, da + 3 * o1,
-                                dn + b * H, drz + b * 2 * H, dhp + b * H);
+                                dn(s) + b * H, drz(s) + b * 2 * H, dhp + b * H);
           }
-        } else if (phase == 1) {  // dq = da_n W_hn for this part's units, then da_r and dh += dq ⊙ r
-          packed_n[p].multiply<false>(B, dn, H, dqp, H);
+        } else if (s < T) {  // dq = da_n W_hn for this part's units, then da_r and dh += dq ⊙ r
+          packed_n[p].multiply<false>(B, dn(s), H, dqp, H);
           for (int64_t b = 0; b < B; ++b) {
             const int64_t o1 = (t * B + b) * H;
-            gru_before_bwd_row2(H, j0, j1, dqp + b * H, rz + 2 * o1, o + o1, da + 3 * o1, drz + b * 2 * H, dhp + b * H);
+            gru_before_bwd_row2(H, j0, j1, dqp + b * H, rz + 2 * o1, o + o1, da + 3 * o1, drz(s) + b * 2 * H, dhp + b * H);
           }
-        } else {  // dh += [da_r, da_z] W_rz for this part's units
-          packed_rz[p].multiply<true>(B, drz, 2 * H, dhp, H);
         }
       });
   Tensor dW = at::empty({3 * H, H}, RZ.options());
-  weight_gradient_into(dW, 0, dA, 3 * H, 0, 2 * H, out.data_ptr<float>(), T * B, H);
-  weight_gradient_into(dW, 2 * H, dA, 3 * H, 2 * H, H, Q.data_ptr<float>(), T * B, H);
+  weight_gradient_into(dW, 0, dA, 0, 2 * H, out);
+  weight_gradient_into(dW, 2 * H, dA, 2 * H, H, Q);
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
   return {dA, dh, dW, db};
 }
@@ -275,25 +284,23 @@ std::vector<Tensor> lstm_backward_avx2(const Tensor& d_out_in, const Tensor& d_h
   const int parts = team_size(H, kMinUnitsPerPart);
   std::vector<PackedColumns> packed(parts);
   run_team(
-      parts, T, 2,
+      parts, T + 1, 1,
       [&](int p) {
         auto [j0, j1] = units_of(p, parts, H);
         pack_backward(packed[p], W, H, 0, 4 * H, j0, j1);
       },
-      [&](int p, int64_t s, int phase) {
+      [&](int p, int64_t s, int) {
         const int64_t t = T - 1 - s;
         auto [j0, j1] = units_of(p, parts, H);
-        if (phase == 0) {  // the gate gradients of this part's units, and dc carried to the step before
-          for (int64_t b = 0; b < B; ++b) {
-            const int64_t o1 = (t * B + b) * H;
-            lstm_bwd_row(H, j0, j1, dout + o1, dhp + b * H, dcp + b * H, g + (t * B + b) * 4 * H, c + o1,
-                         c + o1 + B * H, dg + (t * B + b) * 4 * H);
-          }
-        } else {  // dh = dG W_hh for this part's units
-          packed[p].multiply<false>(B, dg + t * B * 4 * H, 4 * H, dhp, H);
+        if (s > 0) packed[p].multiply<false>(B, dg + (t + 1) * B * 4 * H, 4 * H, dhp, H);  // dh = dG[t + 1] W_hh
+        if (s == T) return;
+        for (int64_t b = 0; b < B; ++b) {  // the gate gradients of this part's units, and dc carried to t - 1
+          const int64_t o1 = (t * B + b) * H;
+          lstm_bwd_row(H, j0, j1, dout + o1, dhp + b * H, dcp + b * H, g + (t * B + b) * 4 * H, c + o1,
+                       c + o1 + B * H, dg + (t * B + b) * 4 * H);
         }
       });
-  Tensor dW = weight_gradient(dG, 4 * H, 0, 4 * H, out, H);
+  Tensor dW = weight_gradient(dG, out, H);
   Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
   return {dG, dh, dc, dW, db};
 }
@@ -334,22 +341,20 @@ std::vector<Tensor> rnn_backward_avx2(const Tensor& d_out_in, const Tensor& d_hT
   const int parts = team_size(H, kMinUnitsPerPart);
   std::vector<PackedColumns> packed(parts);
   run_team(
-      parts, T, 2,
+      parts, T + 1, 1,
       [&](int p) {
         auto [j0, j1] = units_of(p, parts, H);
         pack_backward(packed[p], W, H, 0, H, j0, j1);
       },
-      [&](int p, int64_t s, int phase) {
+      [&](int p, int64_t s, int) {
         const int64_t t = T - 1 - s;
         auto [j0, j1] = units_of(p, parts, H);
-        if (phase == 0) {
-          for (int64_t b = 0; b < B; ++b)
-            rnn_bwd_row(j0, j1, dout + (t * B + b) * H, dhp + b * H, o + ((t + 1) * B + b) * H, da + (t * B + b) * H);
-        } else {
-          packed[p].multiply<false>(B, da + t * B * H, H, dhp, H);
-        }
+        if (s > 0) packed[p].multiply<false>(B, da + (t + 1) * B * H, H, dhp, H);  // dh = dA[t + 1] W_hh
+        if (s == T) return;
+        for (int64_t b = 0; b < B; ++b)
+          rnn_bwd_row(j0, j1, dout + (t * B + b) * H, dhp + b * H, o + ((t + 1) * B + b) * H, da + (t * B + b) * H);
       });
-  Tensor dW = weight_gradient(dA, H, 0, H, out, H);
+  Tensor dW = weight_gradient(dA, out, H);
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
   return {dA, dh, dW, db};
 }
