@@ -18,7 +18,7 @@ from pathlib import Path
 from .machine import build_target
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / "window_kernels.cpp", CSRC / "recurrent_avx2.cpp", CSRC / "sampler.cpp"]
+SOURCES = [CSRC / "window_kernels.cpp", CSRC / "recurrent_avx2.cpp", CSRC / "sampler.cpp", CSRC / "dropout.cpp"]
 
 
 @functools.cache

@@ -41,6 +41,8 @@ inline bool use_avx2(const at::Tensor& like, int64_t hidden, bool bf16_operands)
 
 // The compiled sampler (sampler.cpp), where the AVX2 kernels exist.
 void bind_sampler(pybind11::module& m);
+// Dropout masks (dropout.cpp).
+void bind_dropout(pybind11::module& m);
 
 #if GRU_LM_HAVE_AVX2
 using at::Tensor;

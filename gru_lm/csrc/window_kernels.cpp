@@ -532,6 +532,7 @@ std::vector<Tensor> lstm_backward(Tensor d_out, Tensor d_hT, Tensor d_cT, Tensor
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("preferred_kernels", &preferred_kernels);
   bind_sampler(m);
+  bind_dropout(m);
   m.def("gru_after_forward", &gru_after_forward);
   m.def("gru_after_backward", &gru_after_backward);
   m.def("gru_before_forward", &gru_before_forward);
