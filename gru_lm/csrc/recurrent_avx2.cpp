@@ -190,15 +190,15 @@ std::vector<Tensor> gru_before_backward_avx2(const Tensor& d_out_in, const Tenso
                                              bool has_bias) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = RZ.size(0), B = RZ.size(1), H = N.size(2);
-  // dan and darz are read by every part (the products) while the next step writes them: two of each,
-  // alternating by step; dq is this part's own units only.
+  // darz is read by every part at the start of the next step, which writes its own: two of them,
+  // alternating by step. dq holds this part's own units only.
   Tensor dA = at::empty({T, B, 3 * H}, RZ.options());
-  Tensor dan = at::empty({2, B, H}, RZ.options()), dq = at::empty({B, H}, RZ.options());
+  Tensor dan = at::empty({B, H}, RZ.options()), dq = at::empty({B, H}, RZ.options());
   Tensor darz = at::empty({2, B, 2 * H}, RZ.options()), dh = d_hT.contiguous().clone();
-  float *da = dA.data_ptr<float>(), *dqp = dq.data_ptr<float>(), *dhp = dh.data_ptr<float>();
+  float *da = dA.data_ptr<float>(), *dn = dan.data_ptr<float>(), *dqp = dq.data_ptr<float>();
+  float* dhp = dh.data_ptr<float>();
   const float *rz = RZ.data_ptr<float>(), *n = N.data_ptr<float>(), *o = out.data_ptr<float>();
   const float *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
-  auto dn = [&](int64_t s) { return dan.data_ptr<float>() + (s % 2) * B * H; };
   auto drz = [&](int64_t s) { return darz.data_ptr<float>() + (s % 2) * B * 2 * H; };
   const int parts = team_size(H, kMinUnitsPerPart);
   std::vector<PackedColumns> packed_n(parts), packed_rz(parts);
@@ -219,10 +219,10 @@ std::vector<Tensor> gru_before_backward_avx2(const Tensor& d_out_in, const Tenso
           for (int64_t b = 0; b < B; ++b) {  // da_n, da_z of this part's units; dh becomes dh ⊙ z
             const int64_t o1 = (t * B + b) * H;
             gru_before_bwd_row1(H, j0, j1, dout + o1, dhp + b * H, rz + 2 * o1, n + o1, o + o1, da + 3 * o1,
-                                dn(s) + b * H, drz(s) + b * 2 * H, dhp + b * H);
+                                dn + b * H, drz(s) + b * 2 * H, dhp + b * H);
           }
         } else if (s < T) {  // dq = da_n W_hn for this part's units, then da_r and dh += dq ⊙ r
-          packed_n[p].multiply<false>(B, dn(s), H, dqp, H);
+          packed_n[p].multiply<false>(B, dn, H, dqp, H);
           for (int64_t b = 0; b < B; ++b) {
             const int64_t o1 = (t * B + b) * H;
             gru_before_bwd_row2(H, j0, j1, dqp + b * H, rz + 2 * o1, o + o1, da + 3 * o1, drz(s) + b * 2 * H, dhp + b * H);
