@@ -21,10 +21,9 @@ namespace gru_lm {
 constexpr int kPanel = 24;  // columns of a packed panel (3 AVX vectors of 8 floats)
 constexpr int kRows = 4;    // rows of A per micro-kernel call
 
-// C[MR×8NV] = (ACC ? C : 0) + A[MR×K] · P[K×8NV]; A's element (r, k) at A + r·rs + k·ks, P a packed panel
-// (8NV floats per k).
+// C[MR×8NV] = (ACC ? C : 0) + A[MR×K] · P[K×8NV]; A's rows lda apart, P a packed panel (8NV floats per k).
 template <int MR, int NV, bool ACC>
-inline void micro_kernel(int64_t K, const float* A, int64_t rs, int64_t ks, const float* P, float* C, int64_t ldc) {
+inline void micro_kernel(int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc) {
   constexpr int NR = 8 * NV;
   __m256 acc[MR][NV];
 #pragma GCC unroll 4
@@ -37,7 +36,7 @@ inline void micro_kernel(int64_t K, const float* A, int64_t rs, int64_t ks, cons
     for (int v = 0; v < NV; ++v) w[v] = _mm256_load_ps(P + k * NR + 8 * v);
 #pragma GCC unroll 4
     for (int r = 0; r < MR; ++r) {
-      const __m256 a = _mm256_broadcast_ss(A + r * rs + k * ks);
+      const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
 #pragma GCC unroll 3
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(a, w[v], acc[r][v]);
     }
@@ -50,12 +49,11 @@ inline void micro_kernel(int64_t K, const float* A, int64_t rs, int64_t ks, cons
 
 // The last 1-3 rows of a block of rows.
 template <int NV, bool ACC>
-inline void rows_left(int64_t rows, int64_t K, const float* A, int64_t rs, int64_t ks, const float* P, float* C,
-                      int64_t ldc) {
+inline void rows_left(int64_t rows, int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc) {
   switch (rows) {
-    case 3: micro_kernel<3, NV, ACC>(K, A, rs, ks, P, C, ldc); break;
-    case 2: micro_kernel<2, NV, ACC>(K, A, rs, ks, P, C, ldc); break;
-    case 1: micro_kernel<1, NV, ACC>(K, A, rs, ks, P, C, ldc); break;
+    case 3: micro_kernel<3, NV, ACC>(K, A, lda, P, C, ldc); break;
+    case 2: micro_kernel<2, NV, ACC>(K, A, lda, P, C, ldc); break;
+    case 1: micro_kernel<1, NV, ACC>(K, A, lda, P, C, ldc); break;
     default: break;
   }
 }
@@ -64,8 +62,8 @@ inline void rows_left(int64_t rows, int64_t K, const float* A, int64_t rs, int64
 template <int NV, bool ACC>
 inline void panel_rows(int64_t B, int64_t K, const float* A, int64_t lda, const float* P, float* C, int64_t ldc) {
   int64_t b = 0;
-  for (; b + kRows <= B; b += kRows) micro_kernel<kRows, NV, ACC>(K, A + b * lda, lda, 1, P, C + b * ldc, ldc);
-  rows_left<NV, ACC>(B - b, K, A + b * lda, lda, 1, P, C + b * ldc, ldc);
+  for (; b + kRows <= B; b += kRows) micro_kernel<kRows, NV, ACC>(K, A + b * lda, lda, P, C + b * ldc, ldc);
+  rows_left<NV, ACC>(B - b, K, A + b * lda, lda, P, C + b * ldc, ldc);
 }
 
 // A float buffer aligned to 32 bytes for the packed panels (vector loads of 8 floats).
