@@ -199,7 +199,8 @@ std::vector<Tensor> gru_before_backward_avx2(const Tensor& d_out_in, const Tenso
   float* dhp = dh.data_ptr<float>();
   const float *rz = RZ.data_ptr<float>(), *n = N.data_ptr<float>(), *o = out.data_ptr<float>();
   const float *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
-  auto drz = [&](int64_t s) { return darz.data_ptr<float>() + (s % 2) * B * 2 * H; };
+  float* const drz0 = darz.data_ptr<float>();
+  auto drz = [&](int64_t s) { return drz0 + (s % 2) * B * 2 * H; };
   const int parts = team_size(H, kMinUnitsPerPart);
   std::vector<PackedColumns> packed_n(parts), packed_rz(parts);
   run_team(
