@@ -24,10 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.rnn_speed import header  # noqa: E402
-from gru_lm import cells, model  # noqa: E402
-from gru_lm.kernels import compiled  # noqa: E402
-from gru_lm.memory import keep_freed_memory  # noqa: E402
-from gru_lm.model import CharModel, ModelConfig  # noqa: E402
+from gru_lm.model import cells
+from gru_lm import model  # noqa: E402
+from gru_lm.model.kernels import compiled  # noqa: E402
+from gru_lm.machine.memory import keep_freed_memory  # noqa: E402
+from gru_lm.model.char_model import CharModel, ModelConfig  # noqa: E402
 
 
 def uniform_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

@@ -1,8 +1,8 @@
-"""Fit the loss curves of the size candidates (gru_lm/sizes.json) on the sweeps (bench/results/sweep.jsonl).
+"""Fit the loss curves of the size candidates (gru_lm/training/fit_candidates.json) on the sweeps (bench/results/sweep.jsonl).
 
-    python bench/sweep.py --budget 100 --candidates     # each candidate of sizes.json for 100 s on this machine
+    python bench/sweep.py --budget 100 --candidates     # each candidate of fit_candidates.json for 100 s on this machine
     python bench/sweep.py --budget 300 --candidates
-    python bench/fit_sizes.py                           # refit their curves, rewrite gru_lm/sizes.json
+    python bench/fit_sizes.py                           # refit their curves, rewrite gru_lm/training/fit_candidates.json
 
 A sweep row counts for a candidate when it trained the candidate's recipe on Tiny Shakespeare: rows of
 `--candidates` sweeps name it, and older rows whose settings equal the recipe count too, whatever the
@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gru_lm.config import resolve  # noqa: E402
-from gru_lm.sizes import TABLE  # noqa: E402
+from gru_lm.training.settings import resolve  # noqa: E402
+from gru_lm.training.settings import FIT_CANDIDATES_FILE  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "sweep.jsonl"
 RECIPE_KEYS = ("cell", "reset_after", "hidden_size", "layers", "embed_size", "dropout", "weight_drop", "seq_len",
@@ -55,7 +55,7 @@ def fit_line(points: list[tuple[float, float]], alpha: float) -> tuple[float, fl
 
 
 def main() -> None:
-    table = json.loads(TABLE.read_text())
+    table = json.loads(FIT_CANDIDATES_FILE.read_text())
     rows = [json.loads(ln) for ln in RESULTS.read_text().splitlines() if ln.strip()]
     points = {c["name"]: rows_of(c, rows) for c in table["candidates"]}
     fitted = {name: p for name, p in points.items() if len({c for c, _ in p}) >= 2}
@@ -69,8 +69,8 @@ def main() -> None:
         c.update(a=round(a, 5), b=round(b, 5), runs=len(fitted[c["name"]]))
         print(f"{c['name']}: L = {a:.4f} + {b:.4f}·(C/1M)^-{alpha:.2f} from {len(fitted[c['name']])} runs "
               f"(rms error {(err / len(fitted[c['name']])) ** 0.5:.4f})")
-    TABLE.write_text(json.dumps(table, indent=1) + "\n")
-    print(f"wrote {TABLE}")
+    FIT_CANDIDATES_FILE.write_text(json.dumps(table, indent=1) + "\n")
+    print(f"wrote {FIT_CANDIDATES_FILE}")
 
 
 if __name__ == "__main__":

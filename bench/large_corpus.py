@@ -107,7 +107,7 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from gru_lm.machine import cpu_summary
+    from gru_lm.machine.cpu import cpu_summary
 
     head = (f"{time.strftime('%Y-%m-%d')}, {cpu_summary()}, torch {torch.__version__}; "
             f"`python bench/large_corpus.py --mb {args.mb:g} --small-mb {args.small_mb:g} --steps {args.steps}"

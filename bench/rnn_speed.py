@@ -35,10 +35,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gru_lm.cells import GRU, LSTM, RNN  # noqa: E402
-from gru_lm.kernels import backend  # noqa: E402
-from gru_lm.machine import cpu_model, isa_level  # noqa: E402
-from gru_lm.memory import keep_freed_memory  # noqa: E402
+from gru_lm.model.cells import GRU, LSTM, RNN  # noqa: E402
+from gru_lm.model.kernels import backend  # noqa: E402
+from gru_lm.machine.cpu import cpu_model, isa_level  # noqa: E402
+from gru_lm.machine.memory import keep_freed_memory  # noqa: E402
 
 V, E = 65, 64
 CELLS = {
@@ -159,10 +159,10 @@ def end_to_end(seconds: float, bf16: bool = False) -> list[tuple[str, float]]:
     """Characters per second of the real commands on Tiny Shakespeare with the default config."""
     import tempfile
 
-    from gru_lm import checkpoint
-    from gru_lm.config import resolve
-    from gru_lm.data import Vocab
-    from gru_lm.train import train
+    from gru_lm.model import checkpoint
+    from gru_lm.training.settings import resolve
+    from gru_lm.text.vocab import Vocab
+    from gru_lm.training.train import train
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,7 +181,7 @@ def end_to_end(seconds: float, bf16: bool = False) -> list[tuple[str, float]]:
 def sampling_speed(model, vocab, n: int = 2000) -> list[tuple[str, float]]:
     """`gru-lm sample`'s loop against a torch.nn.GRU of the same size stepped one character at a time
     (same embedding, read-out and character draw, so only the recurrent stepping differs)."""
-    from gru_lm.sample import generate, pick
+    from gru_lm.generation.sample import generate, pick
 
     cfg = model.cfg
     size = f"{cfg.cell.upper()} {cfg.hidden_size}×{cfg.layers}"
@@ -267,8 +267,8 @@ def main() -> None:
     if not args.default_malloc:
         keep_freed_memory()  # as `gru-lm train` does; it helps every cell alike
     if args.sample_only:
-        from gru_lm import checkpoint
-        from gru_lm.data import Vocab
+        from gru_lm.model import checkpoint
+        from gru_lm.text.vocab import Vocab
 
         state = checkpoint.load(args.sample_only)
         for name, rate in sampling_speed(checkpoint.build_model(state), Vocab(state["vocab"])):

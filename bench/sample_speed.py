@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.rnn_speed import header  # noqa: E402
 from gru_lm import checkpoint  # noqa: E402
-from gru_lm.data import Vocab  # noqa: E402
-from gru_lm.model import CharModel, ModelConfig  # noqa: E402
-from gru_lm.sample import Streams, generate, pick  # noqa: E402
+from gru_lm.text.batches import Vocab  # noqa: E402
+from gru_lm.model.char_model import CharModel, ModelConfig  # noqa: E402
+from gru_lm.generation.sample import Streams, generate, pick  # noqa: E402
 
 VOCAB = "".join(chr(c) for c in range(32, 97))  # 65 characters, as Tiny Shakespeare's
 

@@ -27,12 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gru_lm.config import Settings, resolve  # noqa: E402
-from gru_lm.device import autocast_dtype  # noqa: E402
-from gru_lm.kernels import backend  # noqa: E402
-from gru_lm.machine import cpu_model, isa_level  # noqa: E402
-from gru_lm.sizes import load_table  # noqa: E402
-from gru_lm.train import train  # noqa: E402
+from gru_lm.training.settings import Settings, resolve  # noqa: E402
+from gru_lm.machine.device import autocast_dtype  # noqa: E402
+from gru_lm.model.kernels import backend  # noqa: E402
+from gru_lm.machine.cpu import cpu_model, isa_level  # noqa: E402
+from gru_lm.training.fit_to_machine import load_table  # noqa: E402
+from gru_lm.training.train import train  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "sweep.jsonl"
 RUNS = ROOT / "bench" / "results" / "runs"
@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one ad-hoc point (repeat keys)")
     ap.add_argument("--cell", default="gru", choices=["gru", "lstm", "rnn"])
     ap.add_argument("--candidates", nargs="*", default=None, metavar="NAME",
-                    help="the size candidates of gru_lm/sizes.json (what bench/fit_sizes.py fits): all, or these")
+                    help="the size candidates of gru_lm/training/fit_candidates.json (what bench/fit_sizes.py fits): all, or these")
     ap.add_argument("--again", action="store_true",
                     help="measure points already in the results again (machines drift from day to day: "
                     "compare points measured the same day)")

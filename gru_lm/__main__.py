@@ -1,3 +1,3 @@
-from .cli import main
+from gru_lm.cli.main import main
 
 main()

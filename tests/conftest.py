@@ -17,8 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gru_lm.config import resolve  # noqa: E402
-from gru_lm.train import train  # noqa: E402
+from gru_lm.training.settings import resolve  # noqa: E402
+from gru_lm.training.train import train  # noqa: E402
 
 SMOKE = str(ROOT / "configs" / "smoke.toml")
 #: The page tests need Debian's chromium; CI installs it (.ci/run), so there a missing browser fails them.
@@ -46,8 +46,8 @@ def assert_user_error(r: subprocess.CompletedProcess, *words: str) -> str:
 
 _SERVER = r"""
 import json, os, sys, traceback
-import gru_lm.cli, gru_lm.train, gru_lm.kernels  # imported once; nothing else runs before fork
-gru_lm.kernels.compiled()  # loads the built kernels (a shared library: no thread is started)
+import gru_lm.cli.main, gru_lm.training.train, gru_lm.model.kernels  # imported once; nothing else runs before fork
+gru_lm.model.kernels.compiled()  # loads the built kernels (a shared library: no thread is started)
 os.write(1, b"ready\n")
 while True:
     line = sys.stdin.readline()
@@ -65,7 +65,7 @@ while True:
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
             os.chdir(req["cwd"])
             sys.argv = ["gru-lm", *req["args"]]
-            gru_lm.cli.main()
+            gru_lm.cli.main.main()
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

@@ -1,4 +1,4 @@
-"""Bad input through the real command line (`gru_lm.cli.main()` in a fresh process per case, forked from a
+"""Bad input through the real command line (`gru_lm.cli.main.main()` in a fresh process per case, forked from a
 warm interpreter: conftest.WarmCLI).
 
 Every mistake a user can make with a file, a flag or a checkpoint must end the same way: exit code 2,
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gru_lm import checkpoint
-from gru_lm.evaluate import measure
+from gru_lm.model import checkpoint
+from gru_lm.analysis.evaluate import measure
 
 from .conftest import SMOKE, assert_user_error, gru_lm
 

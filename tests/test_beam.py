@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 
-from gru_lm import checkpoint
-from gru_lm.beam import check_options, score, search
-from gru_lm.cli import main
-from gru_lm.data import Vocab
+from gru_lm.model import checkpoint
+from gru_lm.generation.beam import check_options, score, search
+from gru_lm.cli.main import main
+from gru_lm.text.vocab import Vocab
 from gru_lm.errors import UserError
-from gru_lm.model import CharModel, ModelConfig
-from gru_lm.sample import generate
+from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.generation.sample import generate
 
 VOCAB = Vocab("\nab")  # 3 characters: 3^4 = 81 continuations of 4
 

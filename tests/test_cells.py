@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from gru_lm import window
-from gru_lm.cells import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, gru_step, lstm_step
-from gru_lm.kernels import compiled
+from gru_lm.model import window
+from gru_lm.model.cells import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, gru_step, lstm_step
+from gru_lm.model.kernels import compiled
 
 torch.manual_seed(0)
 ATOL = 1e-5
@@ -347,7 +347,7 @@ def _use_backend(backend: str, monkeypatch) -> None:
 
 
 def _can_run_avx2() -> bool:
-    from gru_lm.machine import build_target
+    from gru_lm.machine.cpu import build_target
 
     return build_target() == "x86-64-v3"
 
@@ -439,7 +439,7 @@ def test_bfloat16_autocast_rounds_only_the_products(make, backend, monkeypatch):
 
 
 def test_dropout_keeps_the_expected_fraction_and_scales():
-    from gru_lm.cells import dropout
+    from gru_lm.model.cells import dropout
 
     x = torch.ones(200_000, requires_grad=True)
     y = dropout(x, 0.3, training=True)

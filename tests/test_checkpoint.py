@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 
-from gru_lm import checkpoint
+from gru_lm.model import checkpoint
 from gru_lm.errors import UserError
 
 

@@ -2,7 +2,7 @@
 
 Twenty kills cost twenty process starts, and a fresh `python -m gru_lm` spends seconds importing
 torch before it does anything; so the processes killed here are forked from one warm interpreter
-(conftest.WarmCLI): each child runs the real command line, `gru_lm.cli.main()` with its argv, from
+(conftest.WarmCLI): each child runs the real command line, `gru_lm.cli.main.main()` with its argv, from
 the first line of the CLI, and is killed with a real SIGKILL. The final resume and the second of two concurrent trainings are fresh `python -m gru_lm`
 processes, as a user runs them.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gru_lm import checkpoint
-from gru_lm.train import train
+from gru_lm.model import checkpoint
+from gru_lm.training.train import train
 
 from .conftest import SMOKE, WarmCLI, assert_user_error, gru_lm
 

@@ -12,8 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gru_lm.data import StreamBatcher, Vocab, split_validation
-from gru_lm.text import read_text
+from gru_lm.text.batches import StreamBatcher, split_validation
+from gru_lm.text.vocab import Vocab
+from gru_lm.text.reading import read_text
 from gru_lm.errors import UserError
 
 
@@ -138,7 +139,7 @@ def test_encode_in_chunks_round_trips_and_counts_unknowns(text, other, chunk):
     """Any text, in chunks of any size: the known characters come back in order, the unknown are counted."""
     v = Vocab.from_text(text or "a")
     mixed = "".join(a + b for a, b in zip(text, other)) + text[len(other):] + other[len(text):]
-    with mock.patch("gru_lm.data._CHUNK", chunk):
+    with mock.patch("gru_lm.text.vocab._CHUNK", chunk):
         ids, dropped = v.encode(mixed, drop_unknown=True)
         known = "".join(c for c in mixed if c in v.chars)
         assert v.decode(ids) == known and dropped == len(mixed) - len(known)

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from gru_lm.data import StreamBatcher
-from gru_lm.distributed import Dist, streams
+from gru_lm.text.batches import StreamBatcher
+from gru_lm.machine.distributed import Dist, streams
 from gru_lm.errors import UserError
 
 from .conftest import ROOT, assert_user_error, gru_lm
@@ -121,8 +121,8 @@ def test_nproc_mistakes_are_one_line(corpus, tmp_path, pair):
 def test_a_process_that_joined_a_group_exits_without_the_teardown(monkeypatch):
     """torch 2.13's gloo can abort a process at interpreter exit after destroy_process_group (rates in
     docs/scaling.md): a process that joined a group ends with os._exit once its work is done."""
-    import gru_lm.distributed as dmod
-    import gru_lm.launcher as launcher
+    import gru_lm.machine.distributed as dmod
+    import gru_lm.training.launcher as launcher
 
     exits: list[int] = []
     monkeypatch.setattr(launcher.os, "_exit", exits.append)

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gru_lm import checkpoint
+from gru_lm.model import checkpoint
 from gru_lm.errors import UserError
-from gru_lm.evaluate import measure, nll
+from gru_lm.analysis.evaluate import measure, nll
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from gru_lm import checkpoint, distributed, resume
-from gru_lm.cli import main
-from gru_lm.config import resolve
-from gru_lm.corpus import describe_counts
-from gru_lm.data import Vocab
+from gru_lm.model import checkpoint
+from gru_lm.machine import distributed
+from gru_lm.training import resume
+from gru_lm.cli.main import main
+from gru_lm.training.settings import resolve
+from gru_lm.text.corpus import describe_counts
+from gru_lm.text.vocab import Vocab
 from gru_lm.errors import UserError
-from gru_lm.evaluate import measure
-from gru_lm.init_from import fresh_settings
-from gru_lm.train import build_model, train
+from gru_lm.analysis.evaluate import measure
+from gru_lm.training.init_from import fresh_settings
+from gru_lm.training.train import build_model, train
 
 from .conftest import ROOT, SMOKE
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from gru_lm import checkpoint
-from gru_lm.cli import main
-from gru_lm.data import Vocab
-from gru_lm.gates import Trace, text_features, top_units, trace
-from gru_lm.gates_view import PALETTE, render_html, render_terminal
-from gru_lm.model import CharModel, ModelConfig
+from gru_lm.model import checkpoint
+from gru_lm.cli.main import main
+from gru_lm.text.vocab import Vocab
+from gru_lm.analysis.inspect_trace import Trace, text_features, top_units, trace
+from gru_lm.analysis.inspect_view import PALETTE, render_html, render_terminal
+from gru_lm.model.char_model import CharModel, ModelConfig
 
 from .conftest import ROOT, needs_chromium
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from gru_lm import prepare as P
-from gru_lm import text as T
-from gru_lm.corpus import load_corpus
-from gru_lm.data import Vocab
+from gru_lm.text import prepared as P
+from gru_lm.text import reading as T
+from gru_lm.text.corpus import load_corpus
+from gru_lm.text.vocab import Vocab
 from gru_lm.errors import UserError
-from gru_lm.evaluate import measure
-from gru_lm.text import read_text
-from gru_lm.train import train
+from gru_lm.analysis.evaluate import measure
+from gru_lm.text.reading import read_text
+from gru_lm.training.train import train
 
 from .conftest import assert_user_error, gru_lm
 
@@ -83,7 +83,7 @@ def test_prepare_matches_the_in_memory_encoding(tmp_path, corpus):
     text = read_text(corpus)
     assert np.array_equal(pr.ids, ids) and pr.chars == sc.chars
     assert torch.equal(torch.from_numpy(ids).long(), Vocab(sc.chars).encode(text)[0].long())
-    from gru_lm.evaluate import text_sha256
+    from gru_lm.analysis.evaluate import text_sha256
 
     assert pr.sha256 == sc.sha256 == text_sha256(text)
 
@@ -111,8 +111,8 @@ def test_train_and_perplexity_on_a_prepared_folder(tmp_path, corpus, smoke):
 def test_eval_chars_limits_validation_during_training(tmp_path, corpus, smoke):
     r = train(corpus, smoke(max_steps=10, eval_every=10, eval_chars=300), tmp_path / "a", progress=False)
     full = train(corpus, smoke(max_steps=10, eval_every=10, eval_chars=0), tmp_path / "b", progress=False)
-    from gru_lm.checkpoint import build_model, load
-    from gru_lm.evaluate import nll
+    from gru_lm.model.checkpoint import build_model, load
+    from gru_lm.analysis.evaluate import nll
 
     state = load(tmp_path / "a" / "last.pt")
     c = load_corpus(corpus, smoke())

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from gru_lm.errors import UserError
-from gru_lm.machine import cpu_model, isa_level
-from gru_lm.report import markdown_table, summarize, write_report
-from gru_lm.train import train
+from gru_lm.machine.cpu import cpu_model, isa_level
+from gru_lm.analysis.report import markdown_table, summarize, write_report
+from gru_lm.training.train import train
 
 from .conftest import ROOT
 from .test_cli import SMOKE, gru_lm
@@ -43,8 +43,8 @@ def test_compare_with_seeds_reports_means_spreads_and_an_interval(corpus, tmp_pa
     """--seeds 2: each config trains twice with the seeds s and s+1 into runs/<config>/seed<s>; the report
     gives each config's mean and range and the pair's difference with an interval; a second call reuses
     the finished runs."""
-    from gru_lm.compare import train_configs
-    from gru_lm.report import write_report
+    from gru_lm.training.compare import train_configs
+    from gru_lm.analysis.report import write_report
 
     cfg_rnn = tmp_path / "smoke_rnn.toml"
     cfg_rnn.write_text((ROOT / "configs" / "smoke.toml").read_text().replace('cell = "gru"', 'cell = "rnn"'))
@@ -85,8 +85,8 @@ def test_compare_stops_at_an_interrupted_training(corpus, tmp_path, monkeypatch)
     does not go on to train the next config, nor write a report of a run without best.pt."""
     from typer.testing import CliRunner
 
-    from gru_lm import cli
-    from gru_lm import train as training
+    from gru_lm.cli import main as cli
+    from gru_lm.training import train as training
 
     trained = []
 

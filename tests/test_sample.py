@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gru_lm import checkpoint
-from gru_lm.data import Vocab
+from gru_lm.model import checkpoint
+from gru_lm.text.vocab import Vocab
 from gru_lm.errors import UserError
-from gru_lm.model import CharModel, ModelConfig
-from gru_lm import sample
-from gru_lm.sample import Stepper, Streams, check_options, filter_logits, generate, pick
+from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.generation import sample
+from gru_lm.generation.sample import Stepper, Streams, check_options, filter_logits, generate, pick
 
 
 @pytest.fixture(scope="module")

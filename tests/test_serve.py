@@ -16,14 +16,14 @@ from urllib.parse import urlencode
 import pytest
 import torch
 
-from gru_lm import checkpoint
-from gru_lm.cli import main
-from gru_lm.data import Vocab
-from gru_lm.gates import trace
-from gru_lm.gates_view import PALETTE, colour_indexes
-from gru_lm.model import CharModel, ModelConfig
-from gru_lm.sample import generate
-from gru_lm.serve import MAX_LENGTH, MAX_PRIME, open_server
+from gru_lm.model import checkpoint
+from gru_lm.cli.main import main
+from gru_lm.text.vocab import Vocab
+from gru_lm.analysis.inspect_trace import trace
+from gru_lm.analysis.inspect_view import PALETTE, colour_indexes
+from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.generation.sample import generate
+from gru_lm.generation.serve import MAX_LENGTH, MAX_PRIME, open_server
 
 from .conftest import CLI_ENV, needs_chromium
 
@@ -163,8 +163,8 @@ def test_no_request_opens_a_file(server, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a request made the server open a file")
 
-    monkeypatch.setattr("gru_lm.checkpoint.load", refuse)
-    monkeypatch.setattr("gru_lm.checkpoint.torch.load", refuse)
+    monkeypatch.setattr("gru_lm.model.checkpoint.load", refuse)
+    monkeypatch.setattr("gru_lm.model.checkpoint.torch.load", refuse)
     assert get(server, "/generate?prime=ROMEO:&model=..%2Fgru.pt")[0] == 400
     assert get(server, "/generate?prime=ROMEO:&model=1&model=0")[0] == 400  # (given twice)
     assert len(stream(server, prime="ROMEO:", model=1, length=5)[0]) == 5

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from gru_lm.stats import difference, spread, t_quantile
+from gru_lm.analysis.stats import difference, spread, t_quantile
 
 
 @pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571), (10, 2.228),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from gru_lm.model import CharModel, ModelConfig
-from gru_lm.train import train
+from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.training.train import train
 
 
 def test_state_is_carried_and_detached_between_windows(corpus, smoke, tmp_path, monkeypatch):

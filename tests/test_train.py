@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from gru_lm import checkpoint
-from gru_lm.average import WeightAverage
-from gru_lm.config import Settings, resolve
-from gru_lm.corpus import load_corpus
+from gru_lm.model import checkpoint
+from gru_lm.training.weight_average import WeightAverage
+from gru_lm.training.settings import Settings, resolve
+from gru_lm.text.corpus import load_corpus
 from gru_lm.errors import UserError
-from gru_lm.evaluate import nll
-from gru_lm.model import CharModel, ModelConfig
-from gru_lm.resume import check_resumable
-from gru_lm.run_folder import run_lock
-from gru_lm.schedule import learning_rate
-from gru_lm.train import train
+from gru_lm.analysis.evaluate import nll
+from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.training.resume import check_resumable
+from gru_lm.training.run_folder import run_lock
+from gru_lm.training.schedule import learning_rate
+from gru_lm.training.train import train
 
 from .conftest import ROOT
 
@@ -228,9 +228,9 @@ def test_non_finite_values_never_reach_a_checkpoint(poison, message, corpus, smo
         state["model"]["head.bias"][state["vocab"].index(" ")] = float("-inf")
         checkpoint.save(run_copy / "last.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
     elif poison == "nan gradient":
-        monkeypatch.setattr("gru_lm.train.CharModel", _NaNGradient)
+        monkeypatch.setattr("gru_lm.training.train.CharModel", _NaNGradient)
     else:
-        monkeypatch.setattr("gru_lm.train.nll", lambda *a, **k: (math.nan, 10))
+        monkeypatch.setattr("gru_lm.training.train.nll", lambda *a, **k: (math.nan, 10))
     before = {n: (run_copy / n).read_bytes() for n in ("last.pt", "best.pt")}
     with pytest.raises(UserError, match=f"{message}; stopped without saving it: .*last.pt still holds step 60"):
         train(corpus, s, run_copy, resume=True, progress=False)
@@ -240,7 +240,7 @@ def test_non_finite_values_never_reach_a_checkpoint(poison, message, corpus, smo
 
 
 def test_a_fresh_run_that_diverges_says_no_checkpoint_was_written(corpus, smoke, tmp_path, monkeypatch):
-    monkeypatch.setattr("gru_lm.train.CharModel", _NaNGradient)
+    monkeypatch.setattr("gru_lm.training.train.CharModel", _NaNGradient)
     with pytest.raises(UserError, match="at step 1; stopped without saving it: no checkpoint had been written yet"):
         train(corpus, smoke(), tmp_path / "r", progress=False)
     assert not (tmp_path / "r" / "last.pt").exists()
@@ -272,7 +272,7 @@ def test_a_crash_between_the_two_checkpoint_writes_keeps_them_consistent(corpus,
         writes.append((Path(path).name, state["step"]))
         real_save(path, state)
 
-    monkeypatch.setattr("gru_lm.train.checkpoint.save", save)
+    monkeypatch.setattr("gru_lm.training.train.checkpoint.save", save)
     with pytest.raises(_Killed):
         train(corpus, s, tmp_path / "split", progress=False)
     monkeypatch.undo()
@@ -307,7 +307,7 @@ def test_a_failing_disk_during_training_is_a_user_error(corpus, smoke, run_copy,
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("gru_lm.checkpoint.os.fsync", full)
+    monkeypatch.setattr("gru_lm.model.checkpoint.os.fsync", full)
     with pytest.raises(UserError, match="could not write the run \\(No space left on device\\); .*last.pt keeps"):
         train(corpus, smoke(max_steps=62, eval_every=30), run_copy, resume=True, progress=False)
     monkeypatch.undo()
@@ -324,7 +324,7 @@ def test_resume_needs_a_complete_checkpoint(corpus, smoke, run_copy):
 
 
 def test_patience_stops_after_evaluations_without_a_new_best(corpus, smoke, tmp_path, monkeypatch):
-    import gru_lm.train as tr
+    import gru_lm.training.train as tr
 
     monkeypatch.setattr(tr, "nll", lambda model, ids, streams, device=None: (2.0 * (len(ids) - 1), len(ids) - 1))
     out = tmp_path / "early"
@@ -361,7 +361,7 @@ def test_validation_text_without_known_characters(corpus, smoke, tmp_path):
 
 @pytest.mark.parametrize("units", [True, False])
 def test_dtype_auto_takes_bfloat16_only_on_a_cpu_with_bfloat16_units(units, monkeypatch):
-    from gru_lm import device
+    from gru_lm.machine import device
 
     monkeypatch.setattr(device, "cpu_has_bfloat16_units", lambda: units)
     assert device.autocast_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if units else None)

@@ -1,0 +1,75 @@
+"""The character language model: embedding -> stacked recurrent layers -> linear read-out.
+
+The state a model carries from one window to the next is one tensor, L×B×H for the GRU and the RNN
+and L×B×2H for the LSTM (h and c side by side), so that the training loop, the checkpoints and the
+data-parallel code handle every cell alike (streams on dimension 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import Tensor, nn
+
+import torch
+
+from gru_lm.model.cells import GRU, LSTM, RNN, dropout
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    cell: str = "gru"
+    hidden_size: int = 256
+    layers: int = 1
+    embed_size: int = 64
+    dropout: float = 0.0
+    reset_after: bool = False
+    weight_drop: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def label(self) -> str:
+        """How tables name the cell: gru, gru (reset-after), lstm or rnn."""
+        return self.cell + (" (reset-after)" if self.cell == "gru" and self.reset_after else "")
+
+
+class CharModel(nn.Module):
+    """Predicts the next character at every position of a time-major window (T×B of ids)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
+        if cfg.cell == "gru":
+            self.rnn: nn.Module = GRU(
+                cfg.embed_size, cfg.hidden_size, cfg.layers, dropout=cfg.dropout, reset_after=cfg.reset_after,
+                weight_drop=cfg.weight_drop,
+            )
+        elif cfg.cell in ("lstm", "rnn"):
+            cls = LSTM if cfg.cell == "lstm" else RNN
+            self.rnn = cls(cfg.embed_size, cfg.hidden_size, cfg.layers, dropout=cfg.dropout, weight_drop=cfg.weight_drop)
+        else:
+            raise ValueError(f"unknown cell {cfg.cell!r}")
+        self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+
+    @property
+    def state_width(self) -> int:
+        """Features of the carried state per layer and stream: H, or 2H for the LSTM's (h, c)."""
+        return self.cfg.hidden_size * (2 if self.cfg.cell == "lstm" else 1)
+
+    def init_state(self, batch_size: int, device=None) -> Tensor:
+        return self.head.weight.new_zeros(self.cfg.layers, batch_size, self.state_width, device=device)
+
+    def forward(self, ids: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """ids: T×B (long), h: L×B×H (L×B×2H for the LSTM) -> (logits T×B×V, new state of the same shape)."""
+        if self.cfg.cell == "lstm":
+            out, (h_n, c_n) = self.rnn(self.embed(ids), None if h is None else h.chunk(2, dim=-1))
+            new = torch.cat([h_n, c_n], dim=-1)
+        else:
+            out, new = self.rnn(self.embed(ids), h)
+        return self.head(dropout(out, self.cfg.dropout, self.training)), new
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,56 @@
+"""The compiled window kernels (csrc/), built on first use with the machine's compiler.
+
+The build takes about a minute once per machine (torch caches it under ~/.cache/torch_extensions). It
+targets an instruction-set level, not the build machine itself: x86-64-v3 (AVX2, FMA) where the CPU
+has it, so a cached build keyed by that level runs on any CPU of the level; the kernels pick the AVX2
+micro-kernels or the BLAS path at run time (csrc/dispatch.h). Where the build fails (no compiler, no
+ninja) window.py runs the same algorithm as Python loops. GRU_LM_KERNELS=python forces the Python path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import sys
+from pathlib import Path
+
+from gru_lm.machine.cpu import build_target
+
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = [CSRC / "window_kernels.cpp", CSRC / "recurrent_avx2.cpp", CSRC / "sampler.cpp", CSRC / "dropout.cpp"]
+
+
+@functools.cache
+def compiled():
+    """The compiled module, or None when it cannot be had here (say why once on stderr)."""
+    if os.environ.get("GRU_LM_KERNELS", "").lower() == "python":
+        return None
+    try:
+        try:
+            import ninja  # the pip package puts a ninja binary beside it; cpp_extension looks on PATH
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
+        from torch.utils.cpp_extension import load
+
+        target = build_target()
+        # -fno-trapping-math lets gcc vectorise the element-wise passes (their clamps are compares);
+        # OpenMP is what torch's parallel_for runs on: without it the teams of threads run serially
+        # (Linux, where torch's own libgomp is the one the module binds to)
+        flags = ["-O3", "-fno-trapping-math", "-fno-math-errno"] + ([f"-march={target}"] if target else [])
+        openmp = ["-fopenmp"] if platform.system() == "Linux" else []
+        name = "gru_lm_kernels_" + (target or platform.machine()).replace("-", "_")
+        return load(name, [str(p) for p in SOURCES], extra_cflags=flags + openmp, extra_ldflags=openmp,
+                    extra_include_paths=[str(CSRC)], verbose=False)
+    except Exception as e:  # no compiler, no ninja, a failed build: the Python path does the same work
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"note: compiled kernels unavailable ({first[:160]}); using the slower Python path", file=sys.stderr)
+        return None
+
+
+def backend() -> str:
+    """What runs a float32 window here: "avx2" or "blas" (compiled), or "python"."""
+    k = compiled()
+    return k.preferred_kernels() if k is not None else "python"

@@ -1,0 +1,274 @@
+"""The fast path for a whole window of one recurrent layer: the same equations as cells.py, with a
+hand-derived backward, run by compiled kernels (csrc/window_kernels.cpp) or, where those cannot be
+built, by the Python loops below, which do the same work in the same buffers.
+
+Why it is faster than letting autograd record the step-by-step loop of cells.py:
+- every step writes its results into preallocated T×B×… buffers: no autograd graph of T×10 nodes;
+- the backward is linear in the incoming state gradient dh: each step is one fused element-wise
+  pass over B×H values and one matrix product;
+- the recurrent weight gradient is one (T·B × G·H)ᵀ(T·B × H) matrix product over the window instead
+  of T small ones.
+
+Shapes: gi is the input projection x W_ihᵀ + b_ih of all T steps (T×B×G·H), h0 is B×H, w_hh is
+G·H×H and b_hh G·H (or None). Buffers: out is (T+1)×B×H with out[0] = h0, so out[:-1] are the
+previous states. The reference loop in cells.py stays the definition; tests hold this file to it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gru_lm.model.kernels import compiled
+
+
+BF16 = torch.bfloat16  # the products' operand dtype under mixed precision (train --dtype bfloat16)
+
+
+def _operands(w: Tensor, bf16: bool) -> Tensor:
+    """A product's operand in the operand dtype: bfloat16 under mixed precision, else itself. Only the
+    operands of the matrix products are rounded; states, gates and gradients stay float32."""
+    return w.to(BF16) if bf16 else w
+
+
+def _mm_bias(bias: Tensor | None, a: Tensor, b: Tensor, out: Tensor) -> Tensor:
+    """out = a @ b (+ bias), b already in the operand dtype."""
+    if a.dtype != b.dtype:
+        out.copy_(a.to(b.dtype).mm(b))
+        return out.add_(bias) if bias is not None else out
+    return torch.addmm(bias, a, b, out=out) if bias is not None else torch.mm(a, b, out=out)
+
+
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b, b already in the operand dtype; the result in a's dtype."""
+    return a.to(b.dtype).mm(b).to(a.dtype) if a.dtype != b.dtype else a.mm(b)
+
+
+def _addmm(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """c + a @ b, b already in the operand dtype; the result in c's dtype."""
+    return c + _mm(a, b) if a.dtype != b.dtype else torch.addmm(c, a, b)
+
+
+def _states(gi: Tensor, h0: Tensor) -> Tensor:
+    out = gi.new_empty(gi.shape[0] + 1, *h0.shape)
+    out[0] = h0
+    return out
+
+
+# ---- GRU, reset after the product (torch.nn.GRU): n = tanh(x_n + r ⊙ (h W_hnᵀ + b_hn)) ----
+
+def gru_after_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool = False):
+    """Returns out, G = [r, z, h W_hnᵀ + b_hn] and N = n for every step."""
+    T, B, H3 = gi.shape
+    H = H3 // 3
+    w_t = _operands(w_hh.t().contiguous(), bf16)  # h @ Wᵀ with Wᵀ contiguous: the faster layout for MKL (see csrc)
+    out, G, N = _states(gi, h0), gi.new_empty(T, B, 3 * H), gi.new_empty(T, B, H)
+    for t in range(T):
+        g = _mm_bias(b_hh, out[t], w_t, G[t])
+        rz = g[:, : 2 * H]
+        rz.add_(gi[t, :, : 2 * H]).sigmoid_()
+        n = torch.addcmul(gi[t, :, 2 * H :], rz[:, :H], g[:, 2 * H :], out=N[t]).tanh_()
+        torch.lerp(n, out[t], rz[:, H:], out=out[t + 1])  # z ⊙ h + (1 − z) ⊙ n
+    return out, G, N
+
+
+def gru_after_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, G: Tensor, N: Tensor, w_hh: Tensor, has_bias: bool,
+                       bf16: bool = False):
+    T, B, H = N.shape
+    w = _operands(w_hh, bf16)
+    r, z, ghn = G[..., :H], G[..., H : 2 * H], G[..., 2 * H :]
+    h_prev = out[:-1]
+    c_n = (1 - z) * (1 - N * N)  # ∂h'/∂a_n per unit of dh
+    C = torch.cat([c_n * ghn * r * (1 - r), (h_prev - N) * z * (1 - z), c_n * r], dim=-1).view(T, B, 3, H)
+    dG = torch.empty_like(G)  # [da_r, da_z, d(h W_hnᵀ + b_hn)]
+    dH = torch.empty_like(N)  # dL/dh' per step
+    dh = d_hT
+    for t in range(T - 1, -1, -1):
+        dh = torch.add(d_out[t], dh, out=dH[t])
+        dg = torch.mul(dh.unsqueeze(1), C[t], out=dG[t].view(B, 3, H)).view(B, 3 * H)
+        dh = _addmm(dh * z[t], dg, w)
+    flat = dG.view(T * B, 3 * H)
+    d_w = _mm(flat.t(), _operands(h_prev.reshape(T * B, H), bf16))
+    d_b = flat.sum(0) if has_bias else None
+    torch.mul(dH, c_n, out=dG[..., 2 * H :])  # d_gi = [da_r, da_z, da_n]: dG's n part, reused once read
+    return dG, dh, d_w, d_b
+
+
+# ---- GRU, reset before the product (Dive into Deep Learning's): n = tanh(x_n + (r ⊙ h) W_hnᵀ + b_hn) ----
+
+def gru_before_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool = False):
+    """Returns out, RZ = [r, z], Q = r ⊙ h and N = n for every step."""
+    T, B, H3 = gi.shape
+    H = H3 // 3
+    w_rz_t, w_n_t = (_operands(w.t().contiguous(), bf16) for w in (w_hh[: 2 * H], w_hh[2 * H :]))
+    b_rz, b_n = (None, None) if b_hh is None else (b_hh[: 2 * H], b_hh[2 * H :])
+    out, RZ = _states(gi, h0), gi.new_empty(T, B, 2 * H)
+    Q, N = gi.new_empty(T, B, H), gi.new_empty(T, B, H)
+    for t in range(T):
+        rz = _mm_bias(b_rz, out[t], w_rz_t, RZ[t]).add_(gi[t, :, : 2 * H]).sigmoid_()
+        q = torch.mul(rz[:, :H], out[t], out=Q[t])
+        n = _mm_bias(b_n, q, w_n_t, N[t]).add_(gi[t, :, 2 * H :]).tanh_()
+        torch.lerp(n, out[t], rz[:, H:], out=out[t + 1])
+    return out, RZ, Q, N
+
+
+def gru_before_backward(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias: bool, bf16: bool = False):
+    T, B, H = N.shape
+    r, z = RZ[..., :H], RZ[..., H:]
+    w_rz, w_n = _operands(w_hh[: 2 * H], bf16), _operands(w_hh[2 * H :], bf16)
+    h_prev = out[:-1]
+    c_n = (1 - z) * (1 - N * N)  # ∂h'/∂a_n per unit of dh
+    c_z = (h_prev - N) * z * (1 - z)  # ∂h'/∂a_z
+    c_r = h_prev * r * (1 - r)  # ∂q/∂a_r per unit of dq
+    dA = torch.empty(T, B, 3 * H, dtype=N.dtype, device=N.device)  # [da_r, da_z, da_n]
+    dh = d_hT
+    for t in range(T - 1, -1, -1):
+        dh = d_out[t] + dh
+        da = dA[t]
+        dan = torch.mul(dh, c_n[t], out=da[:, 2 * H :])
+        dq = _mm(dan, w_n)
+        torch.mul(dq, c_r[t], out=da[:, :H])
+        torch.mul(dh, c_z[t], out=da[:, H : 2 * H])
+        dh = _addmm(torch.addcmul(dh * z[t], dq, r[t]), da[:, : 2 * H], w_rz)
+    flat = dA.view(T * B, 3 * H)
+    d_w = torch.cat([_mm(flat[:, : 2 * H].t(), _operands(h_prev.reshape(T * B, H), bf16)),
+                     _mm(flat[:, 2 * H :].t(), _operands(Q.view(T * B, H), bf16))])
+    d_b = flat.sum(0) if has_bias else None
+    return dA, dh, d_w, d_b
+
+
+# ---- LSTM: [i, f, g, o] = act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh), c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c') ----
+
+def lstm_forward(gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool = False):
+    """Returns out and C ((T+1)×B×H each, out[0] = h0, C[0] = c0) and G = [i, f, g, o] for every step."""
+    T, B, H4 = gi.shape
+    H = H4 // 4
+    w_t = _operands(w_hh.t().contiguous(), bf16)
+    out, C, G = _states(gi, h0), _states(gi, c0), gi.new_empty(T, B, 4 * H)
+    for t in range(T):
+        a = _mm_bias(b_hh, out[t], w_t, G[t]).add_(gi[t])
+        a[:, : 2 * H].sigmoid_()
+        a[:, 2 * H : 3 * H].tanh_()
+        a[:, 3 * H :].sigmoid_()
+        i, f, g, o = a.chunk(4, dim=-1)
+        torch.addcmul(i * g, f, C[t], out=C[t + 1])  # c' = f ⊙ c + i ⊙ g
+        torch.mul(o, torch.tanh(C[t + 1]), out=out[t + 1])
+    return out, C, G
+
+
+def lstm_backward(d_out: Tensor, d_hT: Tensor, d_cT: Tensor, out: Tensor, C: Tensor, G: Tensor, w_hh: Tensor,
+                  has_bias: bool, bf16: bool = False):
+    T, B, H = d_out.shape
+    w = _operands(w_hh, bf16)
+    i, f, g, o = G.chunk(4, dim=-1)
+    tc = torch.tanh(C[1:])
+    dG = torch.empty_like(G)  # [da_i, da_f, da_g, da_o]
+    dh, dc = d_hT, d_cT
+    for t in range(T - 1, -1, -1):
+        dht = d_out[t] + dh
+        dct = dc + dht * o[t] * (1 - tc[t] * tc[t])  # c' reaches the loss directly and through h' = o ⊙ tanh(c')
+        da_i, da_f, da_g, da_o = dG[t].chunk(4, dim=-1)
+        torch.mul(dct * g[t], i[t] * (1 - i[t]), out=da_i)
+        torch.mul(dct * C[t], f[t] * (1 - f[t]), out=da_f)
+        torch.mul(dct * i[t], 1 - g[t] * g[t], out=da_g)
+        torch.mul(dht * tc[t], o[t] * (1 - o[t]), out=da_o)
+        dc = dct * f[t]
+        dh = _mm(dG[t], w)
+    flat = dG.view(T * B, 4 * H)
+    d_w = _mm(flat.t(), _operands(out[:-1].reshape(T * B, H), bf16))
+    return dG, dh, dc, d_w, flat.sum(0) if has_bias else None
+
+
+# ---- plain RNN: h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh) ----
+
+def rnn_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool = False) -> Tensor:
+    a = gi + b_hh if b_hh is not None else gi
+    w_t = _operands(w_hh.t().contiguous(), bf16)
+    out = _states(gi, h0)
+    for t in range(gi.shape[0]):
+        _mm_bias(a[t], out[t], w_t, out[t + 1]).tanh_()
+    return out
+
+
+def rnn_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, w_hh: Tensor, has_bias: bool, bf16: bool = False):
+    T, B, H = d_out.shape
+    w = _operands(w_hh, bf16)
+    c = 1 - out[1:] * out[1:]
+    dA = torch.empty_like(d_out)
+    dh = d_hT
+    for t in range(T - 1, -1, -1):
+        dh = _mm(torch.mul(d_out[t] + dh, c[t], out=dA[t]), w)
+    flat = dA.view(T * B, H)
+    d_w = _mm(flat.t(), _operands(out[:-1].reshape(T * B, H), bf16))
+    return dA, dh, d_w, flat.sum(0) if has_bias else None
+
+
+def _impl(name: str, t: Tensor):
+    """The compiled kernel of that name for CPU tensors where it could be built, else the Python
+    function above (which also serves CUDA and MPS tensors: the kernels are CPU code)."""
+    k = compiled() if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) else None
+    return getattr(k, name) if k is not None else globals()[name]
+
+
+class GRUWindow(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool, bf16: bool):
+        kind = "gru_after" if reset_after else "gru_before"
+        saved = _impl(kind + "_forward", gi)(gi, h0.contiguous(), w_hh, b_hh, bf16)
+        ctx.save_for_backward(w_hh, *saved)
+        ctx.kind, ctx.has_bias, ctx.bf16 = kind, b_hh is not None, bf16
+        out = saved[0]
+        return out[1:], out[-1].clone()
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor, d_hT: Tensor):
+        w_hh, *saved = ctx.saved_tensors
+        d_gi, d_h0, d_w, d_b = _impl(ctx.kind + "_backward", w_hh)(d_out, d_hT, *saved, w_hh, ctx.has_bias, ctx.bf16)
+        return d_gi, d_h0, d_w, d_b, None, None
+
+
+class RNNWindow(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool):
+        out = _impl("rnn_forward", gi)(gi, h0.contiguous(), w_hh, b_hh, bf16)
+        ctx.save_for_backward(w_hh, out)
+        ctx.has_bias, ctx.bf16 = b_hh is not None, bf16
+        return out[1:], out[-1].clone()
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor, d_hT: Tensor):
+        w_hh, out = ctx.saved_tensors
+        return (*_impl("rnn_backward", w_hh)(d_out, d_hT, out, w_hh, ctx.has_bias, ctx.bf16), None)
+
+
+class LSTMWindow(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool):
+        out, C, G = _impl("lstm_forward", gi)(gi, h0.contiguous(), c0.contiguous(), w_hh, b_hh, bf16)
+        ctx.save_for_backward(w_hh, out, C, G)
+        ctx.has_bias, ctx.bf16 = b_hh is not None, bf16
+        return out[1:], out[-1].clone(), C[-1].clone()
+
+    @staticmethod
+    def backward(ctx, d_out: Tensor, d_hT: Tensor, d_cT: Tensor):
+        w_hh, out, C, G = ctx.saved_tensors
+        d_gi, d_h0, d_c0, d_w, d_b = _impl("lstm_backward", w_hh)(d_out.contiguous(), d_hT.contiguous(),
+                                                                   d_cT.contiguous(), out, C, G, w_hh, ctx.has_bias,
+                                                                   ctx.bf16)
+        return d_gi, d_h0, d_c0, d_w, d_b, None
+
+
+def lstm_window(gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None,
+                bf16: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(out T×B×H, h_T, c_T) of an LSTM layer over a window."""
+    return LSTMWindow.apply(gi, h0, c0, w_hh, b_hh, bf16)
+
+
+def gru_window(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool,
+               bf16: bool = False) -> tuple[Tensor, Tensor]:
+    """bf16: bfloat16 operands for the matrix products (mixed precision), float32 everywhere else."""
+    return GRUWindow.apply(gi, h0, w_hh, b_hh, reset_after, bf16)
+
+
+def rnn_window(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool = False) -> tuple[Tensor, Tensor]:
+    return RNNWindow.apply(gi, h0, w_hh, b_hh, bf16)
