@@ -23,12 +23,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.rnn_speed import header  # noqa: E402
-from gru_lm.model import cells
-from gru_lm import model  # noqa: E402
-from gru_lm.model.kernels import compiled  # noqa: E402
-from gru_lm.machine.memory import keep_freed_memory  # noqa: E402
-from gru_lm.model.char_model import CharModel, ModelConfig  # noqa: E402
+from bench.rnn_speed import header
+from gru_lm.machine.memory import keep_freed_memory
+from gru_lm.model import cells, char_model
+from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.model.kernels import compiled
 
 
 def uniform_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -40,7 +39,7 @@ def uniform_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 def use_dropout(fn) -> None:
     cells.dropout = fn
-    model.dropout = fn
+    char_model.dropout = fn
 
 
 def main() -> None:
@@ -83,10 +82,14 @@ def main() -> None:
             rates[name].append(n * x.numel() / (time.perf_counter() - t0))
     use_dropout(variants["hashed masks (gru_lm)"])
     h = header()
-    print(f"# cpu {h['cpu']}, isa {h['isa']}, dtype float32, kernels {h['kernels']}, torch {h['torch']}, "
-          f"threads {h['threads']}, date {h['date']}")
-    print(f"# GRU {args.hidden_size} × {args.layers}, dropout {args.dropout}, weight drop {args.weight_drop}, "
-          f"batch 32, window 64; {args.rounds} rounds of {args.seconds} s each")
+    print(
+        f"# cpu {h['cpu']}, isa {h['isa']}, dtype float32, kernels {h['kernels']}, torch {h['torch']}, "
+        f"threads {h['threads']}, date {h['date']}"
+    )
+    print(
+        f"# GRU {args.hidden_size} × {args.layers}, dropout {args.dropout}, weight drop {args.weight_drop}, "
+        f"batch 32, window 64; {args.rounds} rounds of {args.seconds} s each"
+    )
     print("| masks | chars/s (median) |\n|---|---|")
     for name, v in rates.items():
         print(f"| {name} | {statistics.median(v):,.0f} |")

@@ -1,8 +1,9 @@
-"""Fit the loss curves of the size candidates (gru_lm/training/fit_candidates.json) on the sweeps (bench/results/sweep.jsonl).
+"""Fit the loss curves of the fit candidates (gru_lm/training/fit_candidates.json) on the sweeps
+(bench/results/sweep.jsonl).
 
-    python bench/sweep.py --budget 100 --candidates     # each candidate of fit_candidates.json for 100 s on this machine
+    python bench/sweep.py --budget 100 --candidates     # each fit candidate for 100 s on this machine
     python bench/sweep.py --budget 300 --candidates
-    python bench/fit_sizes.py                           # refit their curves, rewrite gru_lm/training/fit_candidates.json
+    python bench/fit_sizes.py                           # refit their curves, rewrite fit_candidates.json
 
 A sweep row counts for a candidate when it trained the candidate's recipe on Tiny Shakespeare: rows of
 `--candidates` sweeps name it, and older rows whose settings equal the recipe count too, whatever the
@@ -21,12 +22,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gru_lm.training.settings import resolve  # noqa: E402
-from gru_lm.training.settings import FIT_CANDIDATES_FILE  # noqa: E402
+from gru_lm.training.settings import (
+    FIT_CANDIDATES_FILE,
+    resolve,
+)
 
 RESULTS = ROOT / "bench" / "results" / "sweep.jsonl"
-RECIPE_KEYS = ("cell", "reset_after", "hidden_size", "layers", "embed_size", "dropout", "weight_drop", "seq_len",
-               "batch_size", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "ema_decay")
+RECIPE_KEYS = (
+    "cell",
+    "reset_after",
+    "hidden_size",
+    "layers",
+    "embed_size",
+    "dropout",
+    "weight_drop",
+    "seq_len",
+    "batch_size",
+    "lr",
+    "min_lr",
+    "warmup_steps",
+    "weight_decay",
+    "grad_clip",
+    "ema_decay",
+)
 
 
 def recipe(settings) -> tuple:
@@ -47,7 +65,7 @@ def fit_line(points: list[tuple[float, float]], alpha: float) -> tuple[float, fl
     """a, b and the squared error of L = a + b·x, x = (C/10⁶)^(−α), by least squares."""
     xs = [(c / 1e6) ** (-alpha) for c, _ in points]
     ys = [loss for _, loss in points]
-    n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
+    _n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
     b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
     a = my - b * mx
@@ -67,8 +85,10 @@ def main() -> None:
     for c in table["candidates"]:
         a, b, err = fit_line(fitted[c["name"]], alpha)
         c.update(a=round(a, 5), b=round(b, 5), runs=len(fitted[c["name"]]))
-        print(f"{c['name']}: L = {a:.4f} + {b:.4f}·(C/1M)^-{alpha:.2f} from {len(fitted[c['name']])} runs "
-              f"(rms error {(err / len(fitted[c['name']])) ** 0.5:.4f})")
+        print(
+            f"{c['name']}: L = {a:.4f} + {b:.4f}·(C/1M)^-{alpha:.2f} from {len(fitted[c['name']])} runs "
+            f"(rms error {(err / len(fitted[c['name']])) ** 0.5:.4f})"
+        )
     FIT_CANDIDATES_FILE.write_text(json.dumps(table, indent=1) + "\n")
     print(f"wrote {FIT_CANDIDATES_FILE}")
 

@@ -27,8 +27,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-POOL = ("abcdefghijklmnopqrstuvwxyz" * 6 + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + "éèüößçñåø" + "αβγδεζηθλμπσω"
-        + "абвгдежзиклмнопрст" + "的一是不了人我在有他这中大来上国个到说们" + "😀🙂🚀🌍🎉✨")
+POOL = (
+    "abcdefghijklmnopqrstuvwxyz" * 6
+    + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    + "éèüößçñåø"
+    + "αβγδεζηθλμπσω"
+    + "абвгдежзиклмнопрст"
+    + "的一是不了人我在有他这中大来上国个到说们"
+    + "😀🙂🚀🌍🎉✨"
+)
 
 
 def make_corpus(path: Path, mb: float, seed: int = 0) -> None:
@@ -77,14 +84,36 @@ def measure(mb: float, steps: int, work: Path, raw: bool) -> dict:
     size = src.stat().st_size
     pr = run([*gru, "prepare", str(src), "--out", str(prep), "-q"])
     m = re.search(r"prepared .*: ([\d,]+) characters, ([\d,]+) distinct \((\w+)\).* in ([\d.]+)s", pr["stderr"])
+    assert m is not None, pr["stderr"]
     chars, distinct, dtype, inner = int(m[1].replace(",", "")), int(m[2].replace(",", "")), m[3], float(m[4])
-    train_args = ["--max-steps", str(steps), "--max-time", "0", "--eval-every", str(steps), "--eval-chars", "100000",
-                  "--overwrite", "-q", "--device", "cpu"]
+    train_args = [
+        "--max-steps",
+        str(steps),
+        "--max-time",
+        "0",
+        "--eval-every",
+        str(steps),
+        "--eval-chars",
+        "100000",
+        "--overwrite",
+        "-q",
+        "--device",
+        "cpu",
+    ]
     tr = run([*gru, "train", str(prep), "--out", str(runs / f"prep_{mb:g}"), *train_args])
-    row = {"mb": round(size / 1e6, 1), "chars": chars, "distinct": distinct, "dtype": dtype,
-           "prepare_s": inner, "prepare_wall_s": pr["wall_s"], "encode_mb_s": round(size / 1e6 / inner, 1),
-           "prepare_peak_mib": pr["peak_rss_mib"], "train_steps": steps, "train_wall_s": tr["wall_s"],
-           "train_peak_mib": tr["peak_rss_mib"]}
+    row = {
+        "mb": round(size / 1e6, 1),
+        "chars": chars,
+        "distinct": distinct,
+        "dtype": dtype,
+        "prepare_s": inner,
+        "prepare_wall_s": pr["wall_s"],
+        "encode_mb_s": round(size / 1e6 / inner, 1),
+        "prepare_peak_mib": pr["peak_rss_mib"],
+        "train_steps": steps,
+        "train_wall_s": tr["wall_s"],
+        "train_peak_mib": tr["peak_rss_mib"],
+    }
     if raw:
         rr = run([*gru, "train", str(src), "--out", str(runs / f"raw_{mb:g}"), *train_args])
         row.update(raw_train_wall_s=rr["wall_s"], raw_train_peak_mib=rr["peak_rss_mib"])
@@ -109,20 +138,42 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from gru_lm.machine.cpu import cpu_summary
 
-    head = (f"{time.strftime('%Y-%m-%d')}, {cpu_summary()}, torch {torch.__version__}; "
-            f"`python bench/large_corpus.py --mb {args.mb:g} --small-mb {args.small_mb:g} --steps {args.steps}"
-            f"{' --raw' if args.raw else ''}`")
-    cols = ["mb", "chars", "distinct", "dtype", "prepare_s", "encode_mb_s", "prepare_peak_mib", "train_steps",
-            "train_wall_s", "train_peak_mib"] + (["raw_train_wall_s", "raw_train_peak_mib"] if args.raw else [])
-    lines = [f"# Large corpora: prepare and train\n\n{head}\n", "| " + " | ".join(cols) + " |",
-             "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in cols) + " |" for r in (small, large)]
-    lines.append(f"\nPeak resident memory of `train` on the {large['mb']:g} MB corpus: {large['train_peak_mib']:.0f} MiB, "
-                 f"{ratio:.2f}x that on the {small['mb']:g} MB corpus.")
+    head = (
+        f"{time.strftime('%Y-%m-%d')}, {cpu_summary()}, torch {torch.__version__}; "
+        f"`python bench/large_corpus.py --mb {args.mb:g} --small-mb {args.small_mb:g} --steps {args.steps}"
+        f"{' --raw' if args.raw else ''}`"
+    )
+    cols = [
+        "mb",
+        "chars",
+        "distinct",
+        "dtype",
+        "prepare_s",
+        "encode_mb_s",
+        "prepare_peak_mib",
+        "train_steps",
+        "train_wall_s",
+        "train_peak_mib",
+    ] + (["raw_train_wall_s", "raw_train_peak_mib"] if args.raw else [])
+    lines = [
+        f"# Large corpora: prepare and train\n\n{head}\n",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    lines += [
+        "| " + " | ".join(f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in cols) + " |"
+        for r in (small, large)
+    ]
+    lines.append(
+        f"\nPeak resident memory of `train` on the {large['mb']:g} MB corpus: {large['train_peak_mib']:.0f} MiB, "
+        f"{ratio:.2f}x that on the {small['mb']:g} MB corpus."
+    )
     md = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "large_corpus.md").write_text(md)
-    (RESULTS / "large_corpus.json").write_text(json.dumps({"command": head, "rows": [small, large], "train_peak_ratio": ratio}, indent=1) + "\n")
+    (RESULTS / "large_corpus.json").write_text(
+        json.dumps({"command": head, "rows": [small, large], "train_peak_ratio": ratio}, indent=1) + "\n"
+    )
     print(md)
 
 

@@ -1,11 +1,12 @@
 """Training throughput and peak memory of our cells against torch.nn.GRU/RNN/LSTM, side by side in one run.
 
-    python bench/rnn_speed.py                 # the four default shapes (hidden 256/512, batch 32, window 64, 1-2 layers)
+    python bench/rnn_speed.py                 # the four default shapes (hidden 256/512, batch 32, window 64,
+                                              # 1-2 layers)
     python bench/rnn_speed.py --grid full     # hidden 128..1024, layers 1-2, batch 1/32/128, window 64/256
     python bench/rnn_speed.py --memory        # also peak memory of a training step (one subprocess per cell, Linux)
     python bench/rnn_speed.py --end-to-end    # also `gru-lm train` and `gru-lm sample` characters per second
     python bench/rnn_speed.py --repeat 5      # each shape 5 times: median ratio and its range
-    python bench/rnn_speed.py --bf16          # also the cells under bfloat16 autocast (train --dtype bfloat16)
+    python bench/rnn_speed.py --bfloat16          # also the cells under bfloat16 autocast (train --dtype bfloat16)
 
 Each measurement is a char-LM training step (embedding 64 -> recurrent stack -> linear read-out over 65
 characters -> cross-entropy -> backward -> Adam), timed over --seconds after a warm-up, cells
@@ -35,10 +36,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gru_lm.model.cells import GRU, LSTM, RNN  # noqa: E402
-from gru_lm.model.kernels import backend  # noqa: E402
-from gru_lm.machine.cpu import cpu_model, isa_level  # noqa: E402
-from gru_lm.machine.memory import keep_freed_memory  # noqa: E402
+from gru_lm.machine.cpu import cpu_model, isa_level
+from gru_lm.machine.memory import keep_freed_memory
+from gru_lm.model.cells import GRU, LSTM, RNN
+from gru_lm.model.kernels import backend
 
 V, E = 65, 64
 CELLS = {
@@ -52,7 +53,7 @@ CELLS = {
     "ours LSTM": lambda H, L: LSTM(E, H, L),
 }
 # the same cells under CPU autocast to bfloat16, as `gru-lm train --dtype bfloat16` runs them
-BF16 = " (bf16)"
+BF16 = " (bfloat16)"
 for _name in ("torch.nn.GRU", "ours GRU reset-after", "ours GRU reset-before"):
     CELLS[_name + BF16] = CELLS[_name]
 GRIDS = {
@@ -113,8 +114,15 @@ def matmul_rate(seconds: float = 1.0) -> float:
 
 
 def header(dtype: str = "float32") -> dict:
-    return {"cpu": cpu_model(), "isa": isa_level(), "dtype": dtype, "kernels": backend(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    return {
+        "cpu": cpu_model(),
+        "isa": isa_level(),
+        "dtype": dtype,
+        "kernels": backend(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def throughput(names: list[str], shape: tuple, seconds: float, rounds: int = 3) -> dict[str, float]:
@@ -142,37 +150,43 @@ def peak_memory(name: str, shape: tuple) -> float:
     over fork and exec, and hide the child's.
     """
     code = (
-        "import sys, json; sys.path.insert(0, %r); sys.argv = ['x']\n"
+        f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); sys.argv = ['x']\n"
         "from bench.rnn_speed import Step, keep_freed_memory\n"
         "hwm = lambda: int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
         "keep_freed_memory()\n"
-        "s = Step(%r, *%r)\n"
+        f"s = Step({name!r}, *{tuple(shape)!r})\n"
         "before = hwm()\n"
         "for _ in range(3): s()\n"
         "print(json.dumps((hwm() - before) / 1024))\n"
-    ) % (str(ROOT), name, tuple(shape))
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(r.stdout.strip().splitlines()[-1])
 
 
-def end_to_end(seconds: float, bf16: bool = False) -> list[tuple[str, float]]:
+def end_to_end(seconds: float, bfloat16: bool = False) -> list[tuple[str, float]]:
     """Characters per second of the real commands on Tiny Shakespeare with the default config."""
     import tempfile
 
     from gru_lm.model import checkpoint
-    from gru_lm.training.settings import resolve
     from gru_lm.text.vocab import Vocab
+    from gru_lm.training.settings import resolve
     from gru_lm.training.train import train
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runs = [("shakespeare_gru", "float32"), ("shakespeare_rnn", "float32")]
-        runs += [("shakespeare_gru", "bfloat16"), ("shakespeare_30min", "float32"), ("shakespeare_30min", "bfloat16")] if bf16 else []
+        runs += (
+            [("shakespeare_gru", "bfloat16"), ("shakespeare_30min", "float32"), ("shakespeare_30min", "bfloat16")]
+            if bfloat16
+            else []
+        )
         for cfg, dtype in runs:
             s = resolve(ROOT / "configs" / f"{cfg}.toml", {"max_time": seconds, "eval_every": 10**9, "dtype": dtype})
             res = train(ROOT / "data" / "tinyshakespeare.txt", s, Path(tmp) / cfg, overwrite=True, progress=False)
             flag = f" --dtype {dtype}"
-            rows.append((f"gru-lm train --config configs/{cfg}.toml{flag} (incl. final eval)", res.chars / res.elapsed_s))
+            rows.append(
+                (f"gru-lm train --config configs/{cfg}.toml{flag} (incl. final eval)", res.chars / res.elapsed_s)
+            )
         state = checkpoint.load(Path(tmp) / "shakespeare_gru" / "last.pt")
         rows += sampling_speed(checkpoint.build_model(state), Vocab(state["vocab"]))
     return rows
@@ -195,12 +209,17 @@ def sampling_speed(model, vocab, n: int = 2000) -> list[tuple[str, float]]:
     ref = (nn.GRU if cfg.cell == "gru" else nn.RNN)(cfg.embed_size, cfg.hidden_size, cfg.layers).eval()
     with torch.inference_mode():
         x, h = torch.zeros(1, 1, dtype=torch.long), None
-        for rep in range(2):  # the first round warms up
+        for _rep in range(2):  # the first round warms up
             t0 = time.perf_counter()
             for _ in range(n):
                 out, h = ref(model.embed(x), h)
                 x = torch.tensor([[pick(model.head(out[0, 0]), 1.0, None, None, g)]])
-        rows.append((f"torch.nn.{cfg.cell.upper()} {size.split()[1]} stepped one character at a time", n / (time.perf_counter() - t0)))
+        rows.append(
+            (
+                f"torch.nn.{cfg.cell.upper()} {size.split()[1]} stepped one character at a time",
+                n / (time.perf_counter() - t0),
+            )
+        )
     return rows
 
 
@@ -209,14 +228,26 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--grid", choices=sorted(GRIDS), default="default", help="which shapes to measure")
     ap.add_argument("--cells", nargs="*", default=None, help=f"subset of: {', '.join(CELLS)}")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per cell and shape")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="measure each shape N times; the table gives the median and the range of the ratios")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure each shape N times; the table gives the median and the range of the ratios",
+    )
     ap.add_argument("--memory", action="store_true", help="also measure peak memory (slower)")
     ap.add_argument("--end-to-end", action="store_true", help="also time gru-lm train and sample")
-    ap.add_argument("--bf16", action="store_true",
-                    help="also the GRUs under CPU autocast to bfloat16 (mixed precision; not the same arithmetic)")
-    ap.add_argument("--sample-only", type=Path, default=None, metavar="CKPT",
-                    help="only time sampling from this checkpoint against torch.nn.GRU")
+    ap.add_argument(
+        "--bfloat16",
+        action="store_true",
+        help="also the GRUs under CPU autocast to bfloat16 (mixed precision; not the same arithmetic)",
+    )
+    ap.add_argument(
+        "--sample-only",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="only time sampling from this checkpoint against torch.nn.GRU",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc settings as they are")
     ap.add_argument("--json", type=Path, default=None, help="write the results here too")
@@ -226,8 +257,11 @@ def parse_args() -> argparse.Namespace:
 def measure_shapes(names: list[str], args: argparse.Namespace) -> list[dict]:
     """Every cell at every shape: chars/s, the ratio to torch.nn.GRU and (filled in later) the ceiling fraction."""
     spread = args.repeat > 1
-    print("| hidden | layers | batch | window | cell | chars/s | vs torch.nn.GRU |" + (" range |" if spread else "")
-          + (" peak MiB | vs GRU |" if args.memory else ""))
+    print(
+        "| hidden | layers | batch | window | cell | chars/s | vs torch.nn.GRU |"
+        + (" range |" if spread else "")
+        + (" peak MiB | vs GRU |" if args.memory else "")
+    )
     print("|---|---|---|---|---|---|---|" + ("---|" if spread else "") + ("---|---|" if args.memory else ""))
     results = []
     for shape in GRIDS[args.grid]:
@@ -236,8 +270,14 @@ def measure_shapes(names: list[str], args: argparse.Namespace) -> list[dict]:
         for n in names:
             ratios = sorted(r[n] / r["torch.nn.GRU"] for r in runs)
             speed = sorted(r[n] for r in runs)[len(runs) // 2]
-            row = dict(zip(("hidden", "layers", "batch", "window"), shape), cell=n, chars_per_s=speed,
-                       ratio=ratios[len(ratios) // 2], ratios=ratios, flops_per_char=flops_per_char(n, *shape[:2]))
+            row = dict(
+                zip(("hidden", "layers", "batch", "window"), shape),
+                cell=n,
+                chars_per_s=speed,
+                ratio=ratios[len(ratios) // 2],
+                ratios=ratios,
+                flops_per_char=flops_per_char(n, *shape[:2]),
+            )
             line = f"| {shape[0]} | {shape[1]} | {shape[2]} | {shape[3]} | {n} | {speed:,.0f} | {row['ratio']:.2f}x |"
             if spread:
                 line += f" {ratios[0]:.2f}–{ratios[-1]:.2f} |"
@@ -256,8 +296,10 @@ def ceiling_table(results: list[dict], rate: float) -> None:
     for row in results:
         row["ceiling_chars_per_s"] = rate / row["flops_per_char"]
         row["of_ceiling"] = row["chars_per_s"] / row["ceiling_chars_per_s"]
-        print(f"| {row['hidden']} | {row['layers']} | {row['cell']} | {row['chars_per_s']:,.0f} | "
-              f"{row['ceiling_chars_per_s']:,.0f} | {row['of_ceiling']:.0%} |")
+        print(
+            f"| {row['hidden']} | {row['layers']} | {row['cell']} | {row['chars_per_s']:,.0f} | "
+            f"{row['ceiling_chars_per_s']:,.0f} | {row['of_ceiling']:.0%} |"
+        )
 
 
 def main() -> None:
@@ -274,7 +316,7 @@ def main() -> None:
         for name, rate in sampling_speed(checkpoint.build_model(state), Vocab(state["vocab"])):
             print(f"| {name} | {rate:,.0f} |")
         return
-    names = args.cells or [n for n in CELLS if "reference" not in n and (args.bf16 or not n.endswith(BF16))]
+    names = args.cells or [n for n in CELLS if "reference" not in n and (args.bfloat16 or not n.endswith(BF16))]
     if "torch.nn.GRU" not in names:
         names.insert(0, "torch.nn.GRU")
     head = header()
@@ -285,7 +327,7 @@ def main() -> None:
     ceiling_table(results, rate)
     if args.end_to_end:
         print("\n| command | chars/s |\n|---|---|")
-        for name, speed in end_to_end(max(args.seconds * 10, 20), args.bf16):
+        for name, speed in end_to_end(max(args.seconds * 10, 20), args.bfloat16):
             print(f"| {name} | {speed:,.0f} |", flush=True)
             results.append({"command": name, "chars_per_s": speed})
     if args.json:

@@ -24,11 +24,11 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.rnn_speed import header  # noqa: E402
-from gru_lm import checkpoint  # noqa: E402
-from gru_lm.text.batches import Vocab  # noqa: E402
-from gru_lm.model.char_model import CharModel, ModelConfig  # noqa: E402
-from gru_lm.generation.sample import Streams, generate, pick  # noqa: E402
+from bench.rnn_speed import header
+from gru_lm.generation.sample import Streams, generate, pick
+from gru_lm.model import checkpoint
+from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.text.vocab import Vocab
 
 VOCAB = "".join(chr(c) for c in range(32, 97))  # 65 characters, as Tiny Shakespeare's
 
@@ -92,12 +92,14 @@ def main() -> None:
     args = ap.parse_args()
     head = header()
     print("# " + ", ".join(f"{k} {v}" for k, v in head.items()))
-    rows = []
+    rows: list[dict] = []
     for model, vocab in models(args.ckpt):
         size = f"{model.cfg.cell.upper()} {model.cfg.hidden_size}×{model.cfg.layers}"
         one, ref = ours(model, vocab, args.chars), torch_gru(model, max(200, args.chars // 10))
-        print(f"\n{size}, one stream: gru-lm sample {one:,.0f} chars/s, torch.nn.GRU stepped {ref:,.0f} "
-              f"({one / ref:.1f}×)\n\n| streams | chars/s, all streams | over N × one stream |\n|---|---|---|")
+        print(
+            f"\n{size}, one stream: gru-lm sample {one:,.0f} chars/s, torch.nn.GRU stepped {ref:,.0f} "
+            f"({one / ref:.1f}×)\n\n| streams | chars/s, all streams | over N × one stream |\n|---|---|---|"
+        )
         rows.append({"model": size, "one_stream": one, "torch_gru": ref, "ratio": one / ref, "streams": []})
         for n in args.streams:
             rate = streams_rate(model, n, args.chars)

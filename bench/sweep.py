@@ -27,12 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gru_lm.training.settings import Settings, resolve  # noqa: E402
-from gru_lm.machine.device import autocast_dtype  # noqa: E402
-from gru_lm.model.kernels import backend  # noqa: E402
-from gru_lm.machine.cpu import cpu_model, isa_level  # noqa: E402
-from gru_lm.training.fit_to_machine import load_table  # noqa: E402
-from gru_lm.training.train import train  # noqa: E402
+from gru_lm.machine.cpu import cpu_model, isa_level
+from gru_lm.machine.device import pick_autocast_dtype
+from gru_lm.model.kernels import backend
+from gru_lm.training.fit_to_machine import load_table
+from gru_lm.training.settings import Settings, resolve
+from gru_lm.training.train import train
 
 RESULTS = ROOT / "bench" / "results" / "sweep.jsonl"
 RUNS = ROOT / "bench" / "results" / "runs"
@@ -76,33 +76,105 @@ GRIDS: dict[str, list[dict]] = {
     "g300ema": [  # the cosine down to ~0 (min_lr 1e-5), then weight averaging, weight decay 0.1, weight drop on top
         {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16", "min_lr": 1e-05},
         {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16", "min_lr": 1e-05, "ema_decay": 0.995},
-        {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16", "min_lr": 1e-05, "ema_decay": 0.995,
-         "weight_decay": 0.1},
-        {"hidden_size": 512, "layers": 2, "dropout": 0.2, "dtype": "bfloat16", "min_lr": 1e-05, "ema_decay": 0.995,
-         "weight_decay": 0.1, "weight_drop": 0.2},
+        {
+            "hidden_size": 512,
+            "layers": 2,
+            "dropout": 0.2,
+            "dtype": "bfloat16",
+            "min_lr": 1e-05,
+            "ema_decay": 0.995,
+            "weight_decay": 0.1,
+        },
+        {
+            "hidden_size": 512,
+            "layers": 2,
+            "dropout": 0.2,
+            "dtype": "bfloat16",
+            "min_lr": 1e-05,
+            "ema_decay": 0.995,
+            "weight_decay": 0.1,
+            "weight_drop": 0.2,
+        },
     ],
     "g1800": [
         {"hidden_size": 512, "layers": 2, "dropout": 0.3, "lr": 0.004},
         {"hidden_size": 512, "layers": 2, "dropout": 0.3, "lr": 0.004, "dtype": "bfloat16"},
         # wider, more dropout, the cosine down to ~0 and weight averaging
-        {"hidden_size": 768, "layers": 2, "dropout": 0.4, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
-         "ema_decay": 0.998},
-        {"hidden_size": 768, "layers": 2, "dropout": 0.4, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
-         "ema_decay": 0.998, "weight_decay": 0.1, "weight_drop": 0.25},
-        {"hidden_size": 1024, "layers": 2, "dropout": 0.4, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
-         "ema_decay": 0.998, "weight_decay": 0.1, "weight_drop": 0.25},
+        {
+            "hidden_size": 768,
+            "layers": 2,
+            "dropout": 0.4,
+            "dtype": "bfloat16",
+            "lr": 0.003,
+            "min_lr": 1e-05,
+            "ema_decay": 0.998,
+        },
+        {
+            "hidden_size": 768,
+            "layers": 2,
+            "dropout": 0.4,
+            "dtype": "bfloat16",
+            "lr": 0.003,
+            "min_lr": 1e-05,
+            "ema_decay": 0.998,
+            "weight_decay": 0.1,
+            "weight_drop": 0.25,
+        },
+        {
+            "hidden_size": 1024,
+            "layers": 2,
+            "dropout": 0.4,
+            "dtype": "bfloat16",
+            "lr": 0.003,
+            "min_lr": 1e-05,
+            "ema_decay": 0.998,
+            "weight_decay": 0.1,
+            "weight_drop": 0.25,
+        },
         # three layers of 512; then two layers of 512 with that recipe (two more points were stopped early
         # and not recorded: docs/results.md)
-        {"hidden_size": 512, "layers": 3, "dropout": 0.3, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
-         "ema_decay": 0.998, "weight_decay": 0.1, "weight_drop": 0.2},
-        {"hidden_size": 512, "layers": 2, "dropout": 0.3, "dtype": "bfloat16", "lr": 0.003, "min_lr": 1e-05,
-         "ema_decay": 0.998, "weight_decay": 0.1, "weight_drop": 0.15},
+        {
+            "hidden_size": 512,
+            "layers": 3,
+            "dropout": 0.3,
+            "dtype": "bfloat16",
+            "lr": 0.003,
+            "min_lr": 1e-05,
+            "ema_decay": 0.998,
+            "weight_decay": 0.1,
+            "weight_drop": 0.2,
+        },
+        {
+            "hidden_size": 512,
+            "layers": 2,
+            "dropout": 0.3,
+            "dtype": "bfloat16",
+            "lr": 0.003,
+            "min_lr": 1e-05,
+            "ema_decay": 0.998,
+            "weight_decay": 0.1,
+            "weight_drop": 0.15,
+        },
     ],
     "lstm300": [  # LSTMs for the 5-minute comparison of the three cells, with the GRU's recipe
-        {"hidden_size": 512, "layers": 1, "dropout": 0.2, "lr": 0.005, "min_lr": 1e-05, "weight_decay": 0.1,
-         "ema_decay": 0.995},
-        {"hidden_size": 384, "layers": 1, "dropout": 0.1, "lr": 0.007, "min_lr": 1e-05, "weight_decay": 0.1,
-         "ema_decay": 0.995},
+        {
+            "hidden_size": 512,
+            "layers": 1,
+            "dropout": 0.2,
+            "lr": 0.005,
+            "min_lr": 1e-05,
+            "weight_decay": 0.1,
+            "ema_decay": 0.995,
+        },
+        {
+            "hidden_size": 384,
+            "layers": 1,
+            "dropout": 0.1,
+            "lr": 0.007,
+            "min_lr": 1e-05,
+            "weight_decay": 0.1,
+            "ema_decay": 0.995,
+        },
     ],
 }
 
@@ -119,12 +191,26 @@ def run_point(point: dict, budget: float, cell: str, candidate: str | None = Non
     res = train(ROOT / "data" / "tinyshakespeare.txt", s, out, overwrite=True, progress=False)
     if res.interrupted:
         return None
-    dtype = "bfloat16" if autocast_dtype(s.dtype, torch.device("cpu")) else "float32"
-    row = {"budget_s": budget, "cell": cell, "point": point, "run": str(out.relative_to(ROOT)),
-           "best_val_loss": res.best_val_loss, "final_val_loss": res.val_loss, "steps": res.step, "chars": res.chars,
-           "elapsed_s": round(res.elapsed_s, 1), "chars_per_s": round(res.chars / res.elapsed_s),
-           "machine": f"{platform.machine()} {os.cpu_count()} cores", "cpu": cpu_model(), "isa": isa_level(),
-           "dtype": dtype, "kernels": backend(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+    dtype = "bfloat16" if pick_autocast_dtype(s.dtype, torch.device("cpu")) else "float32"
+    row = {
+        "budget_s": budget,
+        "cell": cell,
+        "point": point,
+        "run": str(out.relative_to(ROOT)),
+        "best_val_loss": res.best_val_loss,
+        "final_val_loss": res.val_loss,
+        "steps": res.step,
+        "chars": res.chars,
+        "elapsed_s": round(res.elapsed_s, 1),
+        "chars_per_s": round(res.chars / res.elapsed_s),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "cpu": cpu_model(),
+        "isa": isa_level(),
+        "dtype": dtype,
+        "kernels": backend(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     return {**row, "candidate": candidate} if candidate else row
 
 
@@ -134,11 +220,19 @@ def main() -> None:
     ap.add_argument("--grid", choices=sorted(GRIDS), help="a named list of points")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one ad-hoc point (repeat keys)")
     ap.add_argument("--cell", default="gru", choices=["gru", "lstm", "rnn"])
-    ap.add_argument("--candidates", nargs="*", default=None, metavar="NAME",
-                    help="the size candidates of gru_lm/training/fit_candidates.json (what bench/fit_sizes.py fits): all, or these")
-    ap.add_argument("--again", action="store_true",
-                    help="measure points already in the results again (machines drift from day to day: "
-                    "compare points measured the same day)")
+    ap.add_argument(
+        "--candidates",
+        nargs="*",
+        default=None,
+        metavar="NAME",
+        help="the size candidates of gru_lm/training/fit_candidates.json (what bench/fit_sizes.py fits): all, or these",
+    )
+    ap.add_argument(
+        "--again",
+        action="store_true",
+        help="measure points already in the results again (machines drift from day to day: "
+        "compare points measured the same day)",
+    )
     args = ap.parse_args()
     points = list(GRIDS[args.grid]) if args.grid else []
     names: dict[int, str] = {}
@@ -168,8 +262,11 @@ def main() -> None:
             sys.exit(130)
         with RESULTS.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"{args.cell} {args.budget:.0f}s {point}: best val {row['best_val_loss']:.4f} "
-              f"({row['chars']:,} chars, {row['chars_per_s']:,}/s)", flush=True)
+        print(
+            f"{args.cell} {args.budget:.0f}s {point}: best val {row['best_val_loss']:.4f} "
+            f"({row['chars']:,} chars, {row['chars_per_s']:,}/s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -17,20 +17,40 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gru_lm.training.settings import resolve  # noqa: E402
-from gru_lm.training.train import train  # noqa: E402
+from gru_lm.training.settings import resolve
+from gru_lm.training.train import train
 
 SMOKE = str(ROOT / "configs" / "smoke.toml")
 #: The page tests need Debian's chromium; CI installs it (.ci/run), so there a missing browser fails them.
-needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("CI"),
-                                    reason="chromium is not installed (CI installs it)")
+needs_chromium = pytest.mark.skipif(
+    shutil.which("chromium") is None and not os.environ.get("CI"), reason="chromium is not installed (CI installs it)"
+)
 CLI_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def gru_lm(*args, cwd=None, timeout=120, **kw) -> subprocess.CompletedProcess:
     """Run the command line as a user does: `python -m gru_lm ARGS` in a fresh process."""
-    return subprocess.run([sys.executable, "-m", "gru_lm", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=CLI_ENV, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "gru_lm", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=CLI_ENV,
+        timeout=timeout,
+        **kw,
+    )
+
+
+def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """`gru-lm ARGS` in this process (the same main() as the console script): fast for many bad inputs.
+    Returns the exit code, stdout and stderr."""
+    from gru_lm.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["gru-lm", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out, err = capsys.readouterr()
+    return int(e.value.code or 0), out, err
 
 
 def assert_user_error(r: subprocess.CompletedProcess, *words: str) -> str:
@@ -59,7 +79,8 @@ while True:
         code = 1
         try:
             out = os.open(req["out"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            err = os.open(req["err"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if req["err"] != req["out"] else out
+            same = req["err"] == req["out"]
+            err = out if same else os.open(req["err"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(out, 1)
             os.dup2(err, 2)
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
@@ -87,12 +108,14 @@ class WarmCLI:
     """Starts `gru-lm ARGS` processes forked from a warm interpreter; one at a time, or two (see start)."""
 
     def __init__(self) -> None:
-        self.server = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, env=CLI_ENV)
+        self.server = subprocess.Popen(
+            [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=CLI_ENV
+        )
         assert self._line(120) == "ready"
 
     def _line(self, timeout: float) -> str:
         """One line from the server, read byte by byte so nothing waits unseen in a buffer."""
+        assert self.server.stdout is not None
         out, fd, deadline = b"", self.server.stdout.fileno(), time.monotonic() + timeout
         while not out.endswith(b"\n"):
             if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
@@ -106,6 +129,7 @@ class WarmCLI:
         """Fork a child running `gru-lm ARGS`, its stdout (and stderr, unless err) to log; returns a pidfd for it
         (signals through it cannot hit a reused pid)."""
         req = {"args": [str(a) for a in args], "cwd": str(cwd), "out": str(log), "err": str(err or log)}
+        assert self.server.stdin is not None
         self.server.stdin.write((json.dumps(req) + "\n").encode())
         self.server.stdin.flush()
         pid = int(self._line(60))
@@ -113,6 +137,7 @@ class WarmCLI:
 
     def running(self) -> bool:
         """Whether the child has not ended yet (the server reports its status only once it has reaped it)."""
+        assert self.server.stdout is not None
         return not select.select([self.server.stdout.fileno()], [], [], 0)[0]
 
     def signal(self, pidfd: int, sig: int) -> None:
@@ -129,10 +154,12 @@ class WarmCLI:
         out, err = tmp / f"out{id(args)}.log", tmp / f"err{id(args)}.log"
         code = self.wait(self.start(*args, cwd=cwd, log=out, err=err))
         result = subprocess.CompletedProcess(args, code, out.read_text(), err.read_text())
-        out.unlink(), err.unlink()
+        out.unlink()
+        err.unlink()
         return result
 
     def close(self) -> None:
+        assert self.server.stdin is not None
         self.server.stdin.close()
         self.server.wait(timeout=30)
 

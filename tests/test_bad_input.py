@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gru_lm.model import checkpoint
 from gru_lm.analysis.evaluate import measure
+from gru_lm.model import checkpoint
 
 from .conftest import SMOKE, assert_user_error, gru_lm
 
@@ -46,7 +46,9 @@ def inputs(trained_run, tmp_path_factory) -> tuple[Path, Path]:
     (f / "random.bin").write_bytes(random.Random(6).randbytes(4096))
     (f / "latin1.txt").write_bytes("caf\xe9 au lait, ".encode("latin-1") * 50)
     (f / "utf16_bad.txt").write_bytes("To be, or not".encode("utf-16") + b"\x00\xd8")  # a lone high surrogate
-    (f / "snowman.txt").write_text("To be, or not to be: ☃ that is the thing.\n" * 20, encoding="utf-8")  # ☃: new to the run
+    (f / "snowman.txt").write_text(
+        "To be, or not to be: ☃ that is the thing.\n" * 20, encoding="utf-8"
+    )  # ☃: new to the run
     (f / "bad.toml").write_text("hidden_sise = 3\n")
     (f / "badtype.toml").write_text('layers = "two"\n')
 
@@ -90,33 +92,52 @@ CASES = {
     "invalid UTF-8": (["train", "{files}/latin1.txt"], ["latin1.txt", "not UTF-8", "offset 3"]),
     "invalid UTF-16 after a BOM": (["train", "{files}/utf16_bad.txt"], ["utf16_bad.txt", "not valid UTF-16"]),
     # settings
-    "config: unknown key": (["train", "{corpus}", "--config", "{files}/bad.toml"],
-                            ["bad.toml", "unknown setting 'hidden_sise'"]),
+    "config: unknown key": (
+        ["train", "{corpus}", "--config", "{files}/bad.toml"],
+        ["bad.toml", "unknown setting 'hidden_sise'"],
+    ),
     "config: wrong type": (["train", "{corpus}", "--config", "{files}/badtype.toml"], ["badtype.toml", "'layers'"]),
     "flag out of range": (["train", "{corpus}", "--dropout", "2"], ["dropout"]),
     "flag not a choice": (["train", "{corpus}", "--cell", "lstmx"], ["cell"]),
     "flag not a number": (["train", "{corpus}", "--hidden-size", "abc"], ["hidden-size"]),
     # the run folder
-    "--resume without a checkpoint": (["train", "{corpus}", "--out", "{files}/fresh", "--resume"],
-                                      ["fresh/last.pt", "no checkpoint to resume"]),
-    "--resume from a truncated last.pt": (["train", "{corpus}", "--out", "{files}/broken_run", "--resume"],
-                                          ["broken_run/last.pt", "corrupt or truncated"]),
-    "--resume from a last.pt that would run code": (["train", "{corpus}", "--out", "{files}/evil_run", "--resume"],
-                                                    ["evil_run/last.pt", "refused"]),
-    "--resume changing the model": (["train", "{corpus}", "--config", SMOKE, "--out", "{run}", "--resume",
-                                     "--hidden-size", "64"], ["hidden_size", "last.pt"]),
-    "a finished run without --resume": (["train", "{corpus}", "--config", SMOKE, "--out", "{run}"],
-                                        ["already holds a run"]),
-    "output folder cannot be made": (["train", "{corpus}", "--out", "{files}/short.txt/run"],
-                                     ["short.txt/run", "cannot create the output folder"]),
+    "--resume without a checkpoint": (
+        ["train", "{corpus}", "--out", "{files}/fresh", "--resume"],
+        ["fresh/last.pt", "no checkpoint to resume"],
+    ),
+    "--resume from a truncated last.pt": (
+        ["train", "{corpus}", "--out", "{files}/broken_run", "--resume"],
+        ["broken_run/last.pt", "corrupt or truncated"],
+    ),
+    "--resume from a last.pt that would run code": (
+        ["train", "{corpus}", "--out", "{files}/evil_run", "--resume"],
+        ["evil_run/last.pt", "refused"],
+    ),
+    "--resume changing the model": (
+        ["train", "{corpus}", "--config", SMOKE, "--out", "{run}", "--resume", "--hidden-size", "64"],
+        ["hidden_size", "last.pt"],
+    ),
+    "a finished run without --resume": (
+        ["train", "{corpus}", "--config", SMOKE, "--out", "{run}"],
+        ["already holds a run"],
+    ),
+    "output folder cannot be made": (
+        ["train", "{corpus}", "--out", "{files}/short.txt/run"],
+        ["short.txt/run", "cannot create the output folder"],
+    ),
     # fine-tuning: nothing is written, and the checkpoint started from is untouched
-    "--init-from a missing checkpoint": (["train", "{corpus}", "--init-from", "{files}/missing.pt"],
-                                         ["missing.pt", "no such checkpoint"]),
-    "--init-from changing the model": (["train", "{corpus}", "--config", SMOKE, "--init-from", "{run}/best.pt",
-                                        "--hidden-size", "64"], ["--init-from", "hidden_size is 32", "not 64 (--hidden-size)"]),
+    "--init-from a missing checkpoint": (
+        ["train", "{corpus}", "--init-from", "{files}/missing.pt"],
+        ["missing.pt", "no such checkpoint"],
+    ),
+    "--init-from changing the model": (
+        ["train", "{corpus}", "--config", SMOKE, "--init-from", "{run}/best.pt", "--hidden-size", "64"],
+        ["--init-from", "hidden_size is 32", "not 64 (--hidden-size)"],
+    ),
     "--init-from with characters the model has never seen": (
         ["train", "{files}/snowman.txt", "--config", SMOKE, "--init-from", "{run}/best.pt"],
-        ["snowman.txt", "characters the checkpoint's model has never seen: '☃' ×18;", "--extend-vocab"]),
+        ["snowman.txt", "characters the checkpoint's model has never seen: '☃' ×18;", "--extend-vocab"],
+    ),
     "--extend-vocab without --init-from": (["train", "{corpus}", "--extend-vocab"], ["extend-vocab", "--init-from"]),
     # sampling options
     "prime outside the vocabulary": (["sample", "{run}/best.pt", "--prime", "snow☃"], ["best.pt", "never seen", "☃"]),
@@ -125,18 +146,26 @@ CASES = {
     "top-p = 0": (["sample", "{run}/best.pt", "--top-p", "0"], ["--top-p", "(0, 1]"]),
     "top-p > 1": (["sample", "{run}/best.pt", "--top-p", "1.5"], ["--top-p", "(0, 1]"]),
     "length < 0": (["sample", "{run}/best.pt", "--length", "-5"], ["--length"]),
-    "--beam with --temperature": (["sample", "{run}/best.pt", "--beam", "4", "--temperature", "0.5"],
-                                  ["--beam", "takes no --temperature"]),
+    "--beam with --temperature": (
+        ["sample", "{run}/best.pt", "--beam", "4", "--temperature", "0.5"],
+        ["--beam", "takes no --temperature"],
+    ),
     "--beam 0": (["sample", "{run}/best.pt", "--beam", "0"], ["--beam must be from 1"]),
     "--length-norm without --beam": (["sample", "{run}/best.pt", "--length-norm", "1"], ["--length-norm", "--beam K"]),
-    "--stop outside the vocabulary": (["sample", "{run}/best.pt", "--beam", "2", "--stop", "☃"], ["--stop", "never seen"]),
+    "--stop outside the vocabulary": (
+        ["sample", "{run}/best.pt", "--beam", "2", "--stop", "☃"],
+        ["--stop", "never seen"],
+    ),
     # checkpoints
     "missing checkpoint": (["sample", "{files}/missing.pt"], ["missing.pt", "no such checkpoint"]),
     "text file as checkpoint": (["sample", "{files}/short.txt"], ["short.txt", "not a readable checkpoint"]),
     "truncated checkpoint": (["sample", "{files}/trunc.pt"], ["trunc.pt", "corrupt or truncated"]),
     "flipped bits in a checkpoint": (["sample", "{files}/bitrot.pt"], ["bitrot.pt", "checksum mismatch"]),
     "checkpoint that would run code": (["sample", "{files}/evil.pt"], ["evil.pt", "refused", "run code"]),
-    "weights that do not fit the model": (["sample", "{files}/badmodel.pt"], ["badmodel.pt", "not describe a valid model"]),
+    "weights that do not fit the model": (
+        ["sample", "{files}/badmodel.pt"],
+        ["badmodel.pt", "not describe a valid model"],
+    ),
     "unknown format version": (["perplexity", "{files}/v7.pt"], ["v7.pt", "version 7"]),
     "foreign torch file": (["perplexity", "{files}/foreign.pt"], ["foreign.pt", "not a gru-lm checkpoint"]),
     "empty file as checkpoint": (["perplexity", "{files}/empty.txt"], ["empty.txt", "not a readable checkpoint"]),
@@ -180,8 +209,7 @@ def test_a_full_disk_during_save_keeps_the_previous_checkpoint(trained_run, corp
     before = {n: (run / n).read_bytes() for n in ("last.pt", "best.pt")}
     limit = len(before["last.pt"]) // 2
     assert (run / "metrics.jsonl").stat().st_size < limit  # the log and config.toml still fit
-    r = gru_lm("train", corpus, "--out", run, "--resume", "--max-steps", 62, "-q",
-               preexec_fn=_file_size_limit(limit))
+    r = gru_lm("train", corpus, "--out", run, "--resume", "--max-steps", 62, "-q", preexec_fn=_file_size_limit(limit))
     line = assert_user_error(r, "could not write checkpoint", "File too large", "previous one is kept")
     assert f"error: {run / 'best.pt'}:" in line or f"error: {run / 'last.pt'}:" in line  # best.pt goes first
     assert {n: (run / n).read_bytes() for n in before} == before
@@ -189,7 +217,9 @@ def test_a_full_disk_during_save_keeps_the_previous_checkpoint(trained_run, corp
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # the half-written file is gone
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder; see 'output folder cannot be made'")
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root may write into a read-only folder; see 'output folder cannot be made'"
+)
 def test_read_only_output_folder(corpus, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import itertools
-import sys
 
 import pytest
 import torch
 
-from gru_lm.model import checkpoint
-from gru_lm.generation.beam import check_options, score, search
-from gru_lm.cli.main import main
-from gru_lm.text.vocab import Vocab
 from gru_lm.errors import UserError
-from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.generation.beam import check_options, score, search
 from gru_lm.generation.sample import generate
+from gru_lm.model import checkpoint
+from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.text.vocab import Vocab
+
+from .conftest import run_main
 
 VOCAB = Vocab("\nab")  # 3 characters: 3^4 = 81 continuations of 4
 
@@ -28,8 +28,9 @@ def peaked_model(vocab: Vocab, seed: int, cell: str = "gru", reset_after: bool =
     return model.eval()
 
 
-def exhaustive(model, vocab: Vocab, prime: str, length: int, length_norm: float = 0.0,
-               stop: str | None = None) -> tuple[str, float]:
+def exhaustive(
+    model, vocab: Vocab, prime: str, length: int, length_norm: float = 0.0, stop: str | None = None
+) -> tuple[str, float]:
     """Score every continuation of `length` characters (cut after the first stop) in one batch; the best one."""
     V, prime_ids = len(vocab), vocab.encode(prime)[0].long()
     seqs = torch.tensor(list(itertools.product(range(V), repeat=length)))  # N×length, every continuation
@@ -47,7 +48,9 @@ def exhaustive(model, vocab: Vocab, prime: str, length: int, length_norm: float 
     return best, candidates[best]
 
 
-@pytest.mark.parametrize("cell,reset_after,seed", [("gru", False, 0), ("gru", True, 1), ("rnn", False, 2), ("gru", False, 3)])
+@pytest.mark.parametrize(
+    "cell,reset_after,seed", [("gru", False, 0), ("gru", True, 1), ("rnn", False, 2), ("gru", False, 3)]
+)
 def test_enough_beams_find_the_exhaustive_optimum(cell, reset_after, seed):
     model = peaked_model(VOCAB, seed, cell, reset_after)
     if seed == 3:  # a case where fewer beams miss the optimum: the comparison can fail
@@ -80,16 +83,19 @@ def test_one_beam_is_greedy_decoding():
         assert stopped.text == greedy[: greedy.index(greedy[5]) + 1]  # greedy, up to the first stop character
 
 
-@pytest.mark.parametrize("args,words", [
-    ((0, 0.0, None, {}), "--beam must be from 1"),
-    ((5000, 0.0, None, {}), "--beam must be from 1"),
-    ((4, -1.0, None, {}), "--length-norm must be 0 or more"),
-    ((4, float("nan"), None, {}), "--length-norm"),
-    ((4, 0.0, None, {"--temperature": 0.5, "--top-k": None}), "takes no --temperature"),
-    ((4, 0.0, None, {"--top-p": 0.9, "--seed": 3}), "takes no --top-p, --seed"),
-    ((None, 1.0, None, {}), "give --beam K too"),
-    ((None, 0.0, "\n", {}), "give --beam K too"),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        ((0, 0.0, None, {}), "--beam must be from 1"),
+        ((5000, 0.0, None, {}), "--beam must be from 1"),
+        ((4, -1.0, None, {}), "--length-norm must be 0 or more"),
+        ((4, float("nan"), None, {}), "--length-norm"),
+        ((4, 0.0, None, {"--temperature": 0.5, "--top-k": None}), "takes no --temperature"),
+        ((4, 0.0, None, {"--top-p": 0.9, "--seed": 3}), "takes no --top-p, --seed"),
+        ((None, 1.0, None, {}), "give --beam K too"),
+        ((None, 0.0, "\n", {}), "give --beam K too"),
+    ],
+)
 def test_contradictory_options_are_refused(args, words):
     with pytest.raises(UserError, match=words):
         check_options(*args)
@@ -107,21 +113,15 @@ def test_stop_must_be_one_known_character():
     assert search(model, VOCAB, "a", 0, 2).text == ""
 
 
-def _run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["gru-lm", *map(str, args)])  # the console script's main(), in this process
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
 def test_cli_prints_the_best_continuation(tmp_path, monkeypatch, capsys):
     model = peaked_model(VOCAB, 0)
     ck = tmp_path / "m.pt"
     checkpoint.save(ck, {"model_config": model.cfg.to_dict(), "vocab": VOCAB.chars, "model": model.state_dict()})
-    code, out, err = _run(monkeypatch, capsys, "sample", ck, "--prime", "ab", "--length", 4, "--beam", 81)
+    code, out, err = run_main(monkeypatch, capsys, "sample", ck, "--prime", "ab", "--length", 4, "--beam", 81)
     best = search(checkpoint.build_model(checkpoint.load(ck)), VOCAB, "ab", 4, 81)
     assert code == 0 and out == "ab" + best.text + "\n" and "log p" in err and "seed" not in err
-    assert _run(monkeypatch, capsys, "sample", ck, "--prime", "ab", "--length", 4, "--beam", 81)[1] == out  # no draw
-    code, _, err = _run(monkeypatch, capsys, "sample", ck, "--beam", 2, "--temperature", 0.7)
+    assert (
+        run_main(monkeypatch, capsys, "sample", ck, "--prime", "ab", "--length", 4, "--beam", 81)[1] == out
+    )  # no draw
+    code, _, err = run_main(monkeypatch, capsys, "sample", ck, "--beam", 2, "--temperature", 0.7)
     assert code == 2 and err.startswith("gru-lm: error: --beam") and "--temperature" in err and err.count("\n") == 1

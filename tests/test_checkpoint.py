@@ -9,8 +9,8 @@ import pickle
 import pytest
 import torch
 
-from gru_lm.model import checkpoint
 from gru_lm.errors import UserError
+from gru_lm.model import checkpoint
 
 
 def test_round_trip_is_weights_only(tmp_path):
@@ -24,8 +24,24 @@ def test_round_trip_is_weights_only(tmp_path):
 
 def test_trained_checkpoint_holds_everything_for_resume(trained_run):
     state = torch.load(trained_run / "last.pt", weights_only=True)
-    for key in ("format", "version", "model_config", "settings", "vocab", "model", "optimizer", "step", "epoch",
-                "window", "chars", "elapsed_s", "best_val_loss", "rng", "hidden", "data"):
+    for key in (
+        "format",
+        "version",
+        "model_config",
+        "settings",
+        "vocab",
+        "model",
+        "optimizer",
+        "step",
+        "epoch",
+        "window",
+        "chars",
+        "elapsed_s",
+        "best_val_loss",
+        "rng",
+        "hidden",
+        "data",
+    ):
         assert key in state, key
 
 
@@ -59,7 +75,9 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     before = path.read_bytes()
     fdopen = os.fdopen
     monkeypatch.setattr(checkpoint.os, "fdopen", lambda fd, mode: _FullDisk(fdopen(fd, mode)))
-    with pytest.raises(UserError, match="c.pt: could not write checkpoint \\(No space left on device\\); the previous one is kept"):
+    with pytest.raises(
+        UserError, match=r"c.pt: could not write checkpoint \(No space left on device\); the previous one is kept"
+    ):
         checkpoint.save(path, {"model_config": {"a": 1}, "vocab": "a", "model": {"w": torch.zeros(1000)}, "step": 2})
     monkeypatch.undo()
     assert path.read_bytes() == before
@@ -74,7 +92,9 @@ def test_truncated_foreign_and_future_checkpoints_are_refused(trained_run, tmp_p
     rot = bytearray(data)
     rot[len(data) // 2] ^= 0x01  # one flipped bit inside a tensor: the archive still opens, the CRC-32 tells
     (tmp_path / "rot.pt").write_bytes(bytes(rot))
-    with pytest.raises(UserError, match="rot.pt: not a readable checkpoint \\(corrupt: checksum mismatch in archive/data/"):
+    with pytest.raises(
+        UserError, match=r"rot.pt: not a readable checkpoint \(corrupt: checksum mismatch in archive/data/"
+    ):
         checkpoint.load(tmp_path / "rot.pt")
     with pytest.raises(UserError, match="is a directory"):
         checkpoint.load(tmp_path)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .conftest import SMOKE, gru_lm
+from .conftest import SMOKE, gru_lm, run_main
 
 
 def test_train_sample_perplexity_smoke(corpus, tmp_path):
@@ -38,8 +38,27 @@ def test_train_sample_perplexity_smoke(corpus, tmp_path):
     assert table.returncode == 0 and "rnn" in table.stdout and "bpc" in table.stdout
 
 
-def test_help_explains_every_command():
-    for cmd in ("train", "sample", "perplexity"):
-        r = gru_lm(cmd, "--help")
-        assert r.returncode == 0 and "Usage" in r.stdout
-    assert "--reset-after" in gru_lm("train", "--help").stdout
+COMMANDS = ("train", "prepare", "sample", "perplexity", "inspect", "plot", "compare", "serve")
+
+
+def test_every_command_is_listed_and_every_option_has_help():
+    import typer.main
+
+    from gru_lm.cli.main import app
+
+    group = typer.main.get_command(app)
+    assert sorted(group.commands) == sorted(COMMANDS)  # type: ignore[attr-defined]
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        assert (command.help or "").strip(), f"{name} has no description"
+        for param in command.params:
+            if param.param_type_name == "option":
+                assert (param.help or "").strip(), f"{name} {param.opts[0]} has no help text"
+
+
+def test_help_explains_every_command(monkeypatch, capsys):
+    for cmd in COMMANDS:
+        code, out, _ = run_main(monkeypatch, capsys, cmd, "--help")
+        assert code == 0 and out.startswith("Usage: ") and f" {cmd} [OPTIONS]" in out and "--help" in out, cmd
+    assert "--reset-after" in run_main(monkeypatch, capsys, "train", "--help")[1]
+    code, out, _ = run_main(monkeypatch, capsys)  # no command: the list of them
+    assert code == 0 and all(cmd in out for cmd in COMMANDS)

@@ -3,19 +3,15 @@
 Twenty kills cost twenty process starts, and a fresh `python -m gru_lm` spends seconds importing
 torch before it does anything; so the processes killed here are forked from one warm interpreter
 (conftest.WarmCLI): each child runs the real command line, `gru_lm.cli.main.main()` with its argv, from
-the first line of the CLI, and is killed with a real SIGKILL. The final resume and the second of two concurrent trainings are fresh `python -m gru_lm`
-processes, as a user runs them.
+the first line of the CLI, and is killed with a real SIGKILL. The final resume and the second of two concurrent
+trainings are fresh `python -m gru_lm` processes, as a user runs them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import select
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +22,7 @@ from gru_lm.model import checkpoint
 from gru_lm.training.train import train
 
 from .conftest import SMOKE, WarmCLI, assert_user_error, gru_lm
+
 
 def _wait_for(condition, what: str, warm: WarmCLI, timeout: float = 60, poll: float = 0.001) -> None:
     deadline = time.monotonic() + timeout
@@ -69,19 +66,30 @@ def test_sigkill_at_random_moments_never_loses_a_checkpoint_and_resume_is_exact(
     saved, mid_write = 0, 0
     for kill in range(20):
         resume, old_temps = (run / "last.pt").exists(), set(_temp_files(run))
-        pidfd = warm.start("train", corpus, "--out", run, *flags, "--resume" if resume else "--overwrite",
-                           cwd=tmp_path, log=log)
+        pidfd = warm.start(
+            "train", corpus, "--out", run, *flags, "--resume" if resume else "--overwrite", cwd=tmp_path, log=log
+        )
         mode = ("starting", "mid-write", "training")[kill % 3]
         if mode == "starting":  # anywhere from parsing the flags to the first steps (a few at most)
             at = time.monotonic() + rng.uniform(0.0, 0.3)
-            _wait_for(lambda: time.monotonic() >= at or _last_step(run / "metrics.jsonl") >= saved + 4,
-                      "the moment to kill", warm)
+            _wait_for(
+                lambda at=at, saved=saved: time.monotonic() >= at or _last_step(run / "metrics.jsonl") >= saved + 4,
+                "the moment to kill",
+                warm,
+            )
         elif mode == "mid-write":  # the instant a checkpoint's temporary file exists
-            _wait_for(lambda: any(n.startswith((".last.pt.", ".best.pt.")) for n in set(_temp_files(run)) - old_temps),
-                      "a checkpoint write", warm)
+            _wait_for(
+                lambda old=old_temps: any(
+                    n.startswith((".last.pt.", ".best.pt.")) for n in set(_temp_files(run)) - old
+                ),
+                "a checkpoint write",
+                warm,
+            )
         else:  # a few steps in, then a random instant
             target = saved + rng.randint(1, 4)
-            _wait_for(lambda: _last_step(run / "metrics.jsonl") >= target, f"step {target}", warm, poll=0.005)
+            _wait_for(
+                lambda target=target: _last_step(run / "metrics.jsonl") >= target, f"step {target}", warm, poll=0.005
+            )
             time.sleep(rng.uniform(0.0, 0.05))
         assert warm.running(), "the training finished before it could be killed"
         warm.signal(pidfd, signal.SIGKILL)
@@ -136,7 +144,17 @@ def test_second_training_is_refused_and_ctrl_c_saves_and_exits_130(warm, corpus,
     step = checkpoint.load(out / "last.pt")["step"]
     assert step >= 5 and f"interrupted at step {step};" in err
     assert [r[0] for r in _losses(out)] == list(range(1, step + 1))
-    resumed = warm.start("train", corpus, "--out", out, "--resume", "--max-steps", step + 3, "-q",
-                         cwd=tmp_path, log=tmp_path / "resume.log")
+    resumed = warm.start(
+        "train",
+        corpus,
+        "--out",
+        out,
+        "--resume",
+        "--max-steps",
+        step + 3,
+        "-q",
+        cwd=tmp_path,
+        log=tmp_path / "resume.log",
+    )
     assert warm.wait(resumed) == 0, (tmp_path / "resume.log").read_text()
     assert checkpoint.load(out / "last.pt")["step"] == step + 3

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from gru_lm.model.cells import GRU, RNN
 from gru_lm.machine.device import pick_device
+from gru_lm.model.cells import GRU, RNN
 from gru_lm.training.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import tempfile
 from pathlib import Path
 from unittest import mock
@@ -12,10 +13,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gru_lm.text.batches import StreamBatcher, split_validation
-from gru_lm.text.vocab import Vocab
-from gru_lm.text.reading import read_text
 from gru_lm.errors import UserError
+from gru_lm.text.batches import StreamBatcher, split_validation
+from gru_lm.text.reading import read_text
+from gru_lm.text.vocab import Vocab
 
 
 @given(st.text(min_size=1, max_size=300))
@@ -64,10 +65,16 @@ def test_read_text_utf8_bom_and_utf16(tmp_path):
 
 @pytest.mark.parametrize(
     "content, words",
-    [(b"", "empty"), (b"\xef\xbb\xbf", "empty"), (b"\xff\xfe", "empty"),
-     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"), (b"abc\xff\xfe\xfddef", "not UTF-8"),
-     (b"\xff\xfe\x00\x00\x00\x00\x00\x00", "binary"),  # a BOM, then NULs: binary, not text
-     (b"\xff\xfea\x00b\x00\x00\xd8", "not valid UTF-16"), (b"\xff\xfe\x00\x00\x00\x00\x11\x00", "not valid UTF-32")],
+    [
+        (b"", "empty"),
+        (b"\xef\xbb\xbf", "empty"),
+        (b"\xff\xfe", "empty"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
+        (b"abc\xff\xfe\xfddef", "not UTF-8"),
+        (b"\xff\xfe\x00\x00\x00\x00\x00\x00", "binary"),  # a BOM, then NULs: binary, not text
+        (b"\xff\xfea\x00b\x00\x00\xd8", "not valid UTF-16"),
+        (b"\xff\xfe\x00\x00\x00\x00\x11\x00", "not valid UTF-32"),
+    ],
 )
 def test_read_text_refuses_bad_files(tmp_path, content, words):
     p = tmp_path / "bad.txt"
@@ -138,7 +145,7 @@ def test_batcher_refuses_text_shorter_than_a_window():
 def test_encode_in_chunks_round_trips_and_counts_unknowns(text, other, chunk):
     """Any text, in chunks of any size: the known characters come back in order, the unknown are counted."""
     v = Vocab.from_text(text or "a")
-    mixed = "".join(a + b for a, b in zip(text, other)) + text[len(other):] + other[len(text):]
+    mixed = "".join(a + b for a, b in zip(text, other)) + text[len(other) :] + other[len(text) :]
     with mock.patch("gru_lm.text.vocab._CHUNK", chunk):
         ids, dropped = v.encode(mixed, drop_unknown=True)
         known = "".join(c for c in mixed if c in v.chars)
@@ -167,10 +174,8 @@ def test_read_text_round_trips_any_text(text, codec):
         p.write_bytes(raw)
         expected = text[1:] if codec == "utf-8" and text.startswith("\ufeff") else text
         if raw.startswith(codecs.BOM_UTF32_LE) and codec == "utf-16":
-            try:
+            with contextlib.suppress(UserError):
                 assert "\x00" not in read_text(p)
-            except UserError:
-                pass
         elif "\x00" in expected:
             with pytest.raises(UserError, match="binary"):
                 read_text(p)
@@ -181,7 +186,9 @@ def test_read_text_round_trips_any_text(text, codec):
             assert read_text(p) == expected
 
 
-@given(n=st.integers(1, 400), B=st.integers(1, 6), T=st.integers(1, 9), seed=st.integers(0, 99), epoch=st.integers(0, 5))
+@given(
+    n=st.integers(1, 400), B=st.integers(1, 6), T=st.integers(1, 9), seed=st.integers(0, 99), epoch=st.integers(0, 5)
+)
 @settings(max_examples=150, deadline=None)
 def test_batcher_never_crosses_streams_and_covers_each_character_at_most_once(n, B, T, seed, epoch):
     """What StreamBatcher guarantees for one epoch (data = positions 0..n-1, so an id is where it came from):

@@ -7,14 +7,25 @@ import json
 import pytest
 import torch
 
-from gru_lm.text.batches import StreamBatcher
-from gru_lm.machine.distributed import Dist, streams
 from gru_lm.errors import UserError
+from gru_lm.machine.distributed import Dist, streams
+from gru_lm.text.batches import StreamBatcher
 
 from .conftest import ROOT, assert_user_error, gru_lm
 
-TINY = ["--config", str(ROOT / "configs" / "smoke.toml"), "--batch-size", "8", "--seq-len", "16", "--hidden-size", "32",
-        "--eval-every", "10", "-q"]
+TINY = [
+    "--config",
+    str(ROOT / "configs" / "smoke.toml"),
+    "--batch-size",
+    "8",
+    "--seq-len",
+    "16",
+    "--hidden-size",
+    "32",
+    "--eval-every",
+    "10",
+    "-q",
+]
 
 
 @pytest.fixture(scope="module")
@@ -115,19 +126,21 @@ def test_nproc_mistakes_are_one_line(corpus, tmp_path, pair):
     # a mistake only the processes find (here: a text too short for the batch) is one line too
     short = tmp_path / "short.txt"
     short.write_text("abc" * 30)
-    assert_user_error(gru_lm("train", short, *TINY, "--out", tmp_path / "s", "--nproc", "2", timeout=300), "training characters")
+    assert_user_error(
+        gru_lm("train", short, *TINY, "--out", tmp_path / "s", "--nproc", "2", timeout=300), "training characters"
+    )
 
 
 def test_a_process_that_joined_a_group_exits_without_the_teardown(monkeypatch):
     """torch 2.13's gloo can abort a process at interpreter exit after destroy_process_group (rates in
     docs/scaling.md): a process that joined a group ends with os._exit once its work is done."""
     import gru_lm.machine.distributed as dmod
-    import gru_lm.training.launcher as launcher
+    import gru_lm.machine.process as process
 
     exits: list[int] = []
-    monkeypatch.setattr(launcher.os, "_exit", exits.append)
-    launcher.exit_process(3)
+    monkeypatch.setattr(process.os, "_exit", exits.append)
+    dmod.end_joined_process(3)
     assert exits == []  # never joined a group: it returns, and the process exits the usual way
     monkeypatch.setattr(dmod, "_joined", True)
-    launcher.exit_process(3)
+    dmod.end_joined_process(3)
     assert exits == [3]

@@ -4,8 +4,8 @@ compiled kernel equal bit for bit to the torch-operations reference."""
 import pytest
 import torch
 
-from gru_lm.model.kernels import compiled
 from gru_lm.model.dropout import hashed_mask, keep_mask
+from gru_lm.model.kernels import compiled
 
 
 @pytest.mark.parametrize("n, p, lo, hi", [(1, 0.5, 0, 0), (1000, 0.25, 5, 7), (300_001, 0.3, 2**31 - 1, 123_456_789)])

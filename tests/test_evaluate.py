@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gru_lm.model import checkpoint
-from gru_lm.errors import UserError
 from gru_lm.analysis.evaluate import measure, nll
+from gru_lm.errors import UserError
+from gru_lm.model import checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,9 @@ def test_perplexity_of_any_text_never_crashes(trained_run, text):
         if "\x00" in body or not body or known < 2:
             with pytest.raises(UserError) as e:
                 measure(trained_run / "best.pt", p)
-            assert "\n" not in str(e.value) and ("binary" in str(e.value) or "empty" in str(e.value)
-                                                 or "at least two characters" in str(e.value))
+            assert "\n" not in str(e.value) and (
+                "binary" in str(e.value) or "empty" in str(e.value) or "at least two characters" in str(e.value)
+            )
             return
         row = measure(trained_run / "best.pt", p)
     assert row["unknown"] == len(body) - known and row["chars"] == known - 1

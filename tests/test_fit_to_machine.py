@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from gru_lm.training import fit_to_machine as fitting
-from gru_lm.training.settings import resolve
 from gru_lm.training.fit_to_machine import Candidate, choose
+from gru_lm.training.settings import resolve
 from gru_lm.training.train import train
 
 from .conftest import SMOKE
@@ -30,9 +30,14 @@ def test_the_choice_follows_the_characters_each_candidate_affords():
 
 
 def _table(tmp_path):
-    table = {"about": "test", "alpha": 0.5, "candidates": [
-        {"name": "tiny", "settings": {"hidden_size": 16, "layers": 1, "lr": 0.01}, "a": 3.0, "b": 0.0},
-        {"name": "small", "settings": {"hidden_size": 24, "layers": 2, "lr": 0.02}, "a": 1.0, "b": 0.0}]}
+    table = {
+        "about": "test",
+        "alpha": 0.5,
+        "candidates": [
+            {"name": "tiny", "settings": {"hidden_size": 16, "layers": 1, "lr": 0.01}, "a": 3.0, "b": 0.0},
+            {"name": "small", "settings": {"hidden_size": 24, "layers": 2, "lr": 0.02}, "a": 1.0, "b": 0.0},
+        ],
+    }
     path = tmp_path / "fit_candidates.json"
     path.write_text(json.dumps(table))
     return path

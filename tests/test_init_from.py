@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from gru_lm.model import checkpoint
-from gru_lm.machine import distributed
-from gru_lm.training import resume
+from gru_lm.analysis.evaluate import measure
 from gru_lm.cli.main import main
-from gru_lm.training.settings import resolve
+from gru_lm.errors import UserError
+from gru_lm.machine import distributed
+from gru_lm.model import checkpoint
 from gru_lm.text.corpus import describe_counts
 from gru_lm.text.vocab import Vocab
-from gru_lm.errors import UserError
-from gru_lm.analysis.evaluate import measure
+from gru_lm.training import resume
 from gru_lm.training.init_from import fresh_settings
+from gru_lm.training.settings import resolve
 from gru_lm.training.train import build_model, train
 
 from .conftest import ROOT, SMOKE
@@ -38,8 +38,12 @@ def texts(tmp_path_factory) -> dict[str, Path]:
     known = set(shakespeare[:90_000])  # the base model's vocabulary: its training part
     plain = "".join(c for c in machine[5_000:] if c in known)
     seen = set(plain[:6_000])
-    for name, text in (("shakespeare", shakespeare), ("machine_raw", machine[5_000:11_000]),  # raw: with “ ” ’ — _
-                       ("machine", plain[:6_000]), ("held_out", "".join(c for c in plain[16_000:20_000] if c in seen))):
+    for name, text in (
+        ("shakespeare", shakespeare),
+        ("machine_raw", machine[5_000:11_000]),  # raw: with “ ” ’ — _
+        ("machine", plain[:6_000]),
+        ("held_out", "".join(c for c in plain[16_000:20_000] if c in seen)),
+    ):
         (d / f"{name}.txt").write_text(text, encoding="utf-8")
     return {p.stem: p for p in d.iterdir()}
 
@@ -48,8 +52,7 @@ def texts(tmp_path_factory) -> dict[str, Path]:
 def base(texts, tmp_path_factory) -> Path:
     """A GRU of 64 units trained on Shakespeare for 200 steps: the model to fine-tune."""
     out = tmp_path_factory.mktemp("base") / "run"
-    train(texts["shakespeare"], resolve(SMOKE, {**RECIPE, "max_steps": 200, "eval_every": 200}),
-          out, progress=False)
+    train(texts["shakespeare"], resolve(SMOKE, {**RECIPE, "max_steps": 200, "eval_every": 200}), out, progress=False)
     return out / "best.pt"
 
 
@@ -68,8 +71,14 @@ def test_fine_tuning_beats_the_untouched_model_and_training_from_scratch(texts, 
     settings, start = fresh_settings(SMOKE, {**same, "init_from": str(base)})
     train(texts["machine"], settings, tmp_path / "tuned", progress=False, start_point=start)
     train(texts["machine"], resolve(SMOKE, same), tmp_path / "scratch", progress=False)
-    ppl = {name: measure(path, texts["held_out"]) for name, path in
-           (("untouched", base), ("fine-tuned", tmp_path / "tuned" / "best.pt"), ("from scratch", tmp_path / "scratch" / "best.pt"))}
+    ppl = {
+        name: measure(path, texts["held_out"])
+        for name, path in (
+            ("untouched", base),
+            ("fine-tuned", tmp_path / "tuned" / "best.pt"),
+            ("from scratch", tmp_path / "scratch" / "best.pt"),
+        )
+    }
     assert all(row["unknown"] == 0 for row in ppl.values())  # the same characters scored for all three
     shown = ", ".join(f"{name} {row['perplexity']:.3f}" for name, row in ppl.items())
     assert ppl["fine-tuned"]["perplexity"] < ppl["untouched"]["perplexity"], shown
@@ -91,8 +100,11 @@ def test_a_fine_tuned_run_is_a_new_run_that_records_where_it_started(texts, base
 
 
 def test_new_characters_are_refused_or_added_after_the_old_ones(texts, base, tmp_path):
-    with pytest.raises(UserError, match=r"machine_raw.txt: the training text has characters .* never seen: "
-                                        r".*; pass --extend-vocab to add them") as refused:
+    with pytest.raises(
+        UserError,
+        match=r"machine_raw.txt: the training text has characters .* never seen: "
+        r".*; pass --extend-vocab to add them",
+    ) as refused:
         _tune(texts, base, tmp_path / "refused", text="machine_raw", max_steps=4)
     training_part = texts["machine_raw"].read_text(encoding="utf-8")[:5_400]  # (val_fraction 0.1 of 6,000)
     for c in "“”—":
@@ -115,7 +127,9 @@ def test_added_rows_are_a_fresh_models_and_the_others_the_checkpoints(base):
     fresh, _ = build_model(settings, V + 3, group, torch.device("cpu"))
     for name, value in tuned.state_dict().items():
         if name in ("embed.weight", "head.weight", "head.bias"):
-            assert torch.equal(value[:V], source["model"][name]) and torch.equal(value[V:], fresh.state_dict()[name][V:])
+            assert torch.equal(value[:V], source["model"][name]) and torch.equal(
+                value[V:], fresh.state_dict()[name][V:]
+            )
         else:
             assert torch.equal(value, source["model"][name])
 
@@ -149,7 +163,7 @@ def test_resuming_a_fine_tuned_run_is_exact_without_its_source(texts, base, tmp_
     settings = resume.resume_settings(point, SMOKE, again)  # the same command line, with --resume
     assert settings == resume.resume_settings(point, None, {})  # or none: the run's settings are in last.pt
     assert (settings.init_from, settings.extend_vocab, settings.hidden_size) == (str(source), True, 64)
-    with pytest.raises(UserError, match="--resume: init_from is .*source.pt.* cannot change"):
+    with pytest.raises(UserError, match=r"--resume: init_from is .*source.pt.* cannot change"):
         resume.resume_settings(point, SMOKE, {**again, "init_from": str(base)})
     train(texts["machine_raw"], settings, tmp_path / "split", resume=True, progress=False, resume_point=point)
     a, b = (checkpoint.load(tmp_path / d / "last.pt") for d in ("straight", "split"))
@@ -163,21 +177,44 @@ def test_checkpoints_from_before_init_from_still_resume_and_start_runs(base, tex
     state = checkpoint.load(run / "last.pt")
     for key in ("init_from", "extend_vocab"):
         del state["settings"][key]
-    checkpoint.save(run / "last.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    torch.save({**state, "version": 1}, run / "last.pt")  # as version 1 wrote it before --init-from
     point = resume.load(run)
-    train(texts["shakespeare"], resume.resume_settings(point, None, {"max_steps": 202}), run, resume=True,
-          progress=False, resume_point=point)
+    train(
+        texts["shakespeare"],
+        resume.resume_settings(point, None, {"max_steps": 202}),
+        run,
+        resume=True,
+        progress=False,
+        resume_point=point,
+    )
     assert checkpoint.load(run / "last.pt")["step"] == 202 and "init_from" not in checkpoint.load(run / "last.pt")
-    bare = {"model_config": {k: v for k, v in state["model_config"].items() if k not in ("reset_after", "weight_drop")},
-            "vocab": state["vocab"], "model": state["model"]}  # no step, no settings, an older model_config
-    checkpoint.save(tmp_path / "bare.pt", bare)
+    bare = {
+        "model_config": {k: v for k, v in state["model_config"].items() if k not in ("reset_after", "weight_drop")},
+        "vocab": state["vocab"],
+        "model": state["model"],
+    }  # no step, no settings, an older model_config
+    torch.save({"format": "gru-lm", "version": 1, **bare}, tmp_path / "bare.pt")
     _tune(texts, tmp_path / "bare.pt", tmp_path / "from_bare", text="machine_raw", extend_vocab=True, max_steps=2)
     assert checkpoint.load(tmp_path / "from_bare" / "last.pt")["init_from"]["step"] == 0
 
 
 def test_cli_fine_tunes_and_says_how_many_characters_it_added(texts, base, tmp_path, monkeypatch, capsys):
-    args = ["train", texts["machine_raw"], "--config", SMOKE, "--init-from", base, "--extend-vocab",
-            "--hidden-size", 64, "--max-steps", 3, "--out", tmp_path / "r", "-q"]  # (restating a shape is allowed)
+    args = [
+        "train",
+        texts["machine_raw"],
+        "--config",
+        SMOKE,
+        "--init-from",
+        base,
+        "--extend-vocab",
+        "--hidden-size",
+        64,
+        "--max-steps",
+        3,
+        "--out",
+        tmp_path / "r",
+        "-q",
+    ]  # (restating a shape is allowed)
     monkeypatch.setattr(sys, "argv", ["gru-lm", *map(str, args)])  # the console script's main(), in this process
     with pytest.raises(SystemExit) as e:
         main()

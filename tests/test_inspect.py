@@ -13,23 +13,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from gru_lm.model import checkpoint
-from gru_lm.cli.main import main
-from gru_lm.text.vocab import Vocab
 from gru_lm.analysis.inspect_trace import Trace, text_features, top_units, trace
 from gru_lm.analysis.inspect_view import PALETTE, render_html, render_terminal
+from gru_lm.model import checkpoint
 from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.text.vocab import Vocab
 
-from .conftest import ROOT, needs_chromium
+from .conftest import ROOT, needs_chromium, run_main
 
 TEXT = 'THIS is <b> & "bold"\nOh, ha!\n'
 VOCAB = "".join(sorted(set(TEXT)))  # sorted by code point, as the training vocabulary is
 
 
-def tiny_model(cell: str = "gru", reset_after: bool = False, layers: int = 1, seed: int = 0, hidden: int = 6) -> CharModel:
+def tiny_model(
+    cell: str = "gru", reset_after: bool = False, layers: int = 1, seed: int = 0, hidden: int = 6
+) -> CharModel:
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=len(VOCAB), cell=cell, hidden_size=hidden, layers=layers, embed_size=4,
-                      reset_after=reset_after)
+    cfg = ModelConfig(
+        vocab_size=len(VOCAB), cell=cell, hidden_size=hidden, layers=layers, embed_size=4, reset_after=reset_after
+    )
     return CharModel(cfg).eval()
 
 
@@ -95,7 +97,12 @@ def test_lstm_gates_and_cell_state_match_the_equations(layers, layer):
         hs, cs, gates = [], [], {"i": [], "f": [], "o": []}
         for x in xs:
             a = w_ih @ x + b_ih + w_hh @ h + b_hh
-            i, f, g, o = torch.sigmoid(a[:H]), torch.sigmoid(a[H : 2 * H]), torch.tanh(a[2 * H : 3 * H]), torch.sigmoid(a[3 * H :])
+            i, f, g, o = (
+                torch.sigmoid(a[:H]),
+                torch.sigmoid(a[H : 2 * H]),
+                torch.tanh(a[2 * H : 3 * H]),
+                torch.sigmoid(a[3 * H :]),
+            )
             c = f * c + i * g
             h = o * torch.tanh(c)
             hs.append(h), cs.append(c), gates["i"].append(i), gates["f"].append(f), gates["o"].append(o)
@@ -165,7 +172,7 @@ def test_text_features_and_top_units_find_a_planted_unit():
 class _Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
-        self.spans, self.urls, self.text = 0, [], []
+        self.spans, self.urls, self.text = 0, list[str](), list[str]()
         self._in_char = 0
 
     def handle_starttag(self, tag, attrs):
@@ -188,8 +195,10 @@ class _Page(HTMLParser):
             self.text.append(data)
 
 
-@pytest.mark.parametrize("cell,by,unit", [("gru", "z", None), ("gru", "unit", 3), ("lstm", "f", None), ("lstm", "unit", 2),
-                                          ("rnn", "surprise", None)])
+@pytest.mark.parametrize(
+    "cell,by,unit",
+    [("gru", "z", None), ("gru", "unit", 3), ("lstm", "f", None), ("lstm", "unit", 2), ("rnn", "surprise", None)],
+)
 def test_html_page_is_self_contained_and_escaped(cell, by, unit):
     tr = trace(tiny_model(cell=cell), Vocab(VOCAB), TEXT)
     page = render_html(tr, by, unit, title="t <&>", meta="m")
@@ -206,7 +215,9 @@ def test_html_page_is_self_contained_and_escaped(cell, by, unit):
     assert render_terminal(tr, by, unit).plain == TEXT.replace("\n", "↵\n")
     # the page's script only looks colours up: the palette and every quantity's indexes travel as data
     colours = json.loads(page.split('id="colours">')[1].split("</script>")[0])
-    assert colours["palette"] == [list(c) for c in PALETTE] and "#" not in _JS_OF(page).replace("#text", "").replace("#info", "")
+    assert colours["palette"] == [list(c) for c in PALETTE] and "#" not in _JS_OF(page).replace("#text", "").replace(
+        "#info", ""
+    )
     assert all(len(ix) == len(TEXT) and all(0 <= i < len(PALETTE) for i in ix) for ix in colours["index"].values())
     assert (by in colours["index"]) and (("unit" in colours["index"]) == (unit is not None))
 
@@ -215,19 +226,11 @@ def _JS_OF(page: str) -> str:
     return page.rsplit("<script>", 1)[1].split("</script>")[0]
 
 
-def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """`gru-lm ARGS` in this process (the same main() as the console script): fast for many bad inputs."""
-    monkeypatch.setattr(sys, "argv", ["gru-lm", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
 def gru_lm(*args, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "gru_lm", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "gru_lm", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
 
 
 def test_cli_inspect_smoke(tmp_path):
@@ -252,19 +255,22 @@ def test_cli_inspect_file_unit_and_top_units(tmp_path, monkeypatch, capsys):
     assert code == 0 and "position in line" in out and "uppercase" in out
 
 
-@pytest.mark.parametrize("args,words", [
-    (["--text", "hi", "--file", "x.txt"], "exactly one of"),
-    ([], "exactly one of"),
-    (["--text", "hi", "--length", 0], "--length"),
-    (["--text", "hi", "--unit", 6], "--unit"),
-    (["--text", "hi", "--unit", -1], "--unit"),
-    (["--text", "hi", "--layer", 3], "--layer"),
-    (["--text", "hi", "--color-by", "colour"], "--color-by"),
-    (["--text", "hi", "--color-by", "unit"], "--unit"),
-    (["--text", ""], "empty"),
-    (["--text", "hi", "--start", 5], "--start"),
-    (["--file", "missing.txt"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--text", "hi", "--file", "x.txt"], "exactly one of"),
+        ([], "exactly one of"),
+        (["--text", "hi", "--length", 0], "--length"),
+        (["--text", "hi", "--unit", 6], "--unit"),
+        (["--text", "hi", "--unit", -1], "--unit"),
+        (["--text", "hi", "--layer", 3], "--layer"),
+        (["--text", "hi", "--color-by", "colour"], "--color-by"),
+        (["--text", "hi", "--color-by", "unit"], "--unit"),
+        (["--text", ""], "empty"),
+        (["--text", "hi", "--start", 5], "--start"),
+        (["--file", "missing.txt"], "no such file"),
+    ],
+)
 def test_cli_inspect_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, args, words):
     ck = tiny_ckpt(tmp_path / "m.pt")
     monkeypatch.chdir(tmp_path)
@@ -289,10 +295,21 @@ def test_html_page_opens_in_headless_chromium(tmp_path):
     page = tmp_path / "page.html"
     page.write_text(render_html(trace(tiny_model(), Vocab(VOCAB), TEXT * 4), "z"), encoding="utf-8")
     png = tmp_path / "shot.png"
-    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={png}", "--window-size=800,600",
-           page.as_uri()]
+    cmd = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={png}",
+        "--window-size=800,600",
+        page.as_uri(),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     data = png.read_bytes()

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from gru_lm.analysis.evaluate import measure
+from gru_lm.errors import UserError
 from gru_lm.text import prepared as P
 from gru_lm.text import reading as T
 from gru_lm.text.corpus import load_corpus
-from gru_lm.text.vocab import Vocab
-from gru_lm.errors import UserError
-from gru_lm.analysis.evaluate import measure
 from gru_lm.text.reading import read_text
+from gru_lm.text.vocab import Vocab
 from gru_lm.training.train import train
 
 from .conftest import assert_user_error, gru_lm
@@ -30,8 +30,12 @@ def small_chunks(monkeypatch):
 
 
 def test_iter_text_decodes_across_chunk_edges(tmp_path, small_chunks):
-    for codec, bom in (("utf-8", b""), ("utf-8", codecs.BOM_UTF8), ("utf-16-le", codecs.BOM_UTF16_LE),
-                       ("utf-32-be", codecs.BOM_UTF32_BE)):
+    for codec, bom in (
+        ("utf-8", b""),
+        ("utf-8", codecs.BOM_UTF8),
+        ("utf-16-le", codecs.BOM_UTF16_LE),
+        ("utf-32-be", codecs.BOM_UTF32_BE),
+    ):
         p = tmp_path / "t.txt"
         p.write_bytes(bom + MIXED.encode(codec))
         assert "".join(T.iter_text(p)) == MIXED, (codec, bom)
@@ -67,7 +71,7 @@ def test_prepare_round_trips_and_is_compact(tmp_path, small_chunks, n_chars, dty
         P.CHUNK_BYTES = 1 << 16  # 70,000 characters 7 bytes at a time would be slow, and prove nothing more
     src = tmp_path / "src.txt"
     src.write_text(text, encoding="utf-8")
-    meta = P.prepare(src, tmp_path / "prep", progress=False)
+    meta = P.prepare_corpus(src, tmp_path / "prep", progress=False)
     assert meta["dtype"] == dtype
     pr = P.load_prepared(tmp_path / "prep")
     assert pr.ids.dtype == np.dtype(dtype) and len(pr.ids) == len(text)
@@ -77,7 +81,7 @@ def test_prepare_round_trips_and_is_compact(tmp_path, small_chunks, n_chars, dty
 
 
 def test_prepare_matches_the_in_memory_encoding(tmp_path, corpus):
-    P.prepare(corpus, tmp_path / "prep", progress=False)
+    P.prepare_corpus(corpus, tmp_path / "prep", progress=False)
     pr = P.load_prepared(tmp_path / "prep")
     sc, ids = P.encode_file(corpus)
     text = read_text(corpus)
@@ -90,7 +94,7 @@ def test_prepare_matches_the_in_memory_encoding(tmp_path, corpus):
 
 def test_train_and_perplexity_on_a_prepared_folder(tmp_path, corpus, smoke):
     prep = tmp_path / "prep"
-    P.prepare(corpus, prep, progress=False)
+    P.prepare_corpus(corpus, prep, progress=False)
     s = smoke(max_steps=20, eval_every=10)
     run = train(prep, s, tmp_path / "run", progress=False)
     assert run.step == 20
@@ -111,8 +115,8 @@ def test_train_and_perplexity_on_a_prepared_folder(tmp_path, corpus, smoke):
 def test_eval_chars_limits_validation_during_training(tmp_path, corpus, smoke):
     r = train(corpus, smoke(max_steps=10, eval_every=10, eval_chars=300), tmp_path / "a", progress=False)
     full = train(corpus, smoke(max_steps=10, eval_every=10, eval_chars=0), tmp_path / "b", progress=False)
-    from gru_lm.model.checkpoint import build_model, load
     from gru_lm.analysis.evaluate import nll
+    from gru_lm.model.checkpoint import build_model, load
 
     state = load(tmp_path / "a" / "last.pt")
     c = load_corpus(corpus, smoke())
@@ -123,7 +127,7 @@ def test_eval_chars_limits_validation_during_training(tmp_path, corpus, smoke):
 
 def test_bad_prepared_folders_are_user_errors(tmp_path, corpus):
     prep = tmp_path / "prep"
-    P.prepare(corpus, prep, progress=False)
+    P.prepare_corpus(corpus, prep, progress=False)
     ids = prep / P.IDS
     ids.write_bytes(ids.read_bytes()[:-5])
     assert_user_error(gru_lm("train", prep, "--max-steps", "1", "-q", "--out", tmp_path / "r"), "prepare again")

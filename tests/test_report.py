@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 
+from gru_lm.analysis.report import markdown_table, summarize, write_report
 from gru_lm.errors import UserError
 from gru_lm.machine.cpu import cpu_model, isa_level
-from gru_lm.analysis.report import markdown_table, summarize, write_report
 from gru_lm.training.train import train
 
 from .conftest import ROOT
@@ -43,16 +43,17 @@ def test_compare_with_seeds_reports_means_spreads_and_an_interval(corpus, tmp_pa
     """--seeds 2: each config trains twice with the seeds s and s+1 into runs/<config>/seed<s>; the report
     gives each config's mean and range and the pair's difference with an interval; a second call reuses
     the finished runs."""
-    from gru_lm.training.compare import train_configs
     from gru_lm.analysis.report import write_report
+    from gru_lm.training.compare import train_configs
 
     cfg_rnn = tmp_path / "smoke_rnn.toml"
     cfg_rnn.write_text((ROOT / "configs" / "smoke.toml").read_text().replace('cell = "gru"', 'cell = "rnn"'))
     configs = [ROOT / "configs" / "smoke.toml", cfg_rnn]
     groups, stopped = train_configs(corpus, configs, tmp_path / "cmp", None, False, False, seeds=2)
     assert stopped is None and [g.name for g in groups] == ["smoke", "smoke_rnn"]
-    assert [r.name for r in groups[0].runs] == ["seed1", "seed2"] and all((r / "best.pt").is_file() for g in groups
-                                                                         for r in g.runs)
+    assert [r.name for r in groups[0].runs] == ["seed1", "seed2"] and all(
+        (r / "best.pt").is_file() for g in groups for r in g.runs
+    )
     text = write_report(groups, tmp_path / "cmp", "seeds").read_text()
     assert "smoke (seed 1)" in text and "smoke (seed 2)" in text and "± " in text and "95% interval" in text
     assert ("is better" in text) != ("cannot tell them apart" in text)
@@ -62,7 +63,7 @@ def test_compare_with_seeds_reports_means_spreads_and_an_interval(corpus, tmp_pa
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path):
-    with pytest.raises(UserError, match="no metrics.jsonl"):
+    with pytest.raises(UserError, match=r"no metrics.jsonl"):
         summarize(tmp_path)
 
 
@@ -96,6 +97,8 @@ def test_compare_stops_at_an_interrupted_training(corpus, tmp_path, monkeypatch)
 
     monkeypatch.setattr(training, "train", interrupted)
     out = tmp_path / "cmp"
-    r = CliRunner().invoke(cli.app, ["compare", str(corpus), "-c", str(SMOKE), "-c", str(SMOKE), "--out", str(out), "-q"])
+    r = CliRunner().invoke(
+        cli.app, ["compare", str(corpus), "-c", str(SMOKE), "-c", str(SMOKE), "--out", str(out), "-q"]
+    )
     assert r.exit_code == 130 and len(trained) == 1, r.output
     assert "interrupted at step 3" in r.output and not (out / "report.md").exists()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gru_lm.model import checkpoint
-from gru_lm.text.vocab import Vocab
 from gru_lm.errors import UserError
-from gru_lm.model.char_model import CharModel, ModelConfig
 from gru_lm.generation import sample
 from gru_lm.generation.sample import Stepper, Streams, check_options, filter_logits, generate, pick
+from gru_lm.model import checkpoint
+from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.text.vocab import Vocab
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,16 @@ def model_vocab(trained_run):
 
 def _text(model, vocab, **kw):
     seed = kw.pop("seed", 0)
-    return "".join(generate(model, vocab, kw.pop("prime", "ROMEO:"), kw.pop("length", 60),
-                            generator=torch.Generator().manual_seed(seed), **kw))
+    return "".join(
+        generate(
+            model,
+            vocab,
+            kw.pop("prime", "ROMEO:"),
+            kw.pop("length", 60),
+            generator=torch.Generator().manual_seed(seed),
+            **kw,
+        )
+    )
 
 
 def test_same_seed_same_text(model_vocab):
@@ -64,8 +72,16 @@ def test_top_p_sampling_only_uses_the_nucleus(model_vocab):
     assert text == _text(m, v, length=200, temperature=0, seed=5)  # a tiny nucleus is the argmax alone
 
 
-@pytest.mark.parametrize("kw, words", [({"temperature": -1}, "temperature"), ({"top_k": 0}, "top-k"),
-                                      ({"top_p": 0.0}, "top-p"), ({"top_p": 1.5}, "top-p"), ({"length": -1}, "length")])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_k": 0}, "top-k"),
+        ({"top_p": 0.0}, "top-p"),
+        ({"top_p": 1.5}, "top-p"),
+        ({"length": -1}, "length"),
+    ],
+)
 def test_bad_options(kw, words):
     args = {"temperature": 1.0, "top_k": None, "top_p": None, "length": 10, **kw}
     with pytest.raises(UserError, match=words):
@@ -78,8 +94,15 @@ def test_prime_outside_the_vocabulary_is_refused_before_output(model_vocab):
         generate(m, v, "ROMEO: ☃", 10)
 
 
-@pytest.mark.parametrize("cfg", [dict(cell="gru", layers=2), dict(cell="gru", reset_after=True), dict(cell="lstm", layers=2),
-                                 dict(cell="rnn", layers=2)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"cell": "gru", "layers": 2},
+        {"cell": "gru", "reset_after": True},
+        {"cell": "lstm", "layers": 2},
+        {"cell": "rnn", "layers": 2},
+    ],
+)
 def test_stepper_equals_the_model_over_a_window(cfg):
     torch.manual_seed(0)
     model = CharModel(ModelConfig(vocab_size=11, hidden_size=12, embed_size=5, **cfg)).eval()
@@ -98,8 +121,12 @@ def test_a_tiny_temperature_is_nearly_greedy(model_vocab):
     assert _text(m, v, temperature=1e-30, seed=3) == _text(m, v, temperature=0)
 
 
-CELLS = [dict(cell="gru", layers=2), dict(cell="gru", reset_after=True), dict(cell="lstm", layers=2),
-         dict(cell="rnn", layers=2)]
+CELLS = [
+    {"cell": "gru", "layers": 2},
+    {"cell": "gru", "reset_after": True},
+    {"cell": "lstm", "layers": 2},
+    {"cell": "rnn", "layers": 2},
+]
 
 
 @pytest.mark.parametrize("cfg", CELLS, ids=["gru-before", "gru-after", "lstm", "rnn"])
@@ -122,8 +149,9 @@ def test_the_sampler_gives_the_models_next_character_logits(cfg, compiled, monke
         torch.testing.assert_close(streams.logits(), expected[t], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.7, 3, None), (1.3, None, 0.8),
-                                                        (1.0, 4, 0.6), (0.0, None, None)])
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p", [(1.0, None, None), (0.7, 3, None), (1.3, None, 0.8), (1.0, 4, 0.6), (0.0, None, None)]
+)
 def test_the_compiled_draw_is_pick(temperature, top_k, top_p):
     """For the same logits and the same uniform number, the compiled sampler draws the character that
     sample.pick draws: the same distribution, temperature, top-k and top-p rules."""

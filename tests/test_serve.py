@@ -11,21 +11,21 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 import torch
 
-from gru_lm.model import checkpoint
-from gru_lm.cli.main import main
-from gru_lm.text.vocab import Vocab
 from gru_lm.analysis.inspect_trace import trace
 from gru_lm.analysis.inspect_view import PALETTE, colour_indexes
-from gru_lm.model.char_model import CharModel, ModelConfig
 from gru_lm.generation.sample import generate
 from gru_lm.generation.serve import MAX_LENGTH, MAX_PRIME, open_server
+from gru_lm.model import checkpoint
+from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.text.vocab import Vocab
 
-from .conftest import CLI_ENV, needs_chromium
+from .conftest import CLI_ENV, needs_chromium, run_main
 
 VOCAB = Vocab("\n !',.:;?ABEILMORTUabcdefghiklmnoprstuwy")
 
@@ -56,7 +56,8 @@ def server(ckpts):
 
 
 def get(server, target: str) -> tuple[int, dict, str]:
-    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=60)
     try:
         conn.request("GET", target)
         resp = conn.getresponse()
@@ -65,13 +66,15 @@ def get(server, target: str) -> tuple[int, dict, str]:
         conn.close()
 
 
-def events(body: str) -> list[tuple[str, object]]:
+def events(body: str) -> list[tuple[str, Any]]:
     """Server-Sent Events as (name, JSON data), in order."""
     out = []
     for block in body.split("\n\n"):
         if block:
             name = re.search(r"^event: (.*)$", block, re.M)
-            out.append((name.group(1) if name else "message", json.loads(re.search(r"^data: (.*)$", block, re.M).group(1))))
+            data = re.search(r"^data: (.*)$", block, re.M)
+            assert data is not None, block
+            out.append((name.group(1) if name else "message", json.loads(data.group(1))))
     return out
 
 
@@ -118,8 +121,10 @@ def test_the_colours_are_inspects_over_prime_and_continuation(server, ckpts):
 
 
 def test_requests_at_the_same_time_each_get_their_own_stream(server):
-    asks = [dict(model=i % 2, prime=p, length=300, seed=s) for i, (p, s) in enumerate([("ROMEO:", 1), ("ROMEO:", 2),
-                                                                                        ("To be", 1), ("ROMEO:", 1)])]
+    asks = [
+        {"model": i % 2, "prime": p, "length": 300, "seed": s}
+        for i, (p, s) in enumerate([("ROMEO:", 1), ("ROMEO:", 2), ("To be", 1), ("ROMEO:", 1)])
+    ]
     alone = [stream(server, **a)[0] for a in asks]
     together, start = [None] * len(asks), threading.Barrier(len(asks))
 
@@ -135,24 +140,27 @@ def test_requests_at_the_same_time_each_get_their_own_stream(server):
     assert together == alone and len(set(alone)) == len(alone)
 
 
-@pytest.mark.parametrize("params,status,words", [
-    ({"prime": "ROMEO: ☃ é"}, 400, ["never seen", "'☃é'"]),
-    ({"prime": ""}, 400, ["prime is empty"]),
-    ({"prime": "a" * (MAX_PRIME + 1)}, 413, ["at most"]),
-    ({"prime": "ROMEO:", "length": MAX_LENGTH + 1}, 400, ["length must be from 1 to"]),
-    ({"prime": "ROMEO:", "length": 0}, 400, ["length must be from 1 to"]),
-    ({"prime": "ROMEO:", "length": "ten"}, 400, ["length must be a whole number", "'ten'"]),
-    ({"prime": "ROMEO:", "temperature": -0.5}, 400, ["temperature must be 0", "-0.5"]),
-    ({"prime": "ROMEO:", "temperature": "hot"}, 400, ["temperature must be a number", "'hot'"]),
-    ({"prime": "ROMEO:", "temperature": "nan"}, 400, ["temperature must be a finite number"]),
-    ({"prime": "ROMEO:", "top_p": 0}, 400, ["top_p must be in (0, 1]"]),
-    ({"prime": "ROMEO:", "top_p": 1.5}, 400, ["top_p must be in (0, 1]"]),
-    ({"prime": "ROMEO:", "seed": -1}, 400, ["seed must be in"]),
-    ({"prime": "ROMEO:", "model": 2}, 404, ["no checkpoint 2", "has 2"]),
-    ({"prime": "ROMEO:", "model": "../runs/gru/best.pt"}, 400, ["model must be the index", "only the checkpoints"]),
-    ({"prime": "ROMEO:", "model": "/etc/passwd"}, 400, ["model must be the index"]),
-    ({"prime": "ROMEO:", "path": "x.pt"}, 400, ["unknown parameter 'path'"]),
-])
+@pytest.mark.parametrize(
+    "params,status,words",
+    [
+        ({"prime": "ROMEO: ☃ é"}, 400, ["never seen", "'☃é'"]),
+        ({"prime": ""}, 400, ["prime is empty"]),
+        ({"prime": "a" * (MAX_PRIME + 1)}, 413, ["at most"]),
+        ({"prime": "ROMEO:", "length": MAX_LENGTH + 1}, 400, ["length must be from 1 to"]),
+        ({"prime": "ROMEO:", "length": 0}, 400, ["length must be from 1 to"]),
+        ({"prime": "ROMEO:", "length": "ten"}, 400, ["length must be a whole number", "'ten'"]),
+        ({"prime": "ROMEO:", "temperature": -0.5}, 400, ["temperature must be 0", "-0.5"]),
+        ({"prime": "ROMEO:", "temperature": "hot"}, 400, ["temperature must be a number", "'hot'"]),
+        ({"prime": "ROMEO:", "temperature": "nan"}, 400, ["temperature must be a finite number"]),
+        ({"prime": "ROMEO:", "top_p": 0}, 400, ["top_p must be in (0, 1]"]),
+        ({"prime": "ROMEO:", "top_p": 1.5}, 400, ["top_p must be in (0, 1]"]),
+        ({"prime": "ROMEO:", "seed": -1}, 400, ["seed must be in"]),
+        ({"prime": "ROMEO:", "model": 2}, 404, ["no checkpoint 2", "has 2"]),
+        ({"prime": "ROMEO:", "model": "../runs/gru/best.pt"}, 400, ["model must be the index", "only the checkpoints"]),
+        ({"prime": "ROMEO:", "model": "/etc/passwd"}, 400, ["model must be the index"]),
+        ({"prime": "ROMEO:", "path": "x.pt"}, 400, ["unknown parameter 'path'"]),
+    ],
+)
 def test_what_the_server_refuses(server, params, status, words):
     got, headers, body = get(server, "/generate?" + urlencode(params))
     assert got == status and headers["Content-Type"].startswith("text/plain"), (got, body)
@@ -171,30 +179,30 @@ def test_no_request_opens_a_file(server, monkeypatch):
     assert get(server, "/gru.pt")[0] == 404 and get(server, "/../serve0/gru.pt")[0] == 404
 
 
-def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["gru-lm", *map(str, args)])  # the console script's main(), in this process
-    with pytest.raises(SystemExit) as e:
-        main()
-    return e.value.code, capsys.readouterr().err
-
-
 def test_cli_mistakes_are_one_line(ckpts, tmp_path, monkeypatch, capsys):
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        for args, words in ((["serve", tmp_path / "missing.pt"], "no such checkpoint"),
-                            (["serve", ckpts[0], tmp_path / "notes.pt"], "not a readable checkpoint"),
-                            (["serve", ckpts[0], "--port", port], f"cannot listen on 127.0.0.1:{port}"),
-                            (["serve", ckpts[0], "--port", 70000], "--port must be from 0 to 65535")):
-            code, err = _main(monkeypatch, capsys, *args)
+        for args, words in (
+            (["serve", tmp_path / "missing.pt"], "no such checkpoint"),
+            (["serve", ckpts[0], tmp_path / "notes.pt"], "not a readable checkpoint"),
+            (["serve", ckpts[0], "--port", port], f"cannot listen on 127.0.0.1:{port}"),
+            (["serve", ckpts[0], "--port", 70000], "--port must be from 0 to 65535"),
+        ):
+            code, _, err = run_main(monkeypatch, capsys, *args)
             assert code == 2 and err.count("\n") == 1 and err.startswith("gru-lm: error:") and words in err, err
 
 
 def test_cli_serves_until_ctrl_c_even_in_the_middle_of_streams(ckpts):
-    proc = subprocess.Popen([sys.executable, "-m", "gru_lm", "serve", *map(str, ckpts), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLI_ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gru_lm", "serve", *map(str, ckpts), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CLI_ENV,
+    )
     try:
         line = proc.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -214,10 +222,21 @@ def test_cli_serves_until_ctrl_c_even_in_the_middle_of_streams(ckpts):
 @needs_chromium
 def test_the_page_continues_a_prime_in_headless_chromium(server, tmp_path):
     url = f"http://127.0.0.1:{server.server_address[1]}/?" + urlencode(
-        {"prime": "ROMEO:", "auto": 1, "length": 60, "seed": 4, "temperature": 0.9, "top_p": 1, "by": "surprise"})
-    base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+        {"prime": "ROMEO:", "auto": 1, "length": 60, "seed": 4, "temperature": 0.9, "top_p": 1, "by": "surprise"}
+    )
+    base = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
     dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-state="done"' in dom.stdout, dom.stdout[-3000:]
@@ -226,6 +245,7 @@ def test_the_page_continues_a_prime_in_headless_chromium(server, tmp_path):
     assert "".join(ch for _, ch in spans).replace("&amp;", "&") == expected  # what the page shows, coloured
     assert len({bg for bg, _ in spans}) > 3
     png = tmp_path / "page.png"
-    shot = subprocess.run([*base, f"--screenshot={png}", "--window-size=1100,700", url], capture_output=True,
-                          text=True, timeout=120)
+    shot = subprocess.run(
+        [*base, f"--screenshot={png}", "--window-size=1100,700", url], capture_output=True, text=True, timeout=120
+    )
     assert shot.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000

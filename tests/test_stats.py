@@ -10,8 +10,20 @@ import pytest
 from gru_lm.analysis.stats import difference, spread, t_quantile
 
 
-@pytest.mark.parametrize("df, expected", [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571), (10, 2.228),
-                                          (30, 2.042), (120, 1.980), (10_000, 1.960)])
+@pytest.mark.parametrize(
+    "df, expected",
+    [
+        (1, 12.706),
+        (2, 4.303),
+        (3, 3.182),
+        (4, 2.776),
+        (5, 2.571),
+        (10, 2.228),
+        (30, 2.042),
+        (120, 1.980),
+        (10_000, 1.960),
+    ],
+)
 def test_t_quantiles_match_the_printed_tables(df, expected):
     assert t_quantile(0.975, df) == pytest.approx(expected, abs=5e-4)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import math
 import shutil
@@ -12,17 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from gru_lm.model import checkpoint
-from gru_lm.training.weight_average import WeightAverage
-from gru_lm.training.settings import Settings, resolve
-from gru_lm.text.corpus import load_corpus
-from gru_lm.errors import UserError
 from gru_lm.analysis.evaluate import nll
+from gru_lm.errors import UserError
+from gru_lm.model import checkpoint
 from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.text.corpus import load_corpus
 from gru_lm.training.resume import check_resumable
 from gru_lm.training.run_folder import run_lock
 from gru_lm.training.schedule import learning_rate
+from gru_lm.training.settings import Settings, resolve
 from gru_lm.training.train import train
+from gru_lm.training.weight_average import WeightAverage
 
 from .conftest import ROOT
 
@@ -39,8 +40,15 @@ def test_settings_precedence(tmp_path):
     assert (s.hidden_size, s.lr, s.cell, s.layers) == (48, 0.5, "rnn", Settings().layers)
 
 
-@pytest.mark.parametrize("text, words", [("hidden_sise = 3\n", "unknown setting"), ('hidden_size = "big"\n', "must be a int"),
-                                         ("dropout = 1.5\n", "dropout"), ("hidden_size = \n", "not valid TOML")])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("hidden_sise = 3\n", "unknown setting"),
+        ('hidden_size = "big"\n', "must be a int"),
+        ("dropout = 1.5\n", "dropout"),
+        ("hidden_size = \n", "not valid TOML"),
+    ],
+)
 def test_bad_config_files(tmp_path, text, words):
     cfg = tmp_path / "c.toml"
     cfg.write_text(text)
@@ -56,8 +64,12 @@ def test_shipped_configs_are_valid():
     # the default of the README is the 5-minute config, and each RNN baseline shares its GRU's budget
     configs = {p.stem: resolve(p, {}) for p in (ROOT / "configs").glob("*.toml")}
     assert configs["shakespeare_gru"] == configs["shakespeare_5min"]
-    for gru, rnn in (("shakespeare_5min", "shakespeare_rnn_5min"), ("shakespeare_100s", "shakespeare_rnn_100s"),
-                     ("shakespeare_30min", "shakespeare_rnn_30min"), ("shakespeare_gru", "shakespeare_rnn")):
+    for gru, rnn in (
+        ("shakespeare_5min", "shakespeare_rnn_5min"),
+        ("shakespeare_100s", "shakespeare_rnn_100s"),
+        ("shakespeare_30min", "shakespeare_rnn_30min"),
+        ("shakespeare_gru", "shakespeare_rnn"),
+    ):
         g, r = configs[gru], configs[rnn]
         assert (g.cell, r.cell, g.max_time, g.layers, g.dropout) == ("gru", "rnn", r.max_time, r.layers, r.dropout)
     lstm = configs["shakespeare_lstm_5min"]  # the third cell of the 5-minute comparison, on the same budget
@@ -68,7 +80,7 @@ def test_learning_rate_warms_up_then_decays():
     s = Settings(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=100, max_time=0)
     lrs = [learning_rate(s, i, 0.0) for i in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0, rel=0.03)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
     assert lrs[-1] == pytest.approx(0.1, abs=0.01)
     t = Settings(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=0, max_time=100.0)
     assert learning_rate(t, 5, 50.0) == pytest.approx(0.5)  # half the time budget: half-way down the cosine
@@ -178,9 +190,8 @@ def test_refuses_to_overwrite_or_share_a_run(corpus, smoke, trained_run, tmp_pat
     with pytest.raises(UserError, match="no checkpoint to resume"):
         train(corpus, smoke(), tmp_path / "empty", resume=True, progress=False)
     with run_lock(trained_run):
-        with pytest.raises(UserError, match="another training"):
-            with run_lock(trained_run):
-                pass
+        with pytest.raises(UserError, match="another training"), run_lock(trained_run):
+            pass
         # the lock is checked first: whatever the flags, a live training is what the second one hears about
         for resume, overwrite in ((False, False), (True, False), (False, True)):
             with pytest.raises(UserError, match="another training is writing to this folder"):
@@ -216,11 +227,14 @@ class _NaNGradient(CharModel):
         self.head.bias.register_hook(lambda g: torch.full_like(g, float("nan")))
 
 
-@pytest.mark.parametrize("poison, message", [
-    ("inf loss", "the loss became inf at step 61"),
-    ("nan gradient", "the gradient norm became nan at step 61"),
-    ("nan validation loss", "the validation loss became nan at step 70"),
-])
+@pytest.mark.parametrize(
+    "poison, message",
+    [
+        ("inf loss", "the loss became inf at step 61"),
+        ("nan gradient", "the gradient norm became nan at step 61"),
+        ("nan validation loss", "the validation loss became nan at step 70"),
+    ],
+)
 def test_non_finite_values_never_reach_a_checkpoint(poison, message, corpus, smoke, run_copy, monkeypatch):
     s = smoke(max_steps=70, eval_every=30)
     if poison == "inf loss":  # the model gives the space character no chance at all: its loss is infinite
@@ -308,7 +322,7 @@ def test_a_failing_disk_during_training_is_a_user_error(corpus, smoke, run_copy,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("gru_lm.model.checkpoint.os.fsync", full)
-    with pytest.raises(UserError, match="could not write the run \\(No space left on device\\); .*last.pt keeps"):
+    with pytest.raises(UserError, match=r"could not write the run \(No space left on device\); .*last.pt keeps"):
         train(corpus, smoke(max_steps=62, eval_every=30), run_copy, resume=True, progress=False)
     monkeypatch.undo()
     assert (run_copy / "last.pt").read_bytes() == before
@@ -319,7 +333,7 @@ def test_resume_needs_a_complete_checkpoint(corpus, smoke, run_copy):
     state = checkpoint.load(run_copy / "last.pt")
     del state["optimizer"]
     checkpoint.save(run_copy / "last.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
-    with pytest.raises(UserError, match="last.pt: cannot resume from this checkpoint: it holds no 'optimizer'"):
+    with pytest.raises(UserError, match=r"last.pt: cannot resume from this checkpoint: it holds no 'optimizer'"):
         train(corpus, smoke(max_steps=62), run_copy, resume=True, progress=False)
 
 
@@ -345,8 +359,9 @@ def test_overwrite_removes_the_old_checkpoints_first(corpus, smoke, trained_run,
 
     out = tmp_path / "again"
     shutil.copytree(trained_run, out)
-    train(corpus, smoke(max_steps=3, eval_every=100), out, overwrite=True, progress=False,
-          should_stop=lambda step: False)
+    train(
+        corpus, smoke(max_steps=3, eval_every=100), out, overwrite=True, progress=False, should_stop=lambda step: False
+    )
     assert checkpoint.load(out / "last.pt")["step"] == 3
     assert not (out / "best.pt").exists() or checkpoint.load(out / "best.pt")["step"] == 3
 
@@ -363,21 +378,21 @@ def test_validation_text_without_known_characters(corpus, smoke, tmp_path):
 def test_dtype_auto_takes_bfloat16_only_on_a_cpu_with_bfloat16_units(units, monkeypatch):
     from gru_lm.machine import device
 
-    monkeypatch.setattr(device, "cpu_has_bfloat16_units", lambda: units)
-    assert device.autocast_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if units else None)
-    assert device.autocast_dtype("float32", torch.device("cpu")) is None
-    assert device.autocast_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(device, "has_bfloat16_units", lambda: units)
+    assert device.pick_autocast_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if units else None)
+    assert device.pick_autocast_dtype("float32", torch.device("cpu")) is None
+    assert device.pick_autocast_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(UserError, match="float32, bfloat16 or auto"):
-        device.autocast_dtype("half", torch.device("cpu"))
+        device.pick_autocast_dtype("half", torch.device("cpu"))
 
 
 def test_bfloat16_training_learns_like_float32(corpus, smoke, tmp_path):
     """Mixed precision moves the losses by rounding only: the same seed gives nearly the same curve."""
     exact = train(corpus, smoke(max_steps=30), tmp_path / "f32", progress=False)
-    mixed = train(corpus, smoke(max_steps=30, dtype="bfloat16"), tmp_path / "bf16", progress=False)
+    mixed = train(corpus, smoke(max_steps=30, dtype="bfloat16"), tmp_path / "bfloat16", progress=False)
     assert mixed.val_loss != exact.val_loss
     assert abs(mixed.val_loss - exact.val_loss) < 0.02
-    state = checkpoint.load(tmp_path / "bf16" / "last.pt")
+    state = checkpoint.load(tmp_path / "bfloat16" / "last.pt")
     assert all(t.dtype == torch.float32 for t in state["model"].values())
 
 

@@ -11,14 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gru_lm.errors import UserError
 from gru_lm.model import checkpoint
 from gru_lm.text.corpus import ids_of, validation_ids
 from gru_lm.text.vocab import Vocab
-from gru_lm.errors import UserError
 
 
 @torch.no_grad()
-def nll(model, ids: Tensor, num_streams: int = 1, chunk: int = 256, device: torch.device | str = "cpu") -> tuple[float, int]:
+def nll(
+    model, ids: Tensor, num_streams: int = 1, chunk: int = 256, device: torch.device | str = "cpu"
+) -> tuple[float, int]:
     """Summed negative log-likelihood (nats) of ids[1:], and how many characters that is.
 
     ids is cut into num_streams contiguous pieces; each piece starts from a zero state and carries
@@ -56,17 +58,23 @@ def measure_all(ckpts: list[Path], file: str | Path | None) -> list[dict]:
     for ck in ckpts:
         rows.append(row := measure(ck, file))
         if row["unknown"]:
-            print(f"note: {row['file']}: {row['unknown']} characters outside the vocabulary of {ck} were left out: "
-                  f"{row['unknown_chars'][:40]!r}", file=sys.stderr)
+            print(
+                f"note: {row['file']}: {row['unknown']} characters outside the vocabulary of {ck} were left out: "
+                f"{row['unknown_chars'][:40]!r}",
+                file=sys.stderr,
+            )
     return rows
 
 
 def measure(ckpt_path: str | Path, file: str | Path | None = None, device: str = "cpu") -> dict:
-    """Score one checkpoint on a file or prepared folder (or on its own validation split): one row of the perplexity table."""
+    """Score one checkpoint on a file or prepared folder (or on its own validation split): one row of the perplexity
+    table."""
     state = checkpoint.load(ckpt_path)
     model = checkpoint.build_model(state, ckpt_path).to(device)
     vocab = Vocab(state["vocab"])
-    label, ids, unknown, unknown_chars = (str(file), *ids_of(file, vocab)) if file else validation_ids(state.get("data") or {}, vocab)
+    label, ids, unknown, unknown_chars = (
+        (str(file), *ids_of(file, vocab)) if file else validation_ids(state.get("data") or {}, vocab)
+    )
     total, n = nll(model, ids, num_streams=1, device=device)
     if n == 0:
         raise UserError(f"{label}: needs at least two characters of the model's vocabulary to score")

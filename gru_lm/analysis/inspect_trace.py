@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gru_lm.model.cells import GRU, LSTM, gru_gates, lstm_gates
-from gru_lm.text.vocab import Vocab
 from gru_lm.errors import UserError
+from gru_lm.model.cells import GRU, LSTM, gru_gates, lstm_gates
 from gru_lm.text.reading import read_text
+from gru_lm.text.vocab import Vocab
 
 QUANTITIES = ("z", "r", "i", "f", "o", "change", "surprise", "unit")
 LABELS = {
@@ -43,7 +43,6 @@ LABELS = {
     "surprise": "surprise −log p (nats)",
     "unit": "activation of unit",
 }
-GATES = {"gru": ("z", "r"), "lstm": ("i", "f", "o"), "rnn": ()}
 
 
 @dataclass
@@ -77,8 +76,10 @@ class Trace:
         if by in LABELS and by not in ("change", "surprise", "unit"):
             if by not in self.gates:
                 has = ", ".join(self.gates) or "no gates"
-                raise UserError(f"a {self.cell.upper()} has {has} to show; colour by "
-                                f"{', '.join([*self.gates, 'change', 'surprise', 'unit'])}, not {by}")
+                raise UserError(
+                    f"a {self.cell.upper()} has {has} to show; colour by "
+                    f"{', '.join([*self.gates, 'change', 'surprise', 'unit'])}, not {by}"
+                )
             return self.gates[by].mean(-1)
         if by == "change":
             return self.change
@@ -162,8 +163,20 @@ def trace(model, vocab: Vocab, text: str, layer: int = -1) -> Trace:
     surprise = torch.full((len(ids),), math.nan, device=device)
     surprise[1:] = -logp[:-1].gather(1, ids[1:, None])[:, 0]  # character t predicted at step t − 1
     change = (h - torch.cat([h0, h[:-1]])).abs().mean(-1)
-    cpu = lambda t: None if t is None else t.float().cpu()  # noqa: E731
-    return Trace(text, cell, layer, cpu(h), cpu(change), cpu(surprise), {n: cpu(g) for n, g in gates.items()}, cpu(c))
+    return Trace(
+        text,
+        cell,
+        layer,
+        _on_cpu(h),
+        _on_cpu(change),
+        _on_cpu(surprise),
+        {n: _on_cpu(g) for n, g in gates.items()},
+        None if c is None else _on_cpu(c),
+    )
+
+
+def _on_cpu(t: Tensor) -> Tensor:
+    return t.float().cpu()
 
 
 # ---- text features and the units that follow them ------------------------------------------
@@ -243,17 +256,20 @@ def class_means(tr: Trace) -> list[dict]:
             continue
         s = tr.surprise[idx]
         s = s[~s.isnan()]
-        rows.append({
-            "class": cls,
-            "count": len(idx),
-            **{name: float(g[idx].mean()) for name, g in tr.gates.items()},
-            "change": float(tr.change[idx].mean()),
-            "surprise": float(s.mean()) if len(s) else math.nan,
-        })
+        rows.append(
+            {
+                "class": cls,
+                "count": len(idx),
+                **{name: float(g[idx].mean()) for name, g in tr.gates.items()},
+                "change": float(tr.change[idx].mean()),
+                "surprise": float(s.mean()) if len(s) else math.nan,
+            }
+        )
     return rows
 
 
 # ---- the part of a text to inspect ---------------------------------------------------------------
+
 
 def select_text(vocab: Vocab, text: str | None, file: Path | None, start: int, length: int) -> tuple[str, str]:
     """The characters to inspect and where they came from: --text as given, or a slice of --file.

@@ -19,10 +19,10 @@ from rich.table import Table
 from rich.text import Text
 from torch import Tensor
 
+from gru_lm.analysis.inspect_trace import LABELS, QUANTITIES, Trace, class_means, select_text, top_units, trace
+from gru_lm.errors import UserError
 from gru_lm.model import checkpoint
 from gru_lm.text.vocab import Vocab
-from gru_lm.errors import UserError
-from gru_lm.analysis.inspect_trace import LABELS, QUANTITIES, Trace, class_means, select_text, top_units, trace
 
 STEPS = 32  # colour levels on each side of white
 _WHITE, _BLUE, _RED = (255, 255, 255), (40, 100, 205), (205, 55, 50)
@@ -31,7 +31,7 @@ _NAN = ("#dddddd", "#000000")
 
 def _mix(a: float, end: tuple[int, int, int]) -> tuple[str, str]:
     rgb = [round(w + (e - w) * a) for w, e in zip(_WHITE, end)]
-    return "#%02x%02x%02x" % tuple(rgb), "#ffffff" if a > 0.6 else "#000000"
+    return "#{:02x}{:02x}{:02x}".format(*tuple(rgb)), "#ffffff" if a > 0.6 else "#000000"
 
 
 #: (background, text) colours: index 0 is a missing value, then red (-STEPS) through white (0) to blue (+STEPS).
@@ -113,8 +113,18 @@ def top_units_table(tr: Trace) -> Table:
     return table
 
 
-def inspect(ckpt: Path, text: str | None, file: Path | None, start: int, length: int, color_by: str | None,
-            unit: int | None, layer: int, html_out: Path | None, units: bool) -> Group:
+def inspect_checkpoint(
+    ckpt: Path,
+    text: str | None,
+    file: Path | None,
+    start: int,
+    length: int,
+    color_by: str | None,
+    unit: int | None,
+    layer: int,
+    html_out: Path | None,
+    units: bool,
+) -> Group:
     """`gru-lm inspect`: trace a checkpoint's model over the chosen text; what to print (and the page, written)."""
     if color_by is not None and color_by not in QUANTITIES:
         raise UserError(f"--color-by must be one of {', '.join(QUANTITIES)}, not {color_by!r}")
@@ -128,8 +138,13 @@ def inspect(ckpt: Path, text: str | None, file: Path | None, start: int, length:
     color_by = color_by or ("unit" if unit is not None else next(iter(tr.gates), "change"))
     values = tr.values(color_by, unit)  # refuses z/r for an RNN, unit without --unit
     if html_out is not None:
-        page = render_html(tr, color_by, unit, title="gru-lm inspect: what the gates do",
-                           meta=describe(tr, Path(ckpt).name, state["model_config"], source))
+        page = render_html(
+            tr,
+            color_by,
+            unit,
+            title="gru-lm inspect: what the gates do",
+            meta=describe(tr, Path(ckpt).name, state["model_config"], source),
+        )
         try:
             html_out.write_text(page, encoding="utf-8")
         except OSError as e:
@@ -137,14 +152,18 @@ def inspect(ckpt: Path, text: str | None, file: Path | None, start: int, length:
     if units:
         return Group(top_units_table(tr))
     lo, hi = colour_range(values, color_by)
-    return Group(render_terminal(tr, color_by, unit), Text(legend(color_by, lo, hi, unit), style="dim"), means_table(tr))
+    return Group(
+        render_terminal(tr, color_by, unit), Text(legend(color_by, lo, hi, unit), style="dim"), means_table(tr)
+    )
 
 
 def describe(tr: Trace, name: str, cfg: dict, source: str) -> str:
     """One line about the model and the text, for the page's header."""
     s = tr.surprise[1:]
-    line = (f"{name}: {tr.cell.upper()}, {cfg.get('layers', 1)} layer(s) of {tr.h.shape[1]} units, layer {tr.layer} "
-            f"shown; {len(tr.text):,} characters of {source}")
+    line = (
+        f"{name}: {tr.cell.upper()}, {cfg.get('layers', 1)} layer(s) of {tr.h.shape[1]} units, layer {tr.layer} "
+        f"shown; {len(tr.text):,} characters of {source}"
+    )
     if len(s):
         line += f"; mean surprise {float(s.mean()):.3f} nats ({float(s.mean()) / math.log(2):.3f} bits) per character"
     return line
@@ -178,7 +197,8 @@ function paint(by) {
 const sel = document.getElementById('by');
 sel.addEventListener('change', () => paint(sel.value));
 document.getElementById('text').addEventListener('mouseover', (e) => {
-  if (e.target.classList && e.target.classList.contains('c')) document.getElementById('info').textContent = e.target.title;
+  if (e.target.classList && e.target.classList.contains('c'))
+    document.getElementById('info').textContent = e.target.title;
 });
 """
 
@@ -191,8 +211,11 @@ def legend_scale(values: Tensor, by: str) -> dict:
     """The legend of one quantity: its two ends as text and the gradient bar, from the palette."""
     lo, hi = colour_range(values, by)
     if by == "unit":
-        return {"lo": f"{lo:.3g}", "hi": f"+{hi:.3g}",
-                "gradient": f"linear-gradient(to right, {PALETTE[1][0]}, #ffffff, {PALETTE[-1][0]})"}
+        return {
+            "lo": f"{lo:.3g}",
+            "hi": f"+{hi:.3g}",
+            "gradient": f"linear-gradient(to right, {PALETTE[1][0]}, #ffffff, {PALETTE[-1][0]})",
+        }
     return {"lo": f"{lo:.3g}", "hi": f"{hi:.3g}", "gradient": f"linear-gradient(to right, #ffffff, {PALETTE[-1][0]})"}
 
 
@@ -221,13 +244,19 @@ def render_html(tr: Trace, by: str, unit: int | None = None, title: str = "gru-l
         bg, fg = PALETTE[index[by][i]]
         data = " ".join(f'data-{key[n]}="{_fmt(lists[n][i])}"' for n in series)
         name_of_unit = f"{'c' if tr.c is not None else 'h'}[{unit}]"
-        hover = f"#{i} {ch!r}  " + "  ".join(f"{name_of_unit if n == 'unit' else n}={_fmt(lists[n][i])}" for n in series)
+        hover = f"#{i} {ch!r}  " + "  ".join(
+            f"{name_of_unit if n == 'unit' else n}={_fmt(lists[n][i])}" for n in series
+        )
         body = html.escape(_shown(ch)) + ("\n" if ch == "\n" else "")
-        spans.append(f'<span class="c" style="background:{bg};color:{fg}" {data} '
-                     f'title="{html.escape(hover, quote=True)}">{body}</span>')
+        spans.append(
+            f'<span class="c" style="background:{bg};color:{fg}" {data} '
+            f'title="{html.escape(hover, quote=True)}">{body}</span>'
+        )
     options = "".join(
         f'<option value="{n}"{" selected" if n == by else ""}>'
-        f"{html.escape(LABELS[n] + (f' {unit}' if n == 'unit' else ''))}</option>" for n in series)
+        f"{html.escape(LABELS[n] + (f' {unit}' if n == 'unit' else ''))}</option>"
+        for n in series
+    )
     scale = {name: legend_scale(v, name) for name, v in series.items()}
     colours = json.dumps({"palette": PALETTE, "index": index, "scale": scale}).replace("<", "\\u003c")
     return _page(title, meta, _equations(tr), options, scale[by], "".join(spans), colours)
@@ -235,12 +264,16 @@ def render_html(tr: Trace, by: str, unit: int | None = None, title: str = "gru-l
 
 def _equations(tr: Trace) -> str:
     if tr.cell == "lstm":
-        return ("c′ = f ⊙ c + i ⊙ g, h′ = o ⊙ tanh(c′): f near 1 keeps the cell state, i near 1 writes the "
-                "candidate g into it, o sets how much of it the layer shows.")
+        return (
+            "c′ = f ⊙ c + i ⊙ g, h′ = o ⊙ tanh(c′): f near 1 keeps the cell state, i near 1 writes the "
+            "candidate g into it, o sets how much of it the layer shows."
+        )
     if tr.cell == "rnn":
         return "A plain RNN has no gates: h′ = tanh(x W_ih + b_ih + h W_hh + b_hh)."
-    return ("h′ = z ⊙ h + (1 − z) ⊙ n: z near 1 keeps the old state, z near 0 replaces it by the candidate n; "
-            "r near 0 makes n ignore the old state (a reset).")
+    return (
+        "h′ = z ⊙ h + (1 − z) ⊙ n: z near 1 keeps the old state, z near 0 replaces it by the candidate n; "
+        "r near 0 makes n ignore the old state (a reset)."
+    )
 
 
 def _page(title: str, meta: str, equations: str, options: str, scale: dict, spans: str, colours: str) -> str:
@@ -256,7 +289,8 @@ def _page(title: str, meta: str, equations: str, options: str, scale: dict, span
 <p class="meta">{html.escape(meta)}</p>
 <p class="eq">{html.escape(equations)}</p>
 <div class="bar"><label for="by">colour by</label> <select id="by">{options}</select>
-<span id="lo">{scale['lo']}</span><div id="grad" style="background:{scale['gradient']}"></div><span id="hi">{scale['hi']}</span></div>
+<span id="lo">{scale["lo"]}</span><div id="grad" style="background:{scale["gradient"]}"></div>
+<span id="hi">{scale["hi"]}</span></div>
 <div id="info">hover a character to see all its values</div>
 <div id="text">{spans}</div>
 <script type="application/json" id="colours">{colours}</script>

@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gru_lm.model import checkpoint
-from gru_lm.errors import UserError
-from gru_lm.model.char_model import ModelConfig
 from gru_lm.analysis.stats import difference, spread
+from gru_lm.errors import UserError
+from gru_lm.model import checkpoint
+from gru_lm.model.char_model import ModelConfig
 
 
 @dataclass
@@ -50,18 +50,30 @@ def summarize(run_dir: Path) -> dict:
     cfg = state["model_config"]
     val = best["val_loss"] if best else math.nan
     return {
-        "run": str(run_dir), "cell": ModelConfig(**cfg).label(), "hidden": cfg["hidden_size"], "layers": cfg["layers"],
-        "params": params, "seed": state.get("settings", {}).get("seed"), "steps": last["step"], "chars": last["chars"],
-        "wall_s": last["elapsed_s"], "train_loss": last["train_loss"], "val_loss": val, "perplexity": math.exp(val),
-        "bpc": val / math.log(2), "chars_per_s": last["chars"] / max(last["elapsed_s"], 1e-9),
-        "machine": state.get("machine", "not recorded (a run from before checkpoints named their machine)"),
+        "run": str(run_dir),
+        "cell": ModelConfig(**cfg).label(),
+        "hidden": cfg["hidden_size"],
+        "layers": cfg["layers"],
+        "params": params,
+        "seed": state["settings"]["seed"],
+        "steps": last["step"],
+        "chars": last["chars"],
+        "wall_s": last["elapsed_s"],
+        "train_loss": last["train_loss"],
+        "val_loss": val,
+        "perplexity": math.exp(val),
+        "bpc": val / math.log(2),
+        "chars_per_s": last["chars"] / max(last["elapsed_s"], 1e-9),
+        "machine": state["machine"],
     }
 
 
 def markdown_table(summaries: list[dict], names: list[str] | None = None) -> str:
     """One row per run: names (default: the run folders' names), cell, size, budget spent, losses."""
-    head = ("| run | cell | hidden × layers | parameters | steps | characters | wall time | train loss | "
-            "best val loss | val perplexity | val bpc | chars/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| run | cell | hidden × layers | parameters | steps | characters | wall time | train loss | "
+        "best val loss | val perplexity | val bpc | chars/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     names = names or [Path(s["run"]).name for s in summaries]
     body = "".join(
         f"| {name} | {s['cell']} | {s['hidden']} × {s['layers']} | {s['params']:,} | {s['steps']:,} | "
@@ -74,8 +86,7 @@ def markdown_table(summaries: list[dict], names: list[str] | None = None) -> str
 
 def groups_table(groups: list[RunGroup], rows: dict[str, list[dict]]) -> str:
     """Per group: runs, and the mean ± standard deviation [range] of validation loss, perplexity and bpc."""
-    out = ("| config | cell | runs | val loss, mean ± sd [range] | perplexity | bits/char |\n"
-           "|---|---|---|---|---|---|\n")
+    out = "| config | cell | runs | val loss, mean ± sd [range] | perplexity | bits/char |\n|---|---|---|---|---|---|\n"
     for g in groups:
         rs = rows[g.name]
         cells = []
@@ -98,14 +109,16 @@ def pairs_table(groups: list[RunGroup], rows: dict[str, list[dict]]) -> str:
                 interval, verdict = "-", "one run on a side: no interval"
             else:
                 interval = f"[{d.low:+.4f}, {d.high:+.4f}]"
-                verdict = (f"{a.name if d.diff < 0 else b.name} is better" if d.decided
-                           else "the runs cannot tell them apart")
+                verdict = (
+                    f"{a.name if d.diff < 0 else b.name} is better" if d.decided else "the runs cannot tell them apart"
+                )
             out += f"| {a.name} | {b.name} | {d.diff:+.4f} | {interval} | {verdict} |\n"
     return out
 
 
 def _gru_against_rnn(groups: list[RunGroup], rows: dict[str, list[dict]]) -> str:
     """The best GRU group against the best RNN group, by mean validation loss (where both are there)."""
+
     def mean(g: RunGroup, key: str) -> float:
         return spread([r[key] for r in rows[g.name]]).mean
 
@@ -115,9 +128,11 @@ def _gru_against_rnn(groups: list[RunGroup], rows: dict[str, list[dict]]) -> str
         return ""
     g, r = min(grus, key=lambda x: mean(x, "val_loss")), min(rnns, key=lambda x: mean(x, "val_loss"))
     gl, rl, gp, rp = mean(g, "val_loss"), mean(r, "val_loss"), mean(g, "perplexity"), mean(r, "perplexity")
-    return (f"\nBest GRU against best RNN: validation loss {gl:.4f} against {rl:.4f} nats/char "
-            f"(RNN minus GRU: {rl - gl:+.4f}); perplexity {gp:.3f} against {rp:.3f} (the GRU's is {gp / rp:.3f}× "
-            "the RNN's).\n")
+    return (
+        f"\nBest GRU against best RNN: validation loss {gl:.4f} against {rl:.4f} nats/char "
+        f"(RNN minus GRU: {rl - gl:+.4f}); perplexity {gp:.3f} against {rp:.3f} (the GRU's is {gp / rp:.3f}× "
+        "the RNN's).\n"
+    )
 
 
 def plot_runs(groups: list[RunGroup] | list[Path], out_png: Path, title: str = "") -> None:
@@ -140,12 +155,23 @@ def plot_runs(groups: list[RunGroup] | list[Path], out_png: Path, title: str = "
         for ax, key, scale in ((axes[0], "elapsed_s", 1.0), (axes[1], "chars", 1e6)):
             color = None
             if len(metrics) == 1:  # a single run: its training loss too, faint
-                train, = ax.plot([r[key] / scale for r in metrics[0]], [r["train_loss"] for r in metrics[0]],
-                                 alpha=0.25, linewidth=0.8, label=f"{g.name} (train)")
+                (train,) = ax.plot(
+                    [r[key] / scale for r in metrics[0]],
+                    [r["train_loss"] for r in metrics[0]],
+                    alpha=0.25,
+                    linewidth=0.8,
+                    label=f"{g.name} (train)",
+                )
                 color = train.get_color()
             for e in evals:
-                line, = ax.plot([r[key] / scale for r in e], [r["val_loss"] for r in e], color=color,
-                                alpha=0.3 if len(evals) > 1 else 1.0, linewidth=0.9, marker="" if len(evals) > 1 else ".")
+                (line,) = ax.plot(
+                    [r[key] / scale for r in e],
+                    [r["val_loss"] for r in e],
+                    color=color,
+                    alpha=0.3 if len(evals) > 1 else 1.0,
+                    linewidth=0.9,
+                    marker="" if len(evals) > 1 else ".",
+                )
                 color = line.get_color()
             if len(evals) > 1:
                 n = min(len(e) for e in evals)
@@ -192,11 +218,13 @@ def write_report(groups: list[RunGroup] | list[Path], out_dir: Path, title: str)
         text += "\n" + groups_table(groups, rows) + "\n" + pairs_table(groups, rows)
     text += _gru_against_rnn(groups, rows)
     text += _machines([r for g in groups for r in rows[g.name]], names)
-    text += ("\nLosses in nats per character; validation as during training (the validation split, at most its "
-             "first eval_chars characters, in eval_streams contiguous streams, each from a zero state; 32 and "
-             "1,000,000 by default); `gru-lm perplexity` gives the exact single-stream figure. Intervals are "
-             "Welch's t intervals for the difference of the mean best validation losses.\n"
-             "\n![validation loss against wall time and characters seen](loss.png)\n")
+    text += (
+        "\nLosses in nats per character; validation as during training (the validation split, at most its "
+        "first eval_chars characters, in eval_streams contiguous streams, each from a zero state; 32 and "
+        "1,000,000 by default); `gru-lm perplexity` gives the exact single-stream figure. Intervals are "
+        "Welch's t intervals for the difference of the mean best validation losses.\n"
+        "\n![validation loss against wall time and characters seen](loss.png)\n"
+    )
     (out_dir / "report.md").write_text(text)
     return out_dir / "report.md"
 
@@ -223,6 +251,13 @@ def perplexity_table(rows: list[dict], scored_on: str | None):
     for col in ("checkpoint", "cell", "params", "chars", "loss", "perplexity", "bpc"):
         table.add_column(col, justify="left" if col in ("checkpoint", "cell") else "right", overflow="fold")
     for r in rows:
-        table.add_row(r["checkpoint"], r["cell"], f"{r['params']:,}", f"{r['chars']:,}", f"{r['loss']:.4f}",
-                      f"{r['perplexity']:.3f}", f"{r['bpc']:.4f}")
+        table.add_row(
+            r["checkpoint"],
+            r["cell"],
+            f"{r['params']:,}",
+            f"{r['chars']:,}",
+            f"{r['loss']:.4f}",
+            f"{r['perplexity']:.3f}",
+            f"{r['bpc']:.4f}",
+        )
     return table

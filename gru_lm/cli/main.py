@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Optional
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
@@ -17,9 +17,14 @@ from gru_lm.errors import UserError
 if TYPE_CHECKING:
     from gru_lm.training.train import TrainResult
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="Train character-level language models with a GRU, an LSTM or a plain RNN written from "
-                  "their equations, sample from them, and measure them.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Train character-level language models with a GRU, an LSTM or a plain RNN written from "
+    "their equations, sample from them, and measure them.",
+)
 
 
 @contextlib.contextmanager
@@ -40,7 +45,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     pass
 
@@ -48,12 +55,20 @@ def _root(
 @app.command()
 @with_settings_options
 def train(
-    file: Path = typer.Argument(..., help="UTF-8 text file to train on, or a folder made by `gru-lm prepare` "
-                                "(memory-mapped: for corpora of hundreds of MB).", show_default=False),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file of settings (flags override it)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder [default: runs/<config or file name>]."),
-    nproc: int = typer.Option(1, "--nproc", help="Train with N processes on this host (data-parallel, as torchrun "
-                              "--standalone --nproc_per_node N would); over several hosts see docs/scaling.md."),
+    file: Path = typer.Argument(
+        ...,
+        help="UTF-8 text file to train on, or a folder made by `gru-lm prepare` "
+        "(memory-mapped: for corpora of hundreds of MB).",
+        show_default=False,
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML file of settings (flags override it)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder [default: runs/<config or file name>]."),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        help="Train with N processes on this host (data-parallel, as torchrun "
+        "--standalone --nproc_per_node N would); over several hosts see docs/scaling.md.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt, exactly."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run already in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -64,9 +79,9 @@ def train(
     Writes last.pt, best.pt (lowest validation loss), metrics.jsonl and config.toml into the run folder.
     Ctrl-C (or SIGTERM) saves last.pt and exits with 130; continue with --resume. Settings come from the
     built-in defaults, then --config, then the flags given here."""
-    from gru_lm.training import launcher
+    from gru_lm.machine import launcher
     from gru_lm.machine.distributed import from_env
-    from gru_lm.training.resume import run_settings
+    from gru_lm.training.resume import check_processes, run_settings
     from gru_lm.training.run_folder import default_out_dir
     from gru_lm.training.train import train as run_training
 
@@ -74,16 +89,30 @@ def train(
         out = out or default_out_dir(file, config, flags["cell"])
         point, settings, start = run_settings(out, resume, config, flags)
         if nproc != 1:
-            launcher.check_launch(nproc, file, settings.batch_size, point)
+            launcher.check_nproc(nproc)
+            if point is not None:
+                check_processes(point, nproc)
+            launcher.check_job(nproc, file, settings.batch_size)
             raise typer.Exit(launcher.spawn(nproc, launcher.without_nproc(sys.argv[1:])))
-        result = run_training(file, settings, out, resume=resume, overwrite=overwrite, progress=not quiet,
-                              resume_point=point, start_point=start)
+        result = run_training(
+            file,
+            settings,
+            out,
+            resume=resume,
+            overwrite=overwrite,
+            progress=not quiet,
+            resume_point=point,
+            start_point=start,
+        )
     if not from_env().main:
         raise typer.Exit(130 if result.interrupted else 0)
     if result.interrupted:
         _interrupted(result, "continue with --resume")
-    print(f"done: step {result.step}, {result.chars:,} characters in {result.elapsed_s:.0f}s, "
-          f"val loss {result.val_loss:.4f} (best {result.best_val_loss:.4f}); checkpoints in {out}", file=sys.stderr)
+    print(
+        f"done: step {result.step}, {result.chars:,} characters in {result.elapsed_s:.0f}s, "
+        f"val loss {result.val_loss:.4f} (best {result.best_val_loss:.4f}); checkpoints in {out}",
+        file=sys.stderr,
+    )
 
 
 def _interrupted(result: TrainResult, hint: str) -> NoReturn:
@@ -95,7 +124,9 @@ def _interrupted(result: TrainResult, hint: str) -> NoReturn:
 @app.command()
 def prepare(
     file: Path = typer.Argument(..., help="UTF-8 text file (or UTF-16/32 with a byte-order mark).", show_default=False),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write ids.bin and vocab.json into.", show_default=False),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Folder to write ids.bin and vocab.json into.", show_default=False
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Encode a large text file once, for `gru-lm train OUT`: a compact id array (1 byte per character where
@@ -103,29 +134,34 @@ def prepare(
     same whatever the corpus size. Streams the file in chunks. The vocabulary is every character of the file."""
     import time
 
-    from gru_lm.text.prepared import prepare as run_prepare
+    from gru_lm.text.prepared import prepare_corpus
 
     with _user_errors():
         t = time.perf_counter()
-        meta = run_prepare(file, out, progress=not quiet)
+        meta = prepare_corpus(file, out, progress=not quiet)
     dt, mb = time.perf_counter() - t, meta["source_bytes"] / 1e6
-    print(f"prepared {out}: {meta['n_chars']:,} characters, {len(meta['chars']):,} distinct ({meta['dtype']}), "
-          f"from {mb:,.1f} MB in {dt:.1f}s ({mb / max(dt, 1e-9):,.1f} MB/s)", file=sys.stderr)
+    print(
+        f"prepared {out}: {meta['n_chars']:,} characters, {len(meta['chars']):,} distinct ({meta['dtype']}), "
+        f"from {mb:,.1f} MB in {dt:.1f}s ({mb / max(dt, 1e-9):,.1f} MB/s)",
+        file=sys.stderr,
+    )
 
 
 @app.command()
 def sample(
     ckpt: Path = typer.Argument(..., help="Checkpoint (best.pt or last.pt of a run).", show_default=False),
-    prime: Optional[str] = typer.Option(None, help="Text to start from; printed first. [default: a newline]"),
+    prime: str | None = typer.Option(None, help="Text to start from; printed first. [default: a newline]"),
     length: int = typer.Option(500, help="Characters to generate after the prime."),
-    temperature: Optional[float] = typer.Option(None, help="Softmax temperature; 0: greedy. [default: 1.0]"),
-    top_k: Optional[int] = typer.Option(None, help="Sample only among the K most likely characters."),
-    top_p: Optional[float] = typer.Option(None, help="Sample only among the most likely characters whose probabilities add up to P."),
-    seed: Optional[int] = typer.Option(None, help="Random seed; the same seed gives the same text. [default: random]"),
-    num_samples: int = typer.Option(1, help="How many samples to generate, one after another."),
-    beam: Optional[int] = typer.Option(None, help="Instead of sampling: the most likely continuation, K beams."),
+    temperature: float | None = typer.Option(None, help="Softmax temperature; 0: greedy. [default: 1.0]"),
+    top_k: int | None = typer.Option(None, help="Sample only among the K most likely characters."),
+    top_p: float | None = typer.Option(
+        None, help="Sample only among the most likely characters whose probabilities add up to P."
+    ),
+    seed: int | None = typer.Option(None, help="Random seed; the same seed gives the same text. [default: random]"),
+    num_samples: int = typer.Option(1, help="How many samples to generate; their streams are generated together."),
+    beam: int | None = typer.Option(None, help="Instead of sampling: the most likely continuation, K beams."),
     length_norm: float = typer.Option(0.0, help="With --beam: rank by log p / length^ALPHA (matters with --stop)."),
-    stop: Optional[str] = typer.Option(None, help="With --beam: end a continuation at this character (\\n: newline)."),
+    stop: str | None = typer.Option(None, help="With --beam: end a continuation at this character (\\n: newline)."),
 ) -> None:
     """Generate text from a checkpoint, streamed to stdout as it is made (or with --beam, its best continuation)."""
     import random
@@ -134,12 +170,23 @@ def sample(
     from gru_lm.generation import sample as sampling
 
     with _user_errors():
-        beams.check_options(beam, length_norm, stop, {"--temperature": temperature, "--top-k": top_k, "--top-p": top_p,
-                            "--seed": seed, "--num-samples": None if num_samples == 1 else num_samples})
-        req = sampling.prepare(ckpt, prime, length, 1.0 if temperature is None else temperature, top_k, top_p,
-                               num_samples, seed)
+        beams.check_options(
+            beam,
+            length_norm,
+            stop,
+            {
+                "--temperature": temperature,
+                "--top-k": top_k,
+                "--top-p": top_p,
+                "--seed": seed,
+                "--num-samples": None if num_samples == 1 else num_samples,
+            },
+        )
+        req = sampling.sample_request(
+            ckpt, prime, length, 1.0 if temperature is None else temperature, top_k, top_p, num_samples, seed
+        )
         best = beams.search(req.model, req.vocab, req.prime, length, beam, length_norm, stop) if beam else None
-    if best is not None:
+    if best is not None and beam:
         _write_out(req.prime + best.text + "\n")
         print(beams.describe(best, beam), file=sys.stderr)
         return
@@ -156,8 +203,10 @@ def _write_out(text: str) -> None:
 
 @app.command()
 def perplexity(
-    ckpts: list[Path] = typer.Argument(..., metavar="CKPT...", help="One or more checkpoints to compare.", show_default=False),
-    file: Optional[Path] = typer.Option(None, help="Text to score [default: each checkpoint's own validation split]."),
+    ckpts: list[Path] = typer.Argument(
+        ..., metavar="CKPT...", help="One or more checkpoints to compare.", show_default=False
+    ),
+    file: Path | None = typer.Option(None, help="Text to score [default: each checkpoint's own validation split]."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
 ) -> None:
     """Loss (nats/char), perplexity and bits per character of checkpoints on a text, side by side: every character
@@ -178,20 +227,31 @@ def perplexity(
 @app.command("inspect")
 def inspect_cmd(
     ckpt: Path = typer.Argument(..., help="Checkpoint (best.pt or last.pt of a run).", show_default=False),
-    text: Optional[str] = typer.Option(None, help="Text to run the model over; all its characters known to the model."),
-    file: Optional[Path] = typer.Option(None, help="Read the text from this file; unknown characters are left out."),
+    text: str | None = typer.Option(None, help="Text to run the model over; all its characters known to the model."),
+    file: Path | None = typer.Option(None, help="Read the text from this file; unknown characters are left out."),
     start: int = typer.Option(0, help="First character to take; negative counts from the end (-600: the last 600)."),
     length: int = typer.Option(1000, help="Inspect at most this many characters (from --start)."),
-    color_by: Optional[str] = typer.Option(
-        None, "--color-by", help="What colours each character: a gate's mean over the units (z, r: GRU; i, f, o: "
-        "LSTM), change (mean |h'-h|), surprise (-log p, nats) or unit. [default: unit, else the first gate, else change]"),
-    unit: Optional[int] = typer.Option(None, help="Follow unit K (0-based) of the layer (an LSTM's cell state c)."),
+    color_by: str | None = typer.Option(
+        None,
+        "--color-by",
+        help="What colours each character: a gate's mean over the units (z, r: GRU; i, f, o: "
+        "LSTM), change (mean |h'-h|), surprise (-log p, nats) or unit. "
+        "[default: unit, else the first gate, else change]",
+    ),
+    unit: int | None = typer.Option(None, help="Follow unit K (0-based) of the layer (an LSTM's cell state c)."),
     layer: int = typer.Option(-1, help="Layer to inspect, 0-based; -1 is the last."),
-    html_out: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML page here (hover: "
-                                            "a character's values; a menu switches the colouring)."),
-    top_units: bool = typer.Option(False, "--top-units", help="Instead of the coloured text, list the 5 hidden units "
-                                   "whose activation correlates most (Pearson r) with: inside double quotes, position "
-                                   "in line, just read a newline, uppercase. Use a few thousand characters."),
+    html_out: Path | None = typer.Option(
+        None,
+        "--html",
+        help="Also write a self-contained HTML page here (hover: a character's values; a menu switches the colouring).",
+    ),
+    top_units: bool = typer.Option(
+        False,
+        "--top-units",
+        help="Instead of the coloured text, list the 5 hidden units "
+        "whose activation correlates most (Pearson r) with: inside double quotes, position "
+        "in line, just read a newline, uppercase. Use a few thousand characters.",
+    ),
 ) -> None:
     """Show what the gates do on a text, character by character (docs/inspect.md).
 
@@ -202,10 +262,10 @@ def inspect_cmd(
     """
     from rich.console import Console
 
-    from gru_lm.analysis.inspect_view import inspect as run_inspect
+    from gru_lm.analysis.inspect_view import inspect_checkpoint
 
     with _user_errors():
-        shown = run_inspect(ckpt, text, file, start, length, color_by, unit, layer, html_out, top_units)
+        shown = inspect_checkpoint(ckpt, text, file, start, length, color_by, unit, layer, html_out, top_units)
     if html_out is not None:
         print(f"wrote {html_out}", file=sys.stderr)
     Console().print(shown)
@@ -214,7 +274,7 @@ def inspect_cmd(
 @app.command()
 def plot(
     run_dir: Path = typer.Argument(..., help="A run folder (with metrics.jsonl).", show_default=False),
-    out: Optional[Path] = typer.Option(None, help="PNG to write [default: RUN_DIR/loss.png]."),
+    out: Path | None = typer.Option(None, help="PNG to write [default: RUN_DIR/loss.png]."),
 ) -> None:
     """Plot a run's train and validation loss against wall time and characters seen."""
     from gru_lm.analysis.report import plot_runs, read_metrics
@@ -230,20 +290,27 @@ def plot(
 def compare(
     file: Path = typer.Argument(..., help="UTF-8 text file every run trains on.", show_default=False),
     config: list[Path] = typer.Option([], "--config", "-c", help="A config to train (repeat: one run each)."),
-    run: list[Path] = typer.Option([], "--run", help="A finished run folder to include (repeat), or a folder of "
-                                   "seed runs made by an earlier compare."),
-    seeds: int = typer.Option(1, "--seeds", help="Train each config N times with the seeds s..s+N-1; the report "
-                              "gives means, spreads and the difference of each pair with a 95% interval."),
+    run: list[Path] = typer.Option(
+        [],
+        "--run",
+        help="A finished run folder to include (repeat), or a folder of seed runs made by an earlier compare.",
+    ),
+    seeds: int = typer.Option(
+        1,
+        "--seeds",
+        help="Train each config N times with the seeds s..s+N-1; the report "
+        "gives means, spreads and the difference of each pair with a 95% interval.",
+    ),
     out: Path = typer.Option(Path("reports/compare"), "--out", "-o", help="Report folder."),
-    max_time: Optional[float] = typer.Option(None, help="The same wall-clock budget for every trained run (seconds)."),
+    max_time: float | None = typer.Option(None, help="The same wall-clock budget for every trained run (seconds)."),
     retrain: bool = typer.Option(False, "--retrain", help="Train again runs that the report folder already holds."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train several configs on the same data and budget (e.g. a GRU, an LSTM and the RNN baseline), each with
     --seeds seeds, and write OUT/report.md (every run; per config the mean and spread of the losses; each
     pair's difference with its interval) and OUT/loss.png."""
-    from gru_lm.training.compare import given_runs, train_configs
     from gru_lm.analysis.report import write_report
+    from gru_lm.training.compare import given_runs, train_configs
 
     with _user_errors():
         if not config and not run:
@@ -257,19 +324,22 @@ def compare(
 
 @app.command()
 def serve(
-    ckpts: list[Path] = typer.Argument(..., metavar="CKPT...", help="Checkpoints to write with; the page chooses.", show_default=False),
+    ckpts: list[Path] = typer.Argument(
+        ..., metavar="CKPT...", help="Checkpoints to write with; the page chooses.", show_default=False
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this machine only)."),
     port: int = typer.Option(8000, help="Port to listen on (0: any free one)."),
 ) -> None:
     """A local web page to write with a model: it continues what you type, as it generates. Ctrl-C stops it."""
-    from gru_lm.generation.serve import end_process, open_server, serve_until_interrupted
+    from gru_lm.generation.serve import open_server, serve_until_interrupted
+    from gru_lm.machine.process import exit_without_teardown
 
     with _user_errors():
         server = open_server(ckpts, host, port)
     print(f"serving {len(ckpts)} checkpoint(s) at {server.url} (Ctrl-C stops)", flush=True)
     serve_until_interrupted(server)
     print("stopped", file=sys.stderr)
-    end_process(0)
+    exit_without_teardown(0)  # generating threads may still be inside torch
 
 
 def main() -> None:
@@ -292,8 +362,8 @@ def main() -> None:
         print(f"gru-lm: error: {e.format_message()}", file=sys.stderr)
         code = e.exit_code
     code = code if isinstance(code, int) else 0
-    if "gru_lm.machine.distributed" in sys.modules:  # a process of a --nproc or torchrun job: see launcher.exit_process
-        from gru_lm.training.launcher import exit_process
+    if "gru_lm.machine.distributed" in sys.modules:  # a process of a --nproc or torchrun job may have joined a group
+        from gru_lm.machine.distributed import end_joined_process
 
-        exit_process(code)
+        end_joined_process(code)
     sys.exit(code)

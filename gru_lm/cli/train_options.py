@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-from typing import Optional
 
 import typer
 
@@ -29,7 +28,8 @@ def with_settings_options(command):
         else:
             decl, shown = "--" + name.replace("_", "-"), default if default != "" else "none"
         option = typer.Option(None, decl, help=f"{HELP[name]} [default: {shown}]", show_default=False)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=Optional[types[kind]]))
+        params.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=types[kind] | None)
+        )
     command.__signature__ = sig.replace(parameters=params)
     return command

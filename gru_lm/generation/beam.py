@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from gru_lm.text.vocab import Vocab
 from gru_lm.errors import UserError
 from gru_lm.generation.sample import check_prime
+from gru_lm.text.vocab import Vocab
 
 MAX_BEAMS = 4096
 ESCAPES = {"\\n": "\n", "\\t": "\t"}
@@ -52,8 +52,10 @@ def check_options(beams: int | None, length_norm: float, stop: str | None, sampl
         raise UserError(f"--length-norm must be 0 or more, not {length_norm}")
     given = [flag for flag, value in sampling.items() if value is not None]
     if given:
-        raise UserError(f"--beam finds the most likely continuation, with no randomness: it takes no "
-                        f"{', '.join(given)} (those choose how to sample)")
+        raise UserError(
+            f"--beam finds the most likely continuation, with no randomness: it takes no "
+            f"{', '.join(given)} (those choose how to sample)"
+        )
 
 
 def stop_id(vocab: Vocab, stop: str | None) -> int | None:
@@ -69,8 +71,9 @@ def stop_id(vocab: Vocab, stop: str | None) -> int | None:
 
 
 @torch.inference_mode()
-def search(model, vocab: Vocab, prime: str, length: int, beams: int, length_norm: float = 0.0,
-           stop: str | None = None) -> Continuation:
+def search(
+    model, vocab: Vocab, prime: str, length: int, beams: int, length_norm: float = 0.0, stop: str | None = None
+) -> Continuation:
     """The best continuation of prime, of `length` characters or fewer ending at stop (see the module)."""
     check_prime(vocab, prime)
     end = stop_id(vocab, stop)
@@ -82,7 +85,7 @@ def search(model, vocab: Vocab, prime: str, length: int, beams: int, length_norm
         _, h = model(ids[:-1].view(-1, 1), h)
     last, seqs, logp = ids[-1:], ids.new_empty(1, 0), torch.zeros(1, dtype=torch.float64, device=device)
     finished: list[Continuation] = []
-    for n in range(1, length + 1):
+    for _n in range(1, length + 1):
         logits, h = model(last.view(1, -1), h)  # one step of every beam: 1×B×V
         beam, char, logp = _best(logp[:, None] + torch.log_softmax(logits[0].double(), -1), beams)
         seqs, h = torch.cat([seqs[beam], char[:, None]], 1), h[:, beam]

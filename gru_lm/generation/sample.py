@@ -10,12 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gru_lm.errors import UserError, check_seed
 from gru_lm.model import checkpoint
 from gru_lm.model.cells import gru_step, lstm_step, rnn_step
-from gru_lm.errors import check_seed
-from gru_lm.text.vocab import Vocab
-from gru_lm.errors import UserError
 from gru_lm.model.kernels import compiled
+from gru_lm.text.vocab import Vocab
 
 
 def check_options(temperature: float, top_k: int | None, top_p: float | None, length: int) -> None:
@@ -92,13 +91,14 @@ class Stepper:
 
     def __call__(self, ids: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """ids: B (long), h: L×B×W (the model's carried state) -> (logits B×V, new state L×B×W)."""
-        x, states = None, []
+        x, states = self.table[ids], []  # the first layer's input projection, looked up
         for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
-            gi = self.table[ids] if k == 0 else F.linear(x, w_ih, b_ih)
+            gi = x if k == 0 else F.linear(x, w_ih, b_ih)
             if self.cell == "gru":
                 x = state = gru_step(gi, h[k], w_hh, b_hh, self.reset_after)
             elif self.cell == "lstm":
-                x, c = lstm_step(gi, h[k].chunk(2, dim=-1), w_hh, b_hh)
+                h_k, c_k = h[k].chunk(2, dim=-1)
+                x, c = lstm_step(gi, (h_k, c_k), w_hh, b_hh)
                 state = torch.cat([x, c], dim=-1)
             else:
                 x = state = rnn_step(gi, h[k], w_hh, b_hh)
@@ -124,7 +124,7 @@ class Streams:
         self.state = self.state.contiguous()  # the compiled sampler writes the streams' state back into it
         self.last = prime_ids[-1:].expand(streams).clone().to(device)
         self.compiled = _compiled_sampler(model)
-        self.stepper = None if self.compiled else Stepper(model)
+        self.stepper: Stepper | None = None if self.compiled else Stepper(model)
 
     @torch.inference_mode()
     def next(self, uniforms: Tensor, temperature: float, top_k: int | None, top_p: float | None) -> Tensor:
@@ -133,9 +133,12 @@ class Streams:
             ids = self.compiled.run(self.last, self.state, uniforms, temperature, top_k or 0, top_p or 1.0)
         else:
             ids = torch.empty(uniforms.shape, dtype=torch.long)
+            assert self.stepper is not None
             for t in range(len(uniforms)):
                 logits, self.state = self.stepper(self.last, self.state)
-                ids[t] = torch.tensor([pick(lg.float(), temperature, top_k, top_p, u) for lg, u in zip(logits, uniforms[t])])
+                ids[t] = torch.tensor(
+                    [pick(lg.float(), temperature, top_k, top_p, u) for lg, u in zip(logits, uniforms[t])]
+                )
                 self.last = ids[t].to(self.last.device)
         self.last = ids[-1].clone().to(self.last.device)
         return ids
@@ -145,6 +148,7 @@ class Streams:
         """The next character's logits of every stream (N×V), moving the streams on by their last character."""
         if self.compiled is not None:
             return self.compiled.logits(self.last, self.state)
+        assert self.stepper is not None
         logits, self.state = self.stepper(self.last, self.state)
         return logits
 
@@ -164,8 +168,16 @@ def _compiled_sampler(model):
     w_ih, w_hh, b_ih, b_hh = ([lw[i] if lw[i] is not None else zeros for lw in layers] for i in range(4))
     with torch.no_grad():
         table = F.linear(model.embed.weight, w_ih[0], b_ih[0])
-        return k.Sampler(kind, table, [w.detach() for w in w_ih], [w.detach() for w in w_hh], [b.detach() for b in b_ih],
-                         [b.detach() for b in b_hh], model.head.weight.detach(), model.head.bias.detach())
+        return k.Sampler(
+            kind,
+            table,
+            [w.detach() for w in w_ih],
+            [w.detach() for w in w_hh],
+            [b.detach() for b in b_ih],
+            [b.detach() for b in b_hh],
+            model.head.weight.detach(),
+            model.head.bias.detach(),
+        )
 
 
 def pick(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, u) -> int:
@@ -192,8 +204,9 @@ def _chunks(length: int) -> Iterator[int]:
         size = min(size * 2, 256)
 
 
-def _generate(model, vocab: Vocab, prime: str, length: int, temperature: float, top_k, top_p, generator,
-              streams: int = 1) -> Iterator[list[str]]:
+def _generate(
+    model, vocab: Vocab, prime: str, length: int, temperature: float, top_k, top_p, generator, streams: int = 1
+) -> Iterator[list[str]]:
     """The characters of every stream, a chunk at a time: lists of N strings."""
     streams_ = Streams(model, vocab.encode(prime)[0].long(), streams)
     for n in _chunks(length):
@@ -216,8 +229,16 @@ class SampleRequest:
     num_samples: int
 
 
-def prepare(ckpt: str | Path, prime: str | None, length: int, temperature: float, top_k: int | None,
-            top_p: float | None, num_samples: int, seed: int | None) -> SampleRequest:
+def sample_request(
+    ckpt: str | Path,
+    prime: str | None,
+    length: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    num_samples: int,
+    seed: int | None,
+) -> SampleRequest:
     """Check every option and load the checkpoint: a mistake fails here, before any output."""
     check_options(temperature, top_k, top_p, length)
     if num_samples < 1:
@@ -240,8 +261,9 @@ def write_samples(req: SampleRequest, seed: int, write: Callable[[str], None]) -
     gen = torch.Generator().manual_seed(seed)
     rest = [""] * (req.num_samples - 1)
     write(req.prime)
-    for part in _generate(req.model, req.vocab, req.prime, req.length, req.temperature, req.top_k, req.top_p, gen,
-                          req.num_samples):
+    for part in _generate(
+        req.model, req.vocab, req.prime, req.length, req.temperature, req.top_k, req.top_p, gen, req.num_samples
+    ):
         write(part[0])
         rest = [r + p for r, p in zip(rest, part[1:])]
     for text in rest:

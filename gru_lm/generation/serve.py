@@ -22,7 +22,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-import os
 import random
 import re
 import socket
@@ -31,17 +30,17 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import NoReturn
 from urllib.parse import parse_qs, urlsplit
 
 import torch
 
-from gru_lm.model import checkpoint
-from gru_lm.text.vocab import Vocab
-from gru_lm.errors import UserError
 from gru_lm.analysis.inspect_trace import LABELS, trace
 from gru_lm.analysis.inspect_view import PALETTE, colour_indexes, legend_scale, quantity_series
+from gru_lm.errors import UserError
 from gru_lm.generation.sample import generate
+from gru_lm.model import checkpoint
+from gru_lm.model.char_model import CharModel
+from gru_lm.text.vocab import Vocab
 
 MAX_LENGTH = 2000  # characters one request may ask for
 MAX_PRIME = 4000  # characters of prime one request may send
@@ -53,7 +52,7 @@ class Served:
     """One checkpoint of the command line: its model (only read), vocabulary and a name for the page."""
 
     name: str
-    model: torch.nn.Module
+    model: CharModel
     vocab: Vocab
 
     @property
@@ -88,12 +87,14 @@ def load_models(paths: list[Path]) -> list[Served]:
         state = checkpoint.load(path)
         model = checkpoint.build_model(state, path)
         model.requires_grad_(False)
-        served.append(Served(f"{path.parent.name}/{path.name}" if path.parent.name else path.name, model,
-                             Vocab(state["vocab"])))
+        served.append(
+            Served(f"{path.parent.name}/{path.name}" if path.parent.name else path.name, model, Vocab(state["vocab"]))
+        )
     return served
 
 
 # ---- what a request may ask for ------------------------------------------------------------------
+
 
 def parse_request(target: str, models: list[Served]) -> Request:
     """A /generate request's parameters, checked; Refused (with its status) for anything out of bounds."""
@@ -134,8 +135,11 @@ def _one(query: dict[str, list[str]], name: str) -> str | None:
 def _model_index(text: str, count: int) -> int:
     """A checkpoint's index in the command line's list: digits only, never a path."""
     if not re.fullmatch(r"[0-9]{1,9}", text):
-        raise Refused(400, f"model must be the index of a checkpoint (0 to {count - 1}), not {text[:60]!r}: "
-                      "the server opens only the checkpoints it was started with")
+        raise Refused(
+            400,
+            f"model must be the index of a checkpoint (0 to {count - 1}), not {text[:60]!r}: "
+            "the server opens only the checkpoints it was started with",
+        )
     if int(text) >= count:
         raise Refused(404, f"no checkpoint {int(text)}: this server has {count} (0 to {count - 1})")
     return int(text)
@@ -149,13 +153,16 @@ def _number(query: dict[str, list[str]], name: str, kind: type, default: float |
     try:
         value = kind(text)
     except ValueError:
-        raise Refused(400, f"{name} must be {'a whole number' if kind is int else 'a number'}, not {text[:40]!r}") from None
+        raise Refused(
+            400, f"{name} must be {'a whole number' if kind is int else 'a number'}, not {text[:40]!r}"
+        ) from None
     if kind is float and not math.isfinite(value):
         raise Refused(400, f"{name} must be a finite number, not {text[:40]!r}")
     return value
 
 
 # ---- generating and colouring ---------------------------------------------------------------------
+
 
 def continuation(served: Served, req: Request):
     """The characters of the continuation, one at a time, from the request's own generator and state."""
@@ -177,6 +184,7 @@ def colours(served: Served, prime: str, text: str) -> dict[str, dict]:
 
 
 # ---- the server ---------------------------------------------------------------------------------
+
 
 class Handler(BaseHTTPRequestHandler):
     """GET / (the page) and GET /generate (the stream); nothing else."""
@@ -241,15 +249,18 @@ class Server(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = str(self.server_address[0]), self.server_address[1]
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
 def page(models: list[Served]) -> str:
     """serve_page.html with what its script needs written in: the checkpoints, the palette, the limits."""
-    data = {"models": [{"name": m.name, "cell": m.cell} for m in models], "palette": PALETTE,
-            "labels": {k: LABELS[k] for k in ("surprise", "z", "r", "change")},
-            "limits": {"length": MAX_LENGTH, "prime": MAX_PRIME}}
+    data = {
+        "models": [{"name": m.name, "cell": m.cell} for m in models],
+        "palette": PALETTE,
+        "labels": {k: LABELS[k] for k in ("surprise", "z", "r", "change")},
+        "limits": {"length": MAX_LENGTH, "prime": MAX_PRIME},
+    }
     html = resources.files("gru_lm.generation").joinpath("serve_page.html").read_text(encoding="utf-8")
     return html.replace("null /*DATA*/", json.dumps(data).replace("<", "\\u003c"))
 
@@ -284,19 +295,3 @@ def serve_until_interrupted(server: Server) -> None:
         pass
     finally:
         server.server_close()
-
-
-def end_process(code: int) -> NoReturn:
-    """Exit now, without the interpreter's teardown.
-
-    The request threads are daemons, and after Ctrl-C some may still be generating, inside torch.
-    The teardown stops such a thread where it stands, and stopped inside C++ code it aborts the whole
-    process ("terminate called without an active exception"): a crash after a clean stop. Nothing is
-    left to write by then but stdout and stderr, flushed here.
-    """
-    for f in (sys.stdout, sys.stderr):
-        try:
-            f.flush()
-        except (OSError, ValueError):  # closed, or the reader went away
-            pass
-    os._exit(code)

@@ -60,14 +60,15 @@ def build_target() -> str:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return ""
     flags = cpu_flags()
-    if _V3 <= flags or (not flags and os.environ.get("GRU_LM_ASSUME_AVX2")):
+    if flags >= _V3 or (not flags and os.environ.get("GRU_LM_ASSUME_AVX2")):
         return "x86-64-v3"
-    return "x86-64-v2" if _V2 <= flags else "x86-64"
+    return "x86-64-v2" if flags >= _V2 else "x86-64"
 
 
 def cpu_summary() -> str:
     """One line for a benchmark's header: the CPU, its level, and the cores this process may use."""
-    return f"{cpu_model()} ({isa_level()}), {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu_model()} ({isa_level()}), {cores} cores"
 
 
 def trained_on(device: str = "cpu", bfloat16: bool = False) -> str:

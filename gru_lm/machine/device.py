@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from gru_lm.errors import UserError
+from gru_lm.machine.cpu import has_bfloat16_units
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -29,19 +30,7 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_bfloat16_units() -> bool:
-    """Whether this processor multiplies bfloat16 matrices in hardware (Intel AMX or AVX-512 BF16), where
-    mixed precision trains faster; elsewhere oneDNN emulates bfloat16 and float32 is the faster choice.
-    Read from /proc/cpuinfo, so False off Linux."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln for ln in f if ln.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+def pick_autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     """The dtype of autocast for --dtype (None: plain float32); bfloat16 where the device has it.
 
     Under autocast the matrix products of the input projections and the read-out run in bfloat16, and
@@ -49,7 +38,7 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
     gates, loss, gradients and weights stay float32.
     """
     if name == "auto":  # bfloat16 where it measured faster: a CPU with bfloat16 units
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_bfloat16_units() else None
+        return torch.bfloat16 if device.type == "cpu" and has_bfloat16_units() else None
     if name == "float32":
         return None
     if name != "bfloat16":

@@ -22,7 +22,10 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(name)
         M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
-                    and libc.mallopt(M_TOP_PAD, 64 << 20))
+        return bool(
+            libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+            and libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
+            and libc.mallopt(M_TOP_PAD, 64 << 20)
+        )
     except (OSError, AttributeError):
         return False

@@ -43,8 +43,6 @@ from torch import Tensor, nn
 from gru_lm.model.dropout import keep_mask
 from gru_lm.model.window import gru_window, lstm_window, rnn_window
 
-CELLS = ("gru", "lstm", "rnn")
-
 
 def gru_gates(
     gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool
@@ -221,7 +219,7 @@ class _Stack(nn.Module):
         """One step from the layer's state (B×H; (h, c) for the LSTM) to the next."""
         raise NotImplementedError
 
-    def window(self, gi: Tensor, state, w_hh: Tensor, b_hh: Tensor | None, bf16_operands: bool = False):
+    def window(self, gi: Tensor, state, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False):
         """The whole window (window.py): returns (out T×B×H, the final state)."""
         raise NotImplementedError
 
@@ -244,9 +242,11 @@ class _Stack(nn.Module):
             if torch.is_autocast_enabled(device):
                 # mixed precision: the window's matrix products take bfloat16 operands, while its
                 # states, gates and hand-derived backward stay float32 arithmetic
-                bf16 = torch.get_autocast_dtype(device) == torch.bfloat16
+                bfloat16_operands = torch.get_autocast_dtype(device) == torch.bfloat16
                 with torch.autocast(device, enabled=False):
-                    return self.window(gi.float(), _map(h, lambda t: t.float().contiguous()), w_hh, b_hh, bf16)
+                    return self.window(
+                        gi.float(), _map(h, lambda t: t.float().contiguous()), w_hh, b_hh, bfloat16_operands
+                    )
             return self.window(gi, _map(h, Tensor.contiguous), w_hh, b_hh)
         outs = []
         for t in range(x.shape[0]):
@@ -289,9 +289,10 @@ class GRU(_Stack):
     def step(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
         return gru_step(gi, h, w_hh, b_hh, self.reset_after)
 
-    def window(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None,
-               bf16_operands: bool = False) -> tuple[Tensor, Tensor]:
-        return gru_window(gi, h, w_hh, b_hh, self.reset_after, bf16_operands)
+    def window(
+        self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        return gru_window(gi, h, w_hh, b_hh, self.reset_after, bfloat16_operands)
 
 
 class LSTM(_Stack):
@@ -299,19 +300,29 @@ class LSTM(_Stack):
 
     gates = 4  # the constructor is _Stack's: (input_size, hidden_size, num_layers, dropout, bias, fast, weight_drop)
 
-    def step(self, gi: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, b_hh: Tensor | None) -> tuple[Tensor, Tensor]:
+    def step(
+        self, gi: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, b_hh: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         return lstm_step(gi, state, w_hh, b_hh)
 
-    def window(self, gi: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, b_hh: Tensor | None,
-               bf16_operands: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        out, h, c = lstm_window(gi, state[0], state[1], w_hh, b_hh, bf16_operands)
+    def window(
+        self,
+        gi: Tensor,
+        state: tuple[Tensor, Tensor],
+        w_hh: Tensor,
+        b_hh: Tensor | None,
+        bfloat16_operands: bool = False,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        out, h, c = lstm_window(gi, state[0], state[1], w_hh, b_hh, bfloat16_operands)
         return out, (h, c)
 
     @staticmethod
     def output(state: tuple[Tensor, Tensor]) -> Tensor:
         return state[0]
 
-    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(  # type: ignore[override]  # the state is (h, c), as torch.nn.LSTM's
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x: T×B×I, state (h0, c0), each L×B×H (zeros when None) -> (out T×B×H, (h_n, c_n))."""
         if state is None:
             zeros = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
@@ -339,6 +350,7 @@ class RNN(_Stack):
     def step(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
         return rnn_step(gi, h, w_hh, b_hh)
 
-    def window(self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None,
-               bf16_operands: bool = False) -> tuple[Tensor, Tensor]:
-        return rnn_window(gi, h, w_hh, b_hh, bf16_operands)
+    def window(
+        self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        return rnn_window(gi, h, w_hh, b_hh, bfloat16_operands)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from torch import Tensor, nn
-
 import torch
+from torch import Tensor, nn
 
 from gru_lm.model.cells import GRU, LSTM, RNN, dropout
 
@@ -44,12 +43,18 @@ class CharModel(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
         if cfg.cell == "gru":
             self.rnn: nn.Module = GRU(
-                cfg.embed_size, cfg.hidden_size, cfg.layers, dropout=cfg.dropout, reset_after=cfg.reset_after,
+                cfg.embed_size,
+                cfg.hidden_size,
+                cfg.layers,
+                dropout=cfg.dropout,
+                reset_after=cfg.reset_after,
                 weight_drop=cfg.weight_drop,
             )
         elif cfg.cell in ("lstm", "rnn"):
             cls = LSTM if cfg.cell == "lstm" else RNN
-            self.rnn = cls(cfg.embed_size, cfg.hidden_size, cfg.layers, dropout=cfg.dropout, weight_drop=cfg.weight_drop)
+            self.rnn = cls(
+                cfg.embed_size, cfg.hidden_size, cfg.layers, dropout=cfg.dropout, weight_drop=cfg.weight_drop
+            )
         else:
             raise ValueError(f"unknown cell {cfg.cell!r}")
         self.head = nn.Linear(cfg.hidden_size, cfg.vocab_size)

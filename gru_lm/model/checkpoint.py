@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
 from gru_lm.errors import UserError
+from gru_lm.model import checkpoint_migration
 
 FORMAT = "gru-lm"
-VERSION = 1
+VERSION = checkpoint_migration.CURRENT
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -34,10 +36,8 @@ def atomic_write(path: str | Path, write) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -58,8 +58,9 @@ class _KeepWriteError:
     "unexpected pos 768 vs 662"; this lets save() report the real cause instead.
     """
 
-    def __init__(self, f) -> None:
-        self.f, self.error = f, None
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f: IO[bytes] = f
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
         try:
@@ -75,7 +76,7 @@ class _KeepWriteError:
 def _torch_save(state: dict[str, Any], f) -> None:
     w = _KeepWriteError(f)
     try:
-        torch.save(state, w)
+        torch.save(state, cast(IO[bytes], w))  # torch.save needs only write and flush
     except RuntimeError:
         if w.error is not None:
             raise w.error from None
@@ -118,14 +119,17 @@ def load(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{p}: not a readable checkpoint (corrupt or truncated: {type(e).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{p}: not a gru-lm checkpoint")
-    if state.get("version") != VERSION:
-        raise UserError(f"{p}: checkpoint format version {state.get('version')!r} is not supported (this gru-lm reads {VERSION})")
+    if state.get("version") not in checkpoint_migration.supported_versions():
+        known = ", ".join(map(str, sorted(checkpoint_migration.supported_versions())))
+        raise UserError(
+            f"{p}: checkpoint format version {state.get('version')!r} is not supported (this gru-lm reads {known})"
+        )
     for key, kind in (("model_config", dict), ("vocab", str), ("model", dict)):
         if key not in state:
             raise UserError(f"{p}: checkpoint is incomplete (no '{key}')")
         if not isinstance(state[key], kind) or not state[key]:
             raise UserError(f"{p}: checkpoint is corrupt ('{key}' is not a non-empty {kind.__name__})")
-    return state
+    return checkpoint_migration.upgrade(state)
 
 
 def build_model(state: dict[str, Any], source: str | Path = "checkpoint"):

@@ -42,5 +42,7 @@ def keep_mask(like: Tensor, p: float) -> Tensor:
     """A fresh dropout mask shaped and typed like `like`, for 0 < p < 1."""
     lo, hi = torch.randint(0, 2**31, (2,)).tolist()
     k = compiled() if like.device.type == "cpu" else None
-    mask = k.dropout_mask(like.numel(), p, lo, hi) if k is not None else hashed_mask(like.numel(), p, lo, hi, like.device)
+    mask = (
+        k.dropout_mask(like.numel(), p, lo, hi) if k is not None else hashed_mask(like.numel(), p, lo, hi, like.device)
+    )
     return mask.view(like.shape).to(like.dtype)

@@ -42,8 +42,14 @@ def compiled():
         flags = ["-O3", "-fno-trapping-math", "-fno-math-errno"] + ([f"-march={target}"] if target else [])
         openmp = ["-fopenmp"] if platform.system() == "Linux" else []
         name = "gru_lm_kernels_" + (target or platform.machine()).replace("-", "_")
-        return load(name, [str(p) for p in SOURCES], extra_cflags=flags + openmp, extra_ldflags=openmp,
-                    extra_include_paths=[str(CSRC)], verbose=False)
+        return load(
+            name,
+            [str(p) for p in SOURCES],
+            extra_cflags=flags + openmp,
+            extra_ldflags=openmp,
+            extra_include_paths=[str(CSRC)],
+            verbose=False,
+        )
     except Exception as e:  # no compiler, no ninja, a failed build: the Python path does the same work
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         print(f"note: compiled kernels unavailable ({first[:160]}); using the slower Python path", file=sys.stderr)

@@ -21,14 +21,13 @@ from torch import Tensor
 
 from gru_lm.model.kernels import compiled
 
-
 BF16 = torch.bfloat16  # the products' operand dtype under mixed precision (train --dtype bfloat16)
 
 
-def _operands(w: Tensor, bf16: bool) -> Tensor:
+def _operands(w: Tensor, bfloat16_operands: bool) -> Tensor:
     """A product's operand in the operand dtype: bfloat16 under mixed precision, else itself. Only the
     operands of the matrix products are rounded; states, gates and gradients stay float32."""
-    return w.to(BF16) if bf16 else w
+    return w.to(BF16) if bfloat16_operands else w
 
 
 def _mm_bias(bias: Tensor | None, a: Tensor, b: Tensor, out: Tensor) -> Tensor:
@@ -57,11 +56,14 @@ def _states(gi: Tensor, h0: Tensor) -> Tensor:
 
 # ---- GRU, reset after the product (torch.nn.GRU): n = tanh(x_n + r ⊙ (h W_hnᵀ + b_hn)) ----
 
-def gru_after_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool = False):
+
+def gru_after_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False):
     """Returns out, G = [r, z, h W_hnᵀ + b_hn] and N = n for every step."""
     T, B, H3 = gi.shape
     H = H3 // 3
-    w_t = _operands(w_hh.t().contiguous(), bf16)  # h @ Wᵀ with Wᵀ contiguous: the faster layout for MKL (see csrc)
+    w_t = _operands(
+        w_hh.t().contiguous(), bfloat16_operands
+    )  # h @ Wᵀ with Wᵀ contiguous: the faster layout for MKL (see csrc)
     out, G, N = _states(gi, h0), gi.new_empty(T, B, 3 * H), gi.new_empty(T, B, H)
     for t in range(T):
         g = _mm_bias(b_hh, out[t], w_t, G[t])
@@ -72,10 +74,18 @@ def gru_after_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None,
     return out, G, N
 
 
-def gru_after_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, G: Tensor, N: Tensor, w_hh: Tensor, has_bias: bool,
-                       bf16: bool = False):
+def gru_after_backward(
+    d_out: Tensor,
+    d_hT: Tensor,
+    out: Tensor,
+    G: Tensor,
+    N: Tensor,
+    w_hh: Tensor,
+    has_bias: bool,
+    bfloat16_operands: bool = False,
+):
     T, B, H = N.shape
-    w = _operands(w_hh, bf16)
+    w = _operands(w_hh, bfloat16_operands)
     r, z, ghn = G[..., :H], G[..., H : 2 * H], G[..., 2 * H :]
     h_prev = out[:-1]
     c_n = (1 - z) * (1 - N * N)  # ∂h'/∂a_n per unit of dh
@@ -88,7 +98,7 @@ def gru_after_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, G: Tensor, N: T
         dg = torch.mul(dh.unsqueeze(1), C[t], out=dG[t].view(B, 3, H)).view(B, 3 * H)
         dh = _addmm(dh * z[t], dg, w)
     flat = dG.view(T * B, 3 * H)
-    d_w = _mm(flat.t(), _operands(h_prev.reshape(T * B, H), bf16))
+    d_w = _mm(flat.t(), _operands(h_prev.reshape(T * B, H), bfloat16_operands))
     d_b = flat.sum(0) if has_bias else None
     torch.mul(dH, c_n, out=dG[..., 2 * H :])  # d_gi = [da_r, da_z, da_n]: dG's n part, reused once read
     return dG, dh, d_w, d_b
@@ -96,11 +106,12 @@ def gru_after_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, G: Tensor, N: T
 
 # ---- GRU, reset before the product (Dive into Deep Learning's): n = tanh(x_n + (r ⊙ h) W_hnᵀ + b_hn) ----
 
-def gru_before_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool = False):
+
+def gru_before_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False):
     """Returns out, RZ = [r, z], Q = r ⊙ h and N = n for every step."""
     T, B, H3 = gi.shape
     H = H3 // 3
-    w_rz_t, w_n_t = (_operands(w.t().contiguous(), bf16) for w in (w_hh[: 2 * H], w_hh[2 * H :]))
+    w_rz_t, w_n_t = (_operands(w.t().contiguous(), bfloat16_operands) for w in (w_hh[: 2 * H], w_hh[2 * H :]))
     b_rz, b_n = (None, None) if b_hh is None else (b_hh[: 2 * H], b_hh[2 * H :])
     out, RZ = _states(gi, h0), gi.new_empty(T, B, 2 * H)
     Q, N = gi.new_empty(T, B, H), gi.new_empty(T, B, H)
@@ -112,10 +123,10 @@ def gru_before_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None
     return out, RZ, Q, N
 
 
-def gru_before_backward(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias: bool, bf16: bool = False):
+def gru_before_backward(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias: bool, bfloat16_operands: bool = False):
     T, B, H = N.shape
     r, z = RZ[..., :H], RZ[..., H:]
-    w_rz, w_n = _operands(w_hh[: 2 * H], bf16), _operands(w_hh[2 * H :], bf16)
+    w_rz, w_n = _operands(w_hh[: 2 * H], bfloat16_operands), _operands(w_hh[2 * H :], bfloat16_operands)
     h_prev = out[:-1]
     c_n = (1 - z) * (1 - N * N)  # ∂h'/∂a_n per unit of dh
     c_z = (h_prev - N) * z * (1 - z)  # ∂h'/∂a_z
@@ -131,19 +142,26 @@ def gru_before_backward(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias: bool, bf16: 
         torch.mul(dh, c_z[t], out=da[:, H : 2 * H])
         dh = _addmm(torch.addcmul(dh * z[t], dq, r[t]), da[:, : 2 * H], w_rz)
     flat = dA.view(T * B, 3 * H)
-    d_w = torch.cat([_mm(flat[:, : 2 * H].t(), _operands(h_prev.reshape(T * B, H), bf16)),
-                     _mm(flat[:, 2 * H :].t(), _operands(Q.view(T * B, H), bf16))])
+    d_w = torch.cat(
+        [
+            _mm(flat[:, : 2 * H].t(), _operands(h_prev.reshape(T * B, H), bfloat16_operands)),
+            _mm(flat[:, 2 * H :].t(), _operands(Q.view(T * B, H), bfloat16_operands)),
+        ]
+    )
     d_b = flat.sum(0) if has_bias else None
     return dA, dh, d_w, d_b
 
 
 # ---- LSTM: [i, f, g, o] = act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh), c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c') ----
 
-def lstm_forward(gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool = False):
+
+def lstm_forward(
+    gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False
+):
     """Returns out and C ((T+1)×B×H each, out[0] = h0, C[0] = c0) and G = [i, f, g, o] for every step."""
     T, B, H4 = gi.shape
     H = H4 // 4
-    w_t = _operands(w_hh.t().contiguous(), bf16)
+    w_t = _operands(w_hh.t().contiguous(), bfloat16_operands)
     out, C, G = _states(gi, h0), _states(gi, c0), gi.new_empty(T, B, 4 * H)
     for t in range(T):
         a = _mm_bias(b_hh, out[t], w_t, G[t]).add_(gi[t])
@@ -156,10 +174,19 @@ def lstm_forward(gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor 
     return out, C, G
 
 
-def lstm_backward(d_out: Tensor, d_hT: Tensor, d_cT: Tensor, out: Tensor, C: Tensor, G: Tensor, w_hh: Tensor,
-                  has_bias: bool, bf16: bool = False):
+def lstm_backward(
+    d_out: Tensor,
+    d_hT: Tensor,
+    d_cT: Tensor,
+    out: Tensor,
+    C: Tensor,
+    G: Tensor,
+    w_hh: Tensor,
+    has_bias: bool,
+    bfloat16_operands: bool = False,
+):
     T, B, H = d_out.shape
-    w = _operands(w_hh, bf16)
+    w = _operands(w_hh, bfloat16_operands)
     i, f, g, o = G.chunk(4, dim=-1)
     tc = torch.tanh(C[1:])
     dG = torch.empty_like(G)  # [da_i, da_f, da_g, da_o]
@@ -175,31 +202,34 @@ def lstm_backward(d_out: Tensor, d_hT: Tensor, d_cT: Tensor, out: Tensor, C: Ten
         dc = dct * f[t]
         dh = _mm(dG[t], w)
     flat = dG.view(T * B, 4 * H)
-    d_w = _mm(flat.t(), _operands(out[:-1].reshape(T * B, H), bf16))
+    d_w = _mm(flat.t(), _operands(out[:-1].reshape(T * B, H), bfloat16_operands))
     return dG, dh, dc, d_w, flat.sum(0) if has_bias else None
 
 
 # ---- plain RNN: h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh) ----
 
-def rnn_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool = False) -> Tensor:
+
+def rnn_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False) -> Tensor:
     a = gi + b_hh if b_hh is not None else gi
-    w_t = _operands(w_hh.t().contiguous(), bf16)
+    w_t = _operands(w_hh.t().contiguous(), bfloat16_operands)
     out = _states(gi, h0)
     for t in range(gi.shape[0]):
         _mm_bias(a[t], out[t], w_t, out[t + 1]).tanh_()
     return out
 
 
-def rnn_backward(d_out: Tensor, d_hT: Tensor, out: Tensor, w_hh: Tensor, has_bias: bool, bf16: bool = False):
+def rnn_backward(
+    d_out: Tensor, d_hT: Tensor, out: Tensor, w_hh: Tensor, has_bias: bool, bfloat16_operands: bool = False
+):
     T, B, H = d_out.shape
-    w = _operands(w_hh, bf16)
+    w = _operands(w_hh, bfloat16_operands)
     c = 1 - out[1:] * out[1:]
     dA = torch.empty_like(d_out)
     dh = d_hT
     for t in range(T - 1, -1, -1):
         dh = _mm(torch.mul(d_out[t] + dh, c[t], out=dA[t]), w)
     flat = dA.view(T * B, H)
-    d_w = _mm(flat.t(), _operands(out[:-1].reshape(T * B, H), bf16))
+    d_w = _mm(flat.t(), _operands(out[:-1].reshape(T * B, H), bfloat16_operands))
     return dA, dh, d_w, flat.sum(0) if has_bias else None
 
 
@@ -212,63 +242,79 @@ def _impl(name: str, t: Tensor):
 
 class GRUWindow(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool, bf16: bool):
+    def forward(
+        ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool, bfloat16_operands: bool
+    ):
         kind = "gru_after" if reset_after else "gru_before"
-        saved = _impl(kind + "_forward", gi)(gi, h0.contiguous(), w_hh, b_hh, bf16)
+        saved = _impl(kind + "_forward", gi)(gi, h0.contiguous(), w_hh, b_hh, bfloat16_operands)
         ctx.save_for_backward(w_hh, *saved)
-        ctx.kind, ctx.has_bias, ctx.bf16 = kind, b_hh is not None, bf16
+        ctx.kind, ctx.has_bias, ctx.bfloat16_operands = kind, b_hh is not None, bfloat16_operands
         out = saved[0]
         return out[1:], out[-1].clone()
 
     @staticmethod
     def backward(ctx, d_out: Tensor, d_hT: Tensor):
         w_hh, *saved = ctx.saved_tensors
-        d_gi, d_h0, d_w, d_b = _impl(ctx.kind + "_backward", w_hh)(d_out, d_hT, *saved, w_hh, ctx.has_bias, ctx.bf16)
+        d_gi, d_h0, d_w, d_b = _impl(ctx.kind + "_backward", w_hh)(
+            d_out, d_hT, *saved, w_hh, ctx.has_bias, ctx.bfloat16_operands
+        )
         return d_gi, d_h0, d_w, d_b, None, None
 
 
 class RNNWindow(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool):
-        out = _impl("rnn_forward", gi)(gi, h0.contiguous(), w_hh, b_hh, bf16)
+    def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool):
+        out = _impl("rnn_forward", gi)(gi, h0.contiguous(), w_hh, b_hh, bfloat16_operands)
         ctx.save_for_backward(w_hh, out)
-        ctx.has_bias, ctx.bf16 = b_hh is not None, bf16
+        ctx.has_bias, ctx.bfloat16_operands = b_hh is not None, bfloat16_operands
         return out[1:], out[-1].clone()
 
     @staticmethod
     def backward(ctx, d_out: Tensor, d_hT: Tensor):
         w_hh, out = ctx.saved_tensors
-        return (*_impl("rnn_backward", w_hh)(d_out, d_hT, out, w_hh, ctx.has_bias, ctx.bf16), None)
+        return (*_impl("rnn_backward", w_hh)(d_out, d_hT, out, w_hh, ctx.has_bias, ctx.bfloat16_operands), None)
 
 
 class LSTMWindow(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool):
-        out, C, G = _impl("lstm_forward", gi)(gi, h0.contiguous(), c0.contiguous(), w_hh, b_hh, bf16)
+    def forward(ctx, gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool):
+        out, C, G = _impl("lstm_forward", gi)(gi, h0.contiguous(), c0.contiguous(), w_hh, b_hh, bfloat16_operands)
         ctx.save_for_backward(w_hh, out, C, G)
-        ctx.has_bias, ctx.bf16 = b_hh is not None, bf16
+        ctx.has_bias, ctx.bfloat16_operands = b_hh is not None, bfloat16_operands
         return out[1:], out[-1].clone(), C[-1].clone()
 
     @staticmethod
     def backward(ctx, d_out: Tensor, d_hT: Tensor, d_cT: Tensor):
         w_hh, out, C, G = ctx.saved_tensors
-        d_gi, d_h0, d_c0, d_w, d_b = _impl("lstm_backward", w_hh)(d_out.contiguous(), d_hT.contiguous(),
-                                                                   d_cT.contiguous(), out, C, G, w_hh, ctx.has_bias,
-                                                                   ctx.bf16)
+        d_gi, d_h0, d_c0, d_w, d_b = _impl("lstm_backward", w_hh)(
+            d_out.contiguous(),
+            d_hT.contiguous(),
+            d_cT.contiguous(),
+            out,
+            C,
+            G,
+            w_hh,
+            ctx.has_bias,
+            ctx.bfloat16_operands,
+        )
         return d_gi, d_h0, d_c0, d_w, d_b, None
 
 
-def lstm_window(gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None,
-                bf16: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def lstm_window(
+    gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     """(out T×B×H, h_T, c_T) of an LSTM layer over a window."""
-    return LSTMWindow.apply(gi, h0, c0, w_hh, b_hh, bf16)
+    return LSTMWindow.apply(gi, h0, c0, w_hh, b_hh, bfloat16_operands)
 
 
-def gru_window(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool,
-               bf16: bool = False) -> tuple[Tensor, Tensor]:
-    """bf16: bfloat16 operands for the matrix products (mixed precision), float32 everywhere else."""
-    return GRUWindow.apply(gi, h0, w_hh, b_hh, reset_after, bf16)
+def gru_window(
+    gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool, bfloat16_operands: bool = False
+) -> tuple[Tensor, Tensor]:
+    """bfloat16_operands: bfloat16 operands for the matrix products (mixed precision), float32 everywhere else."""
+    return GRUWindow.apply(gi, h0, w_hh, b_hh, reset_after, bfloat16_operands)
 
 
-def rnn_window(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bf16: bool = False) -> tuple[Tensor, Tensor]:
-    return RNNWindow.apply(gi, h0, w_hh, b_hh, bf16)
+def rnn_window(
+    gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False
+) -> tuple[Tensor, Tensor]:
+    return RNNWindow.apply(gi, h0, w_hh, b_hh, bfloat16_operands)

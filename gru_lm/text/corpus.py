@@ -10,17 +10,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from gru_lm.text.vocab import Vocab
-from gru_lm.text.batches import check_train_length, validation_start
 from gru_lm.errors import UserError
+from gru_lm.text.batches import check_train_length, validation_start
 from gru_lm.text.prepared import encode_file, is_prepared, load_prepared, storage_dtype
 from gru_lm.text.reading import read_text
+from gru_lm.text.vocab import Vocab
 
 _CHUNK = 1 << 24  # ids remapped at a time
 
@@ -119,13 +119,15 @@ def _training_vocab(enc: Encoded, cut: int) -> Vocab:
     """A text file's vocabulary is the characters of its training part; a prepared folder's, all of its own."""
     if enc.prepared:
         return Vocab(enc.chars)
-    counts = sum(np.bincount(enc.ids[i : min(i + _CHUNK, cut)], minlength=len(enc.chars))  # chunks: bincount
-                 for i in range(0, cut, _CHUNK))  # makes an int64 copy of what it counts
+    counts = np.zeros(len(enc.chars), dtype=np.int64)
+    for i in range(0, cut, _CHUNK):  # in chunks: bincount makes an int64 copy of what it counts
+        counts += np.bincount(enc.ids[i : min(i + _CHUNK, cut)], minlength=len(enc.chars))
     return Vocab("".join(c for c, k in zip(enc.chars, counts) if k))
 
 
-def _training_ids(enc: Encoded, cut: int, vocab: Vocab | None, extend_vocab: bool,
-                  file: str | Path) -> tuple[Vocab, np.ndarray]:
+def _training_ids(
+    enc: Encoded, cut: int, vocab: Vocab | None, extend_vocab: bool, file: str | Path
+) -> tuple[Vocab, np.ndarray]:
     """The run's vocabulary and the training part's ids over it (see load_corpus)."""
     vocab = vocab or _training_vocab(enc, cut)
     train_ids, missing = remap(enc.ids[:cut], enc.chars, vocab)
@@ -133,14 +135,22 @@ def _training_ids(enc: Encoded, cut: int, vocab: Vocab | None, extend_vocab: boo
         return vocab, train_ids
     new = unseen_counts(enc.ids[:cut][missing], enc.chars)
     if not extend_vocab:
-        raise UserError(f"{file}: the training text has characters the checkpoint's model has never seen: "
-                        f"{describe_counts(new)}; pass --extend-vocab to add them to its vocabulary")
+        raise UserError(
+            f"{file}: the training text has characters the checkpoint's model has never seen: "
+            f"{describe_counts(new)}; pass --extend-vocab to add them to its vocabulary"
+        )
     vocab = Vocab(vocab.chars + "".join(new))  # the old ids stay; the new characters follow, in code-point order
     return vocab, remap(enc.ids[:cut], enc.chars, vocab)[0]
 
 
-def load_corpus(file: str | Path, settings: SplitSettings, vocab: Vocab | None = None, progress: bool = False,
-                extend_vocab: bool = False, check_source: Callable[[dict], None] | None = None) -> Corpus:
+def load_corpus(
+    file: str | Path,
+    settings: SplitSettings,
+    vocab: Vocab | None = None,
+    progress: bool = False,
+    extend_vocab: bool = False,
+    check_source: Callable[[dict], None] | None = None,
+) -> Corpus:
     """Training and validation ids of a run, its vocabulary and the record of where they came from.
 
     vocab is the vocabulary of the checkpoint a run resumes or starts from (--init-from); without
@@ -170,7 +180,10 @@ def load_corpus(file: str | Path, settings: SplitSettings, vocab: Vocab | None =
     else:
         val_ids, dropped, _ = known_ids(enc.ids[cut:], enc.chars, vocab)
     if len(val_ids) < 2:
-        raise UserError(f"{settings.val_file or file}: the validation text has fewer than 2 characters that occur in the training text")
+        raise UserError(
+            f"{settings.val_file or file}: the validation text has fewer than 2 characters that occur in the "
+            "training text"
+        )
     if dropped:
         print(f"note: {dropped} validation characters not seen in training are left out of val_loss", file=sys.stderr)
     return Corpus(vocab, torch.from_numpy(train_ids), val_ids, source)

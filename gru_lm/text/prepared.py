@@ -89,8 +89,16 @@ def _bar(path: Path, passes: int, show: bool) -> tqdm:
     """A progress bar over the bytes of both passes, for files big enough to take a while."""
     check_readable(path)  # before any bar is drawn: a mistake is one line
     size = path.stat().st_size
-    return tqdm(total=size * passes, unit="B", unit_scale=True, unit_divisor=1024, disable=not show or size < _BAR_BYTES,
-                desc=f"encoding {path.name}", dynamic_ncols=True, leave=False)
+    return tqdm(
+        total=size * passes,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not show or size < _BAR_BYTES,
+        desc=f"encoding {path.name}",
+        dynamic_ncols=True,
+        leave=False,
+    )
 
 
 def encode_file(path: str | os.PathLike, progress: bool = False) -> tuple[Scan, np.ndarray]:
@@ -115,7 +123,7 @@ def _fsync_replace(tmp: Path, final: Path) -> None:
         os.close(fd)
 
 
-def prepare(path: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True) -> dict:
+def prepare_corpus(path: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True) -> dict:
     """Encode a text file into out_dir (ids.bin + vocab.json), streaming; returns the metadata written.
 
     ids.bin goes through plain writes (not a writable memory map), so neither the page cache nor
@@ -144,8 +152,15 @@ def prepare(path: str | os.PathLike, out_dir: str | os.PathLike, progress: bool 
                 tmp.unlink(missing_ok=True)
                 raise
             _fsync_replace(tmp, out / IDS)
-            meta = {"format": FORMAT, "chars": sc.chars, "dtype": dtype.name, "n_chars": written,
-                    "text_sha256": sc.sha256, "source": str(p.resolve()), "source_bytes": p.stat().st_size}
+            meta = {
+                "format": FORMAT,
+                "chars": sc.chars,
+                "dtype": dtype.name,
+                "n_chars": written,
+                "text_sha256": sc.sha256,
+                "source": str(p.resolve()),
+                "source_bytes": p.stat().st_size,
+            }
             tmp = out / f".{META}.tmp"
             tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
             _fsync_replace(tmp, out / META)
@@ -176,12 +191,16 @@ def load_prepared(folder: str | os.PathLike) -> Prepared:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{d / META}: not a readable prepared corpus ({e}); run gru-lm prepare again") from None
     if meta.get("format") != FORMAT:
-        raise UserError(f"{d / META}: prepared by another version of gru-lm (format {meta.get('format')}); run gru-lm prepare again")
+        raise UserError(
+            f"{d / META}: prepared by another version of gru-lm (format {meta.get('format')}); run gru-lm prepare again"
+        )
     ids_path = d / IDS
     size = ids_path.stat().st_size if ids_path.is_file() else -1
     if size != n * dtype.itemsize or n < 1:
-        raise UserError(f"{ids_path}: holds {max(size, 0):,} bytes, not the {n * dtype.itemsize:,} that vocab.json "
-                        "announces; run gru-lm prepare again")
+        raise UserError(
+            f"{ids_path}: holds {max(size, 0):,} bytes, not the {n * dtype.itemsize:,} that vocab.json "
+            "announces; run gru-lm prepare again"
+        )
     if len(chars) < 1 or storage_dtype(len(chars)).itemsize != dtype.itemsize:
         raise UserError(f"{d / META}: its vocabulary does not match its dtype; run gru-lm prepare again")
     ids = np.memmap(ids_path, dtype=dtype, mode="c", shape=(n,))  # copy-on-write: never written, and torch takes it

@@ -45,7 +45,7 @@ def iter_text(path: str | os.PathLike, chunk_bytes: int | None = None, bar: tqdm
     p = Path(path)
     check_readable(p)
     try:
-        f = open(p, "rb")
+        f = open(p, "rb")  # noqa: SIM115 (opened apart from `with` so that only this failure is "cannot read")
     except OSError as e:
         raise UserError(f"{p}: cannot read ({e.strerror})") from None
     with f:
@@ -74,7 +74,9 @@ def _decode(p: Path, f, enc: str, name: str, offset: int, chunk_bytes: int, bar:
             text = dec.decode(raw, final=not raw)
         except UnicodeDecodeError as e:
             if enc == "utf-8":
-                raise UserError(f"{p}: is not UTF-8 text (invalid byte at offset {offset - pending + e.start})") from None
+                raise UserError(
+                    f"{p}: is not UTF-8 text (invalid byte at offset {offset - pending + e.start})"
+                ) from None
             raise UserError(f"{p}: starts with a {name} byte-order mark but is not valid {name}") from None
         if "\x00" in text:  # a binary file that happens to start like a UTF-16/32 byte-order mark
             raise UserError(f"{p}: looks like a binary file (it contains NUL characters), not text")

@@ -28,7 +28,7 @@ class Vocab:
     chars: str
 
     @classmethod
-    def from_text(cls, text: str) -> "Vocab":
+    def from_text(cls, text: str) -> Vocab:
         return cls("".join(sorted(set(text))))
 
     def __len__(self) -> int:
@@ -71,4 +71,3 @@ class Vocab:
     def decode(self, ids) -> str:
         chars = self.chars
         return "".join(chars[int(i)] for i in ids)
-

@@ -11,10 +11,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gru_lm.training import train as training
-from gru_lm.training.settings import resolve
 from gru_lm.analysis.report import RunGroup
 from gru_lm.errors import UserError
+from gru_lm.training import train as training
+from gru_lm.training.settings import resolve
 
 
 def run_dirs(out: Path, config: Path, seeds: int, first_seed: int) -> list[tuple[Path, int]]:
@@ -25,8 +25,9 @@ def run_dirs(out: Path, config: Path, seeds: int, first_seed: int) -> list[tuple
     return [(base / f"seed{first_seed + k}", first_seed + k) for k in range(seeds)]
 
 
-def train_configs(file: Path, configs: list[Path], out: Path, max_time: float | None, retrain: bool, progress: bool,
-                  seeds: int = 1) -> tuple[list[RunGroup], "training.TrainResult | None"]:
+def train_configs(
+    file: Path, configs: list[Path], out: Path, max_time: float | None, retrain: bool, progress: bool, seeds: int = 1
+) -> tuple[list[RunGroup], training.TrainResult | None]:
     """Train every seed of every config (one after another, the same budget each), reusing finished runs.
 
     Returns the groups, and the result of a run stopped by Ctrl-C or SIGTERM (then nothing more is

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from gru_lm.model import checkpoint
-from gru_lm.training.settings import Settings, load_config, resolve
-from gru_lm.text.vocab import Vocab
 from gru_lm.errors import UserError
+from gru_lm.model import checkpoint
 from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.text.vocab import Vocab
+from gru_lm.training.settings import Settings, load_config, resolve
 
 #: The settings that give a model its shape: a run that starts from a checkpoint takes them from it.
 SHAPE = ("cell", "reset_after", "hidden_size", "layers", "embed_size")
@@ -42,13 +42,16 @@ class StartPoint:
 
     @property
     def shape(self) -> dict[str, Any]:
-        cfg = ModelConfig(**self.state["model_config"])  # (older checkpoints lack the newer keys: defaults)
+        cfg = ModelConfig(**self.state["model_config"])
         return {key: getattr(cfg, key) for key in SHAPE}
 
     def record(self, vocab: Vocab) -> dict[str, Any]:
         """What a run's checkpoints keep of where it started: the file, its step, the characters added."""
-        return {"checkpoint": str(self.path.resolve()), "step": int(self.state.get("step", 0)),
-                "vocab_added": vocab.chars[len(self.state["vocab"]) :]}
+        return {
+            "checkpoint": str(self.path.resolve()),
+            "step": int(self.state.get("step", 0)),
+            "vocab_added": vocab.chars[len(self.state["vocab"]) :],
+        }
 
 
 def load(path: str | Path) -> StartPoint:
@@ -66,8 +69,10 @@ def check_shape(start: StartPoint, given: dict[str, tuple[Any, str]]) -> None:
     for key, was in start.shape.items():
         value, where = given.get(key, (was, ""))
         if value != was:
-            raise UserError(f"--init-from: {key} is {was!r} in {start.path}, not {value!r} ({where}): the model "
-                            f"keeps its shape; leave {key} out to take the checkpoint's")
+            raise UserError(
+                f"--init-from: {key} is {was!r} in {start.path}, not {value!r} ({where}): the model "
+                f"keeps its shape; leave {key} out to take the checkpoint's"
+            )
 
 
 def fresh_settings(config_file: str | Path | None, flags: dict[str, Any]) -> tuple[Settings, StartPoint | None]:
@@ -101,7 +106,9 @@ def copy_weights(model: CharModel, weights: dict[str, torch.Tensor]) -> None:
             elif src.shape == param.shape:
                 param.copy_(src)
             else:
-                raise UserError(f"--init-from: {name} is {tuple(src.shape)} in the checkpoint, not {tuple(param.shape)}")
+                raise UserError(
+                    f"--init-from: {name} is {tuple(src.shape)} in the checkpoint, not {tuple(param.shape)}"
+                )
 
 
 def describe(start: StartPoint, vocab: Vocab) -> str:

@@ -7,9 +7,9 @@ import sys
 
 from tqdm import tqdm
 
-from gru_lm.training.settings import Settings
 from gru_lm.training.run_state import RunState
 from gru_lm.training.schedule import budget_progress, time_left
+from gru_lm.training.settings import Settings
 
 
 class Progress:
@@ -20,10 +20,17 @@ class Progress:
 
     def __init__(self, settings: Settings, show_bar: bool, speak: bool) -> None:
         self.settings, self.speak = settings, speak
-        self.bar = tqdm(total=1.0, disable=not show_bar, file=sys.stderr, dynamic_ncols=True, leave=True,
-                        mininterval=0.5, bar_format="{desc} |{bar}| {percentage:3.0f}%")
+        self.bar = tqdm(
+            total=1.0,
+            disable=not show_bar,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=True,
+            mininterval=0.5,
+            bar_format="{desc} |{bar}| {percentage:3.0f}%",
+        )
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -39,8 +46,10 @@ class Progress:
         self.bar.n = budget_progress(self.settings, state.step, elapsed)
         val = f"{state.val_loss:.3f}" if math.isfinite(state.val_loss) else "-"
         left = time_left(self.settings, state.step, elapsed, rate)
-        self.bar.set_description_str(f"step {state.step} | loss {log['train_loss']:.3f} | val {val} | "
-                                     f"{rate / 1000:.1f}k chars/s | left {format_time(left)}")
+        self.bar.set_description_str(
+            f"step {state.step} | loss {log['train_loss']:.3f} | val {val} | "
+            f"{rate / 1000:.1f}k chars/s | left {format_time(left)}"
+        )
 
 
 def format_time(sec: float) -> str:

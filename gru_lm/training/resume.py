@@ -7,18 +7,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gru_lm.model import checkpoint
-from gru_lm.training.settings import Settings, resolve
 from gru_lm.errors import UserError
+from gru_lm.model import checkpoint
 from gru_lm.training.init_from import StartPoint, fresh_settings
+from gru_lm.training.settings import Settings, resolve
 
 #: Settings a resumed run must share with the run it continues (they shape the model, data or RNG).
-LOCKED_ON_RESUME = ("cell", "reset_after", "hidden_size", "layers", "embed_size", "batch_size", "seq_len",
-                    "val_fraction", "val_file", "eval_chars", "seed", "init_from", "extend_vocab")
+LOCKED_ON_RESUME = (
+    "cell",
+    "reset_after",
+    "hidden_size",
+    "layers",
+    "embed_size",
+    "batch_size",
+    "seq_len",
+    "val_fraction",
+    "val_file",
+    "eval_chars",
+    "seed",
+    "init_from",
+    "extend_vocab",
+)
 
 #: What a checkpoint must hold, beyond the model, to continue a run from it exactly.
-RESUME_KEYS = ("settings", "optimizer", "step", "epoch", "window", "chars", "elapsed_s", "val_loss", "best_val_loss",
-               "rng", "hidden", "data")
+RESUME_KEYS = (
+    "settings",
+    "optimizer",
+    "step",
+    "epoch",
+    "window",
+    "chars",
+    "elapsed_s",
+    "val_loss",
+    "best_val_loss",
+    "rng",
+    "hidden",
+    "data",
+)
 
 
 @dataclass
@@ -42,8 +67,10 @@ def check_resumable(state: dict, path: Path) -> dict:
     if not isinstance(state["settings"], dict) or not isinstance(state["data"], dict):
         raise UserError(f"{path}: cannot resume from this checkpoint: its settings are corrupt")
     if state["settings"].get("ema_decay") and not isinstance(state.get("train_model"), dict):
-        raise UserError(f"{path}: cannot resume from this checkpoint: it holds no 'train_model' (the weights "
-                        "behind its average; best.pt leaves them out)")
+        raise UserError(
+            f"{path}: cannot resume from this checkpoint: it holds no 'train_model' (the weights "
+            "behind its average; best.pt leaves them out)"
+        )
     return state
 
 
@@ -67,13 +94,16 @@ def resume_settings(point: ResumePoint, config_file: str | Path | None, flags: d
     was = resolve(None, {}, point.state["settings"])  # (settings newer than the run read as what it ran with)
     for key in LOCKED_ON_RESUME:
         if getattr(was, key) != getattr(settings, key):
-            raise UserError(f"--resume: {key} is {getattr(was, key)!r} in {point.path}; "
-                            f"it cannot change to {getattr(settings, key)!r}")
+            raise UserError(
+                f"--resume: {key} is {getattr(was, key)!r} in {point.path}; "
+                f"it cannot change to {getattr(settings, key)!r}"
+            )
     return settings
 
 
-def run_settings(out_dir: Path, resume: bool, config_file: str | Path | None,
-                 flags: dict[str, Any]) -> tuple[ResumePoint | None, Settings, StartPoint | None]:
+def run_settings(
+    out_dir: Path, resume: bool, config_file: str | Path | None, flags: dict[str, Any]
+) -> tuple[ResumePoint | None, Settings, StartPoint | None]:
     """What `gru-lm train` runs with: the last.pt it resumes (with --resume, where there is one), the settings,
     and the checkpoint a new run starts from (init_from.fresh_settings)."""
     point = load(out_dir) if resume and (Path(out_dir) / "last.pt").exists() else None
@@ -84,14 +114,17 @@ def run_settings(out_dir: Path, resume: bool, config_file: str | Path | None,
 
 def check_processes(point: ResumePoint, world: int) -> None:
     if point.world_size != world:
-        raise UserError(f"{point.path}: was trained by {point.world_size} processes; "
-                        f"resume it with the same number, not {world}")
+        raise UserError(
+            f"{point.path}: was trained by {point.world_size} processes; resume it with the same number, not {world}"
+        )
 
 
 def check_unchanged(point: ResumePoint) -> None:
     """Under the run's lock: the last.pt read before the lock is still the one on disk."""
     if not point.path.exists() or _signature(point.path) != point.signature:
-        raise UserError(f"{point.path}: was rewritten while this run started (another training?); run the command again")
+        raise UserError(
+            f"{point.path}: was rewritten while this run started (another training?); run the command again"
+        )
 
 
 def check_same_text(point: ResumePoint, source: dict, file: str | Path) -> None:

@@ -13,8 +13,8 @@ import os
 import re
 from pathlib import Path
 
-from gru_lm.model import checkpoint
 from gru_lm.errors import UserError
+from gru_lm.model import checkpoint
 
 #: Temporary files of checkpoint.atomic_write (".last.pt.k3j_x2.tmp") that a killed process leaves behind.
 _STALE_TMP = re.compile(r"^\.(last\.pt|best\.pt|metrics\.jsonl|config\.toml)\..+\.tmp$")
@@ -58,7 +58,9 @@ def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume and not last.exists():
         raise UserError(f"{last}: no checkpoint to resume from; train without --resume first")
     if not resume and last.exists() and not overwrite:
-        raise UserError(f"{out_dir}: already holds a run; use --resume to continue it, --overwrite to replace it, or another --out")
+        raise UserError(
+            f"{out_dir}: already holds a run; use --resume to continue it, --overwrite to replace it, or another --out"
+        )
 
 
 def claim(out_dir: Path, resume: bool, overwrite: bool, stack: contextlib.ExitStack) -> list[Path]:

@@ -56,9 +56,9 @@ class RunState:
         return out
 
     @classmethod
-    def from_checkpoint(cls, state: dict, streams: slice, device: torch.device) -> "RunState":
+    def from_checkpoint(cls, state: dict, streams: slice, device: torch.device) -> RunState:
         """The state saved in a checkpoint, with this process's share of the carried hidden state."""
         keys = {f.name for f in fields(cls)} - {"hidden"}
-        run = cls(**{k: state[k] for k in keys if k in state})  # older checkpoints lack the newer partial sums
+        run = cls(**{k: state[k] for k in keys})
         run.hidden = state["hidden"][:, streams].to(device)
         return run

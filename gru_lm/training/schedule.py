@@ -19,8 +19,9 @@ def budget_progress(settings: Settings, step: int, elapsed_s: float) -> float:
 
 def budget_over(settings: Settings, step: int, elapsed_s: float) -> bool:
     """Whether the run has reached --max-steps or --max-time (0 means no limit)."""
-    return bool((settings.max_steps and step >= settings.max_steps)
-                or (settings.max_time and elapsed_s >= settings.max_time))
+    return bool(
+        (settings.max_steps and step >= settings.max_steps) or (settings.max_time and elapsed_s >= settings.max_time)
+    )
 
 
 def learning_rate(settings: Settings, step: int, elapsed_s: float) -> float:

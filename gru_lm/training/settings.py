@@ -31,24 +31,42 @@ class Settings:
 
     # model
     cell: str = setting("gru", "Recurrent cell: gru, lstm, or rnn (the plain RNN baseline).")
-    reset_after: bool = setting(False, "GRU candidate: reset after the recurrent product (torch.nn.GRU, cuDNN) "
-                                "or before it (Dive into Deep Learning, Cho et al. 2014).")
+    reset_after: bool = setting(
+        False,
+        "GRU candidate: reset after the recurrent product (torch.nn.GRU, cuDNN) "
+        "or before it (Dive into Deep Learning, Cho et al. 2014).",
+    )
     hidden_size: int = setting(256, "Units per recurrent layer.")
     layers: int = setting(1, "Stacked recurrent layers.")
     embed_size: int = setting(64, "Character embedding size.")
     dropout: float = setting(0.0, "Dropout between layers and before the read-out.")
-    weight_drop: float = setting(0.0, "DropConnect on the recurrent weights: each window drops this fraction of "
-                                 "every W_hh's entries, the same ones at every step (AWD-LSTM's weight drop).")
-    fit_to_machine: bool = setting(False, "With --max-time: before the clock starts, measure this machine's speed for "
-                                   "the candidate sizes of gru_lm/training/fit_candidates.json and train the one predicted best for the "
-                                   "characters it will see (docs/results.md). --hidden-size or --layers switch it off.")
-    fit_candidates: str = setting("", "With fit_to_machine: the candidates to choose from, by name, comma-separated "
-                                  "(a config lists the recipes made for its budget); empty: all of fit_candidates.json.")
+    weight_drop: float = setting(
+        0.0,
+        "DropConnect on the recurrent weights: each window drops this fraction of "
+        "every W_hh's entries, the same ones at every step (AWD-LSTM's weight drop).",
+    )
+    fit_to_machine: bool = setting(
+        False,
+        "With --max-time: before the clock starts, measure this machine's speed for "
+        "the candidate sizes of gru_lm/training/fit_candidates.json and train the one predicted best for the "
+        "characters it will see (docs/results.md). --hidden-size or --layers switch it off.",
+    )
+    fit_candidates: str = setting(
+        "",
+        "With fit_to_machine: the candidates to choose from, by name, comma-separated "
+        "(a config lists the recipes made for its budget); empty: all of fit_candidates.json.",
+    )
     # where the weights start (a fresh run otherwise)
-    init_from: str = setting("", "Start from this checkpoint's weights (not its optimiser, step or schedule): "
-                             "fine-tuning on FILE with the checkpoint's model and vocabulary.")
-    extend_vocab: bool = setting(False, "With --init-from: add FILE's characters that the checkpoint has never seen "
-                                 "to its vocabulary (new rows initialised as a fresh model's), instead of refusing.")
+    init_from: str = setting(
+        "",
+        "Start from this checkpoint's weights (not its optimiser, step or schedule): "
+        "fine-tuning on FILE with the checkpoint's model and vocabulary.",
+    )
+    extend_vocab: bool = setting(
+        False,
+        "With --init-from: add FILE's characters that the checkpoint has never seen "
+        "to its vocabulary (new rows initialised as a fresh model's), instead of refusing.",
+    )
     # data
     seq_len: int = setting(64, "Window T of truncated backpropagation through time.")
     batch_size: int = setting(32, "B contiguous streams trained side by side.")
@@ -60,32 +78,44 @@ class Settings:
     warmup_steps: int = setting(100, "Steps of linear learning-rate warm-up.")
     weight_decay: float = setting(0.01, "AdamW weight decay on the weight matrices (not embeddings or biases).")
     grad_clip: float = setting(1.0, "Clip the gradient norm to this (0 = no clipping).")
-    ema_decay: float = setting(0.0, "Evaluate, save as the checkpoint's model and sample from an exponential "
-                               "moving average of the weights with this decay (0 = off; 0.99 averages ~100 steps).")
+    ema_decay: float = setting(
+        0.0,
+        "Evaluate, save as the checkpoint's model and sample from an exponential "
+        "moving average of the weights with this decay (0 = off; 0.99 averages ~100 steps).",
+    )
     # budget and bookkeeping (0 means no limit)
     max_steps: int = setting(0, "Stop after this many steps in all (0 = no limit).")
     max_time: float = setting(300.0, "Stop after this many wall seconds (0 = no limit).")
     eval_every: int = setting(200, "Evaluate and save last.pt every N steps.")
     eval_streams: int = setting(32, "Contiguous streams the validation text is cut into during training.")
-    eval_chars: int = setting(1_000_000, "Validate during training on at most this many characters from the start "
-                              "of the validation split (0 = all; `gru-lm perplexity` always scores all).")
+    eval_chars: int = setting(
+        1_000_000,
+        "Validate during training on at most this many characters from the start "
+        "of the validation split (0 = all; `gru-lm perplexity` always scores all).",
+    )
     patience: int = setting(0, "Stop after N evaluations without a better validation loss (0 = never).")
     log_every: int = setting(10, "Write a metrics line every N steps.")
     seed: int = setting(1337, "Seed of the weights, dropout and data offsets.")
     device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda or mps.")
-    dtype: str = setting("float32", "float32, or bfloat16: mixed precision (every matrix product takes bfloat16 "
-                         "operands; states, gates, gradients and weights stay float32), faster on CPUs with "
-                         "bfloat16 units (AMX, AVX-512 BF16). auto: bfloat16 on such a CPU, else float32.")
+    dtype: str = setting(
+        "float32",
+        "float32, or bfloat16: mixed precision (every matrix product takes bfloat16 "
+        "operands; states, gates, gradients and weights stay float32), faster on CPUs with "
+        "bfloat16 units (AMX, AVX-512 BF16). auto: bfloat16 on such a CPU, else float32.",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
+FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(Settings)}  # "int", "float", "str" or "bool"
 HELP = {f.name: f.metadata["help"] for f in fields(Settings)}
 DEFAULTS = Settings().to_dict()
-CHOICES = {"cell": ("gru", "lstm", "rnn"), "device": ("auto", "cpu", "cuda", "mps"),
-           "dtype": ("float32", "bfloat16", "auto")}
+CHOICES = {
+    "cell": ("gru", "lstm", "rnn"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+    "dtype": ("float32", "bfloat16", "auto"),
+}
 
 
 def _check_type(key: str, value: Any, source: str) -> Any:
@@ -124,7 +154,16 @@ def validate(settings: Settings) -> Settings:
     for key, choices in CHOICES.items():
         if getattr(settings, key) not in choices:
             raise UserError(f"{key} must be one of {', '.join(choices)}, not {getattr(settings, key)!r}")
-    positive = ("hidden_size", "layers", "embed_size", "seq_len", "batch_size", "eval_every", "eval_streams", "log_every")
+    positive = (
+        "hidden_size",
+        "layers",
+        "embed_size",
+        "seq_len",
+        "batch_size",
+        "eval_every",
+        "eval_streams",
+        "log_every",
+    )
     for key in positive:
         if getattr(settings, key) < 1:
             raise UserError(f"{key} must be at least 1, not {getattr(settings, key)}")
@@ -141,7 +180,9 @@ def validate(settings: Settings) -> Settings:
         if not math.isfinite(v) or v < 0:
             raise UserError(f"{key} must be a finite number >= 0, not {v}")
     if settings.extend_vocab and not settings.init_from:
-        raise UserError("extend_vocab (--extend-vocab) needs init_from (--init-from CKPT): it extends that checkpoint's vocabulary")
+        raise UserError(
+            "extend_vocab (--extend-vocab) needs init_from (--init-from CKPT): it extends that checkpoint's vocabulary"
+        )
     if settings.lr == 0:
         raise UserError("lr must be greater than 0")
     check_seed(settings.seed, "seed")
@@ -155,16 +196,17 @@ def check_fit_candidates(names: str) -> None:
     known = {c["name"] for c in json.loads(FIT_CANDIDATES_FILE.read_text())["candidates"]}
     unknown = [n.strip() for n in names.split(",") if n.strip() and n.strip() not in known]
     if unknown:
-        raise UserError(f"fit_candidates: {', '.join(unknown)} not in {FIT_CANDIDATES_FILE.name} "
-                        f"(known: {', '.join(sorted(known))})")
+        raise UserError(
+            f"fit_candidates: {', '.join(unknown)} not in {FIT_CANDIDATES_FILE.name} "
+            f"(known: {', '.join(sorted(known))})"
+        )
 
 
 def resolve(config_file: str | Path | None, flags: dict[str, Any], base: dict[str, Any] | None = None) -> Settings:
     """Defaults (or base, a resumed run's settings), then the config file, then the flags given (None = not given)."""
-    values: dict[str, Any] = {k: _check_type(k, v, "the checkpoint's settings") for k, v in (base or {}).items()
-                              if k in FIELD_TYPES}
-    if base is not None and "eval_chars" not in base:
-        values["eval_chars"] = 0  # runs from before --eval-chars validated on the whole split
+    values: dict[str, Any] = {
+        k: _check_type(k, v, "the checkpoint's settings") for k, v in (base or {}).items() if k in FIELD_TYPES
+    }
     if config_file:
         values.update(load_config(config_file))
     values.update({k: _check_type(k, v, "command line") for k, v in flags.items() if v is not None})

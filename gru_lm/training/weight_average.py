@@ -10,17 +10,20 @@ the optimiser's own weights travel beside it in last.pt, so that --resume contin
 from __future__ import annotations
 
 import copy
+from typing import Generic, TypeVar
 
 import torch
 from torch import nn
 
+M = TypeVar("M", bound=nn.Module)
 
-class WeightAverage:
+
+class WeightAverage(Generic[M]):
     """A copy of model whose parameters follow avg ← decay·avg + (1 − decay)·weights, once per step."""
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: M, decay: float) -> None:
         self.decay = decay
-        self.model = copy.deepcopy(model).eval()
+        self.model: M = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
         self._pairs = list(zip(self.model.parameters(), model.parameters()))
 

@@ -1,7 +1,6 @@
 """Starting the processes of a data-parallel job on this host (`train --nproc N`), and ending them.
 
-spawn() does what `torchrun --standalone` does, with one-line errors instead of tracebacks;
-exit_process() ends a process of such a job without the interpreter's teardown.
+spawn() does what `torchrun --standalone` does, with one-line errors instead of tracebacks.
 """
 
 from __future__ import annotations
@@ -15,28 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gru_lm.machine.distributed import Dist, from_env, joined, streams
 from gru_lm.errors import UserError
-from gru_lm.training.resume import ResumePoint, check_processes
-
-
-def exit_process(code: int) -> None:
-    """End a process that joined a process group now, skipping the interpreter's teardown.
-
-    With torch 2.13 and gloo, a process that exits soon after destroy_process_group aborts now and
-    then at interpreter shutdown ("terminate called without an active exception", after all its work
-    is done), apparently a gloo thread still winding down; docs/scaling.md gives the measured rates.
-    By the time the CLI exits every file of the run is closed, so os._exit loses nothing. A process
-    that never joined a group returns and exits the usual way.
-    """
-    if not joined():
-        return
-    for f in (sys.stdout, sys.stderr):
-        try:
-            f.flush()
-        except (OSError, ValueError):  # closed, or the reader went away
-            pass
-    os._exit(code)
+from gru_lm.machine.distributed import Dist, from_env, streams
 
 
 def spawn(nproc: int, args: list[str]) -> int:
@@ -48,16 +27,32 @@ def spawn(nproc: int, args: list[str]) -> int:
     every process (they share the terminal), and a SIGTERM is passed on: each saves, and the exit
     code is 130.
     """
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(nproc),
-           "LOCAL_WORLD_SIZE": str(nproc)}
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "WORLD_SIZE": str(nproc),
+        "LOCAL_WORLD_SIZE": str(nproc),
+    }
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    logs = [None] + [tempfile.TemporaryFile("w+") for _ in range(1, nproc)]
+    logs = [None] + [tempfile.TemporaryFile("w+") for _ in range(1, nproc)]  # noqa: SIM115 (open for the whole job)
     procs: list[subprocess.Popen] = []
+
     # a SIGTERM to this launcher (kill, timeout, a job scheduler) reaches every process: each saves
-    was = signal.signal(signal.SIGTERM, lambda signum, frame: [p.send_signal(signum) for p in procs if p.poll() is None])
+    def pass_on(signum: int, frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    was = signal.signal(signal.SIGTERM, pass_on)
     for r in range(nproc):
-        procs.append(subprocess.Popen([sys.executable, "-m", "gru_lm", *args], stderr=logs[r],
-                                      env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gru_lm", *args],
+                stderr=logs[r],
+                env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            )
+        )
     codes = _wait_for(procs)
     signal.signal(signal.SIGTERM, was)
     return _job_exit_code(codes, logs)
@@ -100,20 +95,26 @@ def _job_exit_code(codes: list[int], logs: list) -> int:
         logs[r].seek(0)
         lines = [ln for ln in logs[r].read().splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("gru-lm: error:")]
-        print(errors[-1] if errors else f"gru-lm: error: training process {r} failed (exit code {c}): "
-              f"{lines[-1] if lines else 'no message'}", file=sys.stderr)
+        print(
+            errors[-1]
+            if errors
+            else f"gru-lm: error: training process {r} failed (exit code {c}): {lines[-1] if lines else 'no message'}",
+            file=sys.stderr,
+        )
         return 2 if c == 2 else 1
     return codes[0] if codes[0] > 0 else 1
 
 
-def check_launch(nproc: int, file: Path, batch_size: int, point: ResumePoint | None) -> None:
-    """The mistakes one can see before starting the processes, each one line (UserError)."""
+def check_nproc(nproc: int) -> None:
+    """--nproc itself: at least 1, and not inside a job that torchrun started (UserError)."""
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1, not {nproc}")
     if from_env().parallel:
         raise UserError("--nproc inside torchrun: give the number of processes to torchrun only")
-    if point is not None:
-        check_processes(point, nproc)
+
+
+def check_job(nproc: int, file: Path, batch_size: int) -> None:
+    """What the job's processes would find wrong at once: the batch's split over them, the file (UserError)."""
     streams(batch_size, Dist(0, nproc))
     if not file.exists():
         raise UserError(f"{file}: no such file")
