@@ -342,6 +342,36 @@ def serve(
     exit_without_teardown(0)  # generating threads may still be inside torch
 
 
+@app.command()
+def export(
+    ckpt: Path = typer.Argument(..., help="Checkpoint (best.pt or last.pt of a run).", show_default=False),
+    onnx_file: Path | None = typer.Option(
+        None,
+        "--onnx",
+        help="Write a one-step ONNX graph here: (ids, state) -> (logits, next state); README: Export.",
+    ),
+    web_dir: Path | None = typer.Option(
+        None, "--web", help="Write a static page here that writes with the model in the browser, with no server."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the --onnx file, or the export's own files in a non-empty --web folder."
+    ),
+) -> None:
+    """Take a model out of gru-lm: a one-step ONNX graph (--onnx FILE) or a static web page (--web DIR).
+
+    Both carry the weights the checkpoint samples with, its cell and sizes, and its vocabulary. The page
+    (index.html) takes a prime, length, temperature, top-p and seed; open it from any static server or file."""
+    from gru_lm.export.request import export as run_export
+
+    with _user_errors():
+        weights, out = run_export(ckpt, onnx_file, web_dir, overwrite)
+    m = weights.description()
+    print(
+        f"wrote {out}: {str(m['cell']).upper()} {m['hidden_size']} × {m['layers']}, {m['vocab_size']} characters",
+        file=sys.stderr,
+    )
+
+
 def main() -> None:
     """Entry point: usage errors (bad flags) become one line on stderr with exit code 2, like ours."""
     if len(sys.argv) == 1:
