@@ -233,6 +233,7 @@ def gru_lm(*args, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_inspect_smoke(tmp_path):
     ck = tiny_ckpt(tmp_path / "m.pt", layers=2)
     page = tmp_path / "page.html"
