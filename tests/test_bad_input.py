@@ -202,6 +202,7 @@ def _file_size_limit(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_save_keeps_the_previous_checkpoint(trained_run, corpus, tmp_path):
     """The resumed run's next checkpoint cannot be written (no file may grow past half of its size)."""
     run = tmp_path / "run"

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from .conftest import SMOKE, gru_lm, run_main
 
 
+@pytest.mark.slow
 def test_train_sample_perplexity_smoke(corpus, tmp_path):
     out = tmp_path / "gru"
     r = gru_lm("train", corpus, "--config", SMOKE, "--out", out, "--max-steps", 12, "--hidden-size", 24)
@@ -47,8 +49,8 @@ def test_every_command_is_listed_and_every_option_has_help():
     from gru_lm.cli.main import app
 
     group = typer.main.get_command(app)
-    assert sorted(group.commands) == sorted(COMMANDS)  # type: ignore[attr-defined]
-    for name, command in group.commands.items():  # type: ignore[attr-defined]
+    assert sorted(group.commands) == sorted(COMMANDS)
+    for name, command in group.commands.items():
         assert (command.help or "").strip(), f"{name} has no description"
         for param in command.params:
             if param.param_type_name == "option":
@@ -62,3 +64,8 @@ def test_help_explains_every_command(monkeypatch, capsys):
     assert "--reset-after" in run_main(monkeypatch, capsys, "train", "--help")[1]
     code, out, _ = run_main(monkeypatch, capsys)  # no command: the list of them
     assert code == 0 and all(cmd in out for cmd in COMMANDS)
+
+
+def test_python_dash_m_gru_lm_is_the_same_command_line():
+    r = gru_lm("--help")
+    assert r.returncode == 0 and "Usage" in r.stdout and all(cmd in r.stdout for cmd in COMMANDS)

@@ -23,6 +23,8 @@ from gru_lm.training.train import train
 
 from .conftest import SMOKE, WarmCLI, assert_user_error, gru_lm
 
+pytestmark = pytest.mark.slow  # each test here starts and kills real training processes
+
 
 def _wait_for(condition, what: str, warm: WarmCLI, timeout: float = 60, poll: float = 0.001) -> None:
     deadline = time.monotonic() + timeout
@@ -49,7 +51,6 @@ def _temp_files(run: Path) -> list[str]:
     return sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp")) if run.exists() else []
 
 
-@pytest.mark.slow
 def test_sigkill_at_random_moments_never_loses_a_checkpoint_and_resume_is_exact(warm, corpus, smoke, tmp_path):
     """20 kills -9 of one training, each at a random moment: while it starts, while it trains, or the
     instant a checkpoint's temporary file appears (mid-write). After every kill last.pt and best.pt

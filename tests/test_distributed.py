@@ -78,6 +78,7 @@ def pair(corpus, flat, tmp_path_factory):
     return whole, cut, r.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_only_rank0_writes(pair):
     whole, _, stderr = pair
     log = rows(whole)
@@ -101,12 +102,14 @@ def test_a_two_process_checkpoint_resumes_exactly(pair):
             assert x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-6, abs=1e-7), x["step"]
 
 
+@pytest.mark.slow
 def test_resume_needs_the_same_number_of_processes(pair, corpus, flat):
     _, cut, _ = pair
     r = gru_lm("train", corpus, *flat, "--max-steps", "50", "--out", cut, "--resume")
     assert_user_error(r, "2 processes", "same number")
 
 
+@pytest.mark.slow
 def test_two_processes_average_to_the_one_process_gradient(corpus, tmp_path):
     """Without dropout, 2 processes of B/2 streams each take the steps 1 process takes with B."""
     one, two = tmp_path / "one", tmp_path / "two"
@@ -117,6 +120,7 @@ def test_two_processes_average_to_the_one_process_gradient(corpus, tmp_path):
         assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-4), x["step"]
 
 
+@pytest.mark.slow
 def test_nproc_mistakes_are_one_line(corpus, tmp_path, pair):
     r = gru_lm("train", corpus, *TINY, "--batch-size", "7", "--max-steps", "2", "--out", tmp_path / "r", "--nproc", "2")
     assert_user_error(r, "multiple of 2")
@@ -144,3 +148,18 @@ def test_a_process_that_joined_a_group_exits_without_the_teardown(monkeypatch):
     monkeypatch.setattr(dmod, "_joined", True)
     dmod.end_joined_process(3)
     assert exits == [3]
+
+
+def test_the_launcher_checks_nproc_and_the_split_before_starting_anything(tmp_path):
+    from gru_lm.errors import UserError
+    from gru_lm.machine import launcher
+
+    with pytest.raises(UserError, match="at least 1"):
+        launcher.check_nproc(0)
+    launcher.check_nproc(2)
+    with pytest.raises(UserError, match="multiple of 2"):
+        launcher.check_job(2, tmp_path / "text.txt", 7)
+    with pytest.raises(UserError, match="no such file"):
+        launcher.check_job(2, tmp_path / "text.txt", 8)
+    args = ["train", "f.txt", "--nproc", "2", "--out", "r", "--nproc=3", "-q"]
+    assert launcher.without_nproc(args) == ["train", "f.txt", "--out", "r", "-q"]

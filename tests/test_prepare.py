@@ -125,6 +125,7 @@ def test_eval_chars_limits_validation_during_training(tmp_path, corpus, smoke):
     assert full.val_loss != r.val_loss
 
 
+@pytest.mark.slow
 def test_bad_prepared_folders_are_user_errors(tmp_path, corpus):
     prep = tmp_path / "prep"
     P.prepare_corpus(corpus, prep, progress=False)

@@ -67,6 +67,7 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path):
         summarize(tmp_path)
 
 
+@pytest.mark.slow
 def test_plot_and_compare_commands(corpus, trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

@@ -80,7 +80,7 @@ def test_learning_rate_warms_up_then_decays():
     s = Settings(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=100, max_time=0)
     lrs = [learning_rate(s, i, 0.0) for i in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0, rel=0.03)
-    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert lrs[-1] == pytest.approx(0.1, abs=0.01)
     t = Settings(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=0, max_time=100.0)
     assert learning_rate(t, 5, 50.0) == pytest.approx(0.5)  # half the time budget: half-way down the cosine

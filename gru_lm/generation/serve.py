@@ -7,8 +7,8 @@ The server is the standard library's ThreadingHTTPServer (a thread per request) 
                     streamed as Server-Sent Events, one event per character as sample.generate makes it,
                     then a `done` event with the whole text, the seed and its colours
 
-The colours are gates.trace run over prime + continuation: for each quantity it measures (surprise,
-the mean update gate z, ...), the palette index of each generated character, from gates_view as
+The colours are inspect_trace.trace run over prime + continuation: for each quantity it measures (surprise,
+the mean update gate z, ...), the palette index of each generated character, from inspect_view as
 `inspect` computes them. The page only looks them up in the palette.
 
 Every request generates with its own state and random generator; the models are loaded once and
@@ -171,9 +171,9 @@ def continuation(served: Served, req: Request):
 
 
 def colours(served: Served, prime: str, text: str) -> dict[str, dict]:
-    """For each quantity gates.trace measures, the palette index of each character of text (read after prime).
+    """For each quantity inspect_trace.trace measures, the palette index of each character of text (read after prime).
 
-    The scale of each (gates_view.colour_range) spans the generated characters, as inspect's spans its text.
+    The scale of each (inspect_view.colour_range) spans the generated characters, as inspect's spans its text.
     """
     tr = trace(served.model, served.vocab, prime + text)
     out = {}

@@ -1,17 +1,18 @@
 // Which kernels run a window: the AVX2 micro-kernels (recurrent_avx2.cpp) or the BLAS path
 // (window_kernels.cpp), decided once per call from what the processor and the tensors allow.
 //
-// The AVX2 path needs a build for x86-64-v3 (AVX2 and FMA), float32 operands (mixed precision and
+// The AVX2 path needs a build for x86-64-v3 (AVX2 and FMA), float32 operands (bfloat16 operands and
 // float64 take the BLAS path) and a hidden size that is a multiple of 8. On processors with AVX-512 the
-// BLAS path stays the default: MKL's AVX-512 kernels were measured there, the AVX2 micro-kernels were
-// not. GRU_LM_KERNEL=avx2 or =blas overrides the choice.
+// BLAS path stays the default: MKL runs its AVX-512 kernels there, twice the vector width of the AVX2
+// micro-kernels. GRU_LM_KERNELS=avx2 or =blas overrides the choice (GRU_LM_KERNELS=python is handled in
+// gru_lm/model/kernels.py, which then does not load this module at all).
 #pragma once
 
 #include <torch/extension.h>
 
+#include <cstdint>
 #include <cstdlib>
-#include <string>
-#include <vector>
+#include <cstring>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #define GRU_LM_HAVE_AVX2 1
@@ -22,11 +23,15 @@
 namespace gru_lm {
 
 // "avx2" or "blas": the kernels that a float32 window of a suitable size runs on this machine.
-inline std::string preferred_kernels() {
-  const char* forced = std::getenv("GRU_LM_KERNEL");
-  const std::string choice = forced ? forced : "";
-  if (!GRU_LM_HAVE_AVX2 || choice == "blas") return "blas";
-  if (choice == "avx2") return "avx2";
+//
+// What the processor has is read once. The environment is read at every call, that is once per window
+// (each entry point asks once, before its time loop), not once per process: the tests switch between
+// the two paths by setting GRU_LM_KERNELS in the running process, after the module is loaded. getenv
+// and two strcmp are nothing beside a window's work, and nothing is allocated.
+inline const char* preferred_kernels() {
+  const char* forced = std::getenv("GRU_LM_KERNELS");
+  if (!GRU_LM_HAVE_AVX2 || (forced && std::strcmp(forced, "blas") == 0)) return "blas";
+  if (forced && std::strcmp(forced, "avx2") == 0) return "avx2";
 #if GRU_LM_HAVE_AVX2
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   return avx512 ? "blas" : "avx2";
@@ -35,33 +40,10 @@ inline std::string preferred_kernels() {
 #endif
 }
 
-inline bool use_avx2(const at::Tensor& like, int64_t hidden, bool bf16_operands) {
-  return !bf16_operands && like.scalar_type() == at::kFloat && hidden % 8 == 0 && preferred_kernels() == "avx2";
+// Whether a window whose tensors are like `like`, of `hidden` units, runs on the AVX2 path.
+inline bool use_avx2(const at::Tensor& like, int64_t hidden, bool bfloat16_operands) {
+  return !bfloat16_operands && like.scalar_type() == at::kFloat && hidden % 8 == 0 &&
+         std::strcmp(preferred_kernels(), "avx2") == 0;
 }
-
-// The compiled sampler (sampler.cpp), where the AVX2 kernels exist.
-void bind_sampler(pybind11::module& m);
-// Dropout masks (dropout.cpp).
-void bind_dropout(pybind11::module& m);
-
-#if GRU_LM_HAVE_AVX2
-using at::Tensor;
-std::vector<Tensor> gru_after_forward_avx2(const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
-                                           const c10::optional<Tensor>& b_hh);
-std::vector<Tensor> gru_after_backward_avx2(const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
-                                            const Tensor& G, const Tensor& N, const Tensor& w_hh, bool has_bias);
-std::vector<Tensor> gru_before_forward_avx2(const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
-                                            const c10::optional<Tensor>& b_hh);
-std::vector<Tensor> gru_before_backward_avx2(const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
-                                             const Tensor& RZ, const Tensor& Q, const Tensor& N, const Tensor& w_hh,
-                                             bool has_bias);
-std::vector<Tensor> lstm_forward_avx2(const Tensor& gi, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                                      const c10::optional<Tensor>& b_hh);
-std::vector<Tensor> lstm_backward_avx2(const Tensor& d_out, const Tensor& d_hT, const Tensor& d_cT, const Tensor& out,
-                                       const Tensor& C, const Tensor& G, const Tensor& w_hh, bool has_bias);
-Tensor rnn_forward_avx2(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, const c10::optional<Tensor>& b_hh);
-std::vector<Tensor> rnn_backward_avx2(const Tensor& d_out, const Tensor& d_hT, const Tensor& out, const Tensor& w_hh,
-                                      bool has_bias);
-#endif
 
 }  // namespace gru_lm

@@ -4,8 +4,10 @@
 // over i scrambled by the two seed words) are at least p·2²⁴. torch's uniform draws come from one
 // sequential generator and cost more than the rest of a dropout; a hash of the index is a pure
 // function, so the threads split the elements freely and the vector units run eight at a time.
-// gru_lm/masks.py computes the same hash with torch's integer operations where this is not built:
-// the masks are equal bit for bit.
+// gru_lm/model/dropout.py computes the same hash with torch's integer operations where this is not
+// built: the masks are equal bit for bit.
+#include "dropout.h"
+
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 

@@ -1,4 +1,4 @@
-// The element-wise arithmetic of the cells (gru_lm/cells.py), one batch row at a time, shared by the
+// The element-wise arithmetic of the cells (gru_lm/model/cells.py), one batch row at a time, shared by the
 // BLAS path (window_kernels.cpp) and the AVX2 path (recurrent_avx2.cpp).
 #pragma once
 
@@ -51,8 +51,8 @@ void gru_after_fwd_row(int64_t H, int64_t j0, int64_t j1, const T* x, const T* b
 }
 
 template <typename T>
-void gru_after_bwd_row(int64_t H, int64_t j0, int64_t j1, const T* dout, const T* dhp, const T* g, const T* n, const T* hp, T* dg, T* dan_out,
-                       T* dhz) {
+void gru_after_bwd_row(int64_t H, int64_t j0, int64_t j1, const T* dout, const T* dhp, const T* g, const T* n,
+                       const T* hp, T* dg, T* dan_out, T* dhz) {
 #pragma GCC ivdep
   for (int64_t j = j0; j < j1; ++j) {
     T d = dout[j] + dhp[j];
@@ -80,7 +80,8 @@ void gru_before_gates_row(int64_t H, int64_t j0, int64_t j1, const T* x, const T
 }
 
 template <typename T>
-void gru_before_state_row(int64_t H, int64_t j0, int64_t j1, const T* xn, const T* bn, const T* z, T* n, const T* hp, T* hn) {
+void gru_before_state_row(int64_t /*H*/, int64_t j0, int64_t j1, const T* xn, const T* bn, const T* z, T* n,
+                          const T* hp, T* hn) {
 #pragma GCC ivdep
   for (int64_t j = j0; j < j1; ++j) {
     T c = tanh_(xn[j] + n[j] + bn[j]);
@@ -90,8 +91,8 @@ void gru_before_state_row(int64_t H, int64_t j0, int64_t j1, const T* xn, const 
 }
 
 template <typename T>
-void gru_before_bwd_row1(int64_t H, int64_t j0, int64_t j1, const T* dout, const T* dhp, const T* rz, const T* n, const T* hp, T* da, T* dan,
-                         T* darz, T* dhz) {
+void gru_before_bwd_row1(int64_t H, int64_t j0, int64_t j1, const T* dout, const T* dhp, const T* rz, const T* n,
+                         const T* hp, T* da, T* dan, T* darz, T* dhz) {
 #pragma GCC ivdep
   for (int64_t j = j0; j < j1; ++j) {
     T d = dout[j] + dhp[j];
@@ -107,7 +108,8 @@ void gru_before_bwd_row1(int64_t H, int64_t j0, int64_t j1, const T* dout, const
 }
 
 template <typename T>
-void gru_before_bwd_row2(int64_t H, int64_t j0, int64_t j1, const T* dq, const T* rz, const T* hp, T* da, T* darz, T* dhz) {
+void gru_before_bwd_row2(int64_t /*H*/, int64_t j0, int64_t j1, const T* dq, const T* rz, const T* hp, T* da, T* darz,
+                         T* dhz) {
 #pragma GCC ivdep
   for (int64_t j = j0; j < j1; ++j) {
     T r = rz[j];

@@ -12,10 +12,14 @@
 // that the part's next element-wise pass reads; so the product opens the next step instead of closing
 // this one, and a step of the backward needs one barrier (the GRU with reset before the product, two),
 // over T + 1 steps: the last one is the product for the initial state alone.
+#include "recurrent_avx2.h"
+
 #include <torch/extension.h>
 
+#include <utility>
 #include <vector>
 
+#include "bias.h"
 #include "dispatch.h"
 #include "elementwise.h"
 
@@ -23,18 +27,10 @@
 #include "gemm_avx2.h"
 #include "team.h"
 
-using at::Tensor;
-
-namespace gru_lm {
+namespace gru_lm::avx2 {
 namespace {
 
 constexpr int64_t kMinUnitsPerPart = 32;  // fewer units than this per thread are not worth a barrier per step
-
-// The units [j0, j1) of part p of `parts`, in blocks of 8 (one AVX vector).
-std::pair<int64_t, int64_t> units_of(int p, int parts, int64_t H) {
-  const int64_t blocks = H / 8;
-  return {8 * (blocks * p / parts), 8 * (blocks * (p + 1) / parts)};
-}
 
 // The runs of columns of part p: its units of each of the `gates` gates, the gates H apart.
 std::vector<std::pair<int64_t, int64_t>> gate_columns(int64_t j0, int64_t j1, int64_t H, int gates) {
@@ -50,7 +46,8 @@ void pack_forward(PackedColumns& packed, const float* W, int64_t H, int64_t row0
 
 // Pack part p's columns of the backward product dG · W[rows] (S[k][n] = W[row0 + k][n]): the state
 // gradient of its units from the gate gradients of all units (K = rows).
-void pack_backward(PackedColumns& packed, const float* W, int64_t H, int64_t row0, int64_t rows, int64_t j0, int64_t j1) {
+void pack_backward(PackedColumns& packed, const float* W, int64_t H, int64_t row0, int64_t rows, int64_t j0,
+                   int64_t j1) {
   packed.pack(rows, {{j0, j1 - j0}}, [&](int64_t k, int64_t n) { return W[(row0 + k) * H + n]; });
 }
 
@@ -69,21 +66,16 @@ Tensor weight_gradient(const Tensor& dA, const Tensor& prev, int64_t H) {
   return dW;
 }
 
-const float* bias_data(const c10::optional<Tensor>& b, int64_t n, Tensor& keep, const Tensor& like) {
-  keep = b.has_value() ? b->contiguous() : at::zeros({n}, like.options());
-  return keep.data_ptr<float>();
-}
-
 }  // namespace
 
 // ---- GRU, reset after the product ------------------------------------------------------------------
 
-std::vector<Tensor> gru_after_forward_avx2(const Tensor& gi_in, const Tensor& h0, const Tensor& w_hh,
-                                           const c10::optional<Tensor>& b_hh) {
+std::vector<Tensor> gru_after_forward(const Tensor& gi_in, const Tensor& h0, const Tensor& w_hh,
+                                      const c10::optional<Tensor>& b_hh) {
   const Tensor gi = gi_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
-  Tensor bias_t;
-  const float* bias = bias_data(b_hh, 3 * H, bias_t, gi);
+  const Tensor bias_t = bias_or_zeros(b_hh, 3 * H, gi);
+  const float* bias = bias_t.data_ptr<float>();
   Tensor out = at::empty({T + 1, B, H}, gi.options()), G = at::empty({T, B, 3 * H}, gi.options());
   Tensor N = at::empty({T, B, H}, gi.options());
   out[0].copy_(h0);
@@ -94,11 +86,11 @@ std::vector<Tensor> gru_after_forward_avx2(const Tensor& gi_in, const Tensor& h0
   run_team(
       parts, T, 1,
       [&](int p) {
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         pack_forward(packed[p], W, H, 0, j0, j1, 3);
       },
       [&](int p, int64_t t, int) {
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         float* gt = g + t * B * 3 * H;
         const float* hp = o + t * B * H;
         packed[p].multiply<false>(B, hp, H, gt, 3 * H);
@@ -109,8 +101,8 @@ std::vector<Tensor> gru_after_forward_avx2(const Tensor& gi_in, const Tensor& h0
   return {out, G, N};
 }
 
-std::vector<Tensor> gru_after_backward_avx2(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out,
-                                            const Tensor& G, const Tensor& N, const Tensor& w_hh, bool has_bias) {
+std::vector<Tensor> gru_after_backward(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out, const Tensor& G,
+                                       const Tensor& N, const Tensor& w_hh, bool has_bias) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = N.size(2);
   Tensor dG = at::empty({T, B, 3 * H}, G.options()), dAN = at::empty({T, B, H}, G.options());
@@ -123,12 +115,12 @@ std::vector<Tensor> gru_after_backward_avx2(const Tensor& d_out_in, const Tensor
   run_team(
       parts, T + 1, 1,
       [&](int p) {
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         pack_backward(packed[p], W, H, 0, 3 * H, j0, j1);
       },
       [&](int p, int64_t s, int) {
         const int64_t t = T - 1 - s;
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         // dh += dG[t + 1] W_hh for this part's units (all gates of all units feed each of them)
         if (s > 0) packed[p].multiply<true>(B, dg + (t + 1) * B * 3 * H, 3 * H, dhp, H);
         if (s == T) return;
@@ -145,12 +137,12 @@ std::vector<Tensor> gru_after_backward_avx2(const Tensor& d_out_in, const Tensor
 
 // ---- GRU, reset before the product -----------------------------------------------------------------
 
-std::vector<Tensor> gru_before_forward_avx2(const Tensor& gi_in, const Tensor& h0, const Tensor& w_hh,
-                                            const c10::optional<Tensor>& b_hh) {
+std::vector<Tensor> gru_before_forward(const Tensor& gi_in, const Tensor& h0, const Tensor& w_hh,
+                                       const c10::optional<Tensor>& b_hh) {
   const Tensor gi = gi_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
-  Tensor bias_t;
-  const float* bias = bias_data(b_hh, 3 * H, bias_t, gi);
+  const Tensor bias_t = bias_or_zeros(b_hh, 3 * H, gi);
+  const float* bias = bias_t.data_ptr<float>();
   Tensor out = at::empty({T + 1, B, H}, gi.options()), RZ = at::empty({T, B, 2 * H}, gi.options());
   Tensor Q = at::empty({T, B, H}, gi.options()), N = at::empty({T, B, H}, gi.options());
   out[0].copy_(h0);
@@ -161,12 +153,12 @@ std::vector<Tensor> gru_before_forward_avx2(const Tensor& gi_in, const Tensor& h
   run_team(
       parts, T, 2,
       [&](int p) {
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         pack_forward(packed_rz[p], W, H, 0, j0, j1, 2);
         pack_forward(packed_n[p], W, H, 2 * H, j0, j1, 1);
       },
       [&](int p, int64_t t, int phase) {
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         const float* hp = o + t * B * H;
         if (phase == 0) {  // r and z of this part's units, and q = r ⊙ h
           float* rzt = rz + t * B * 2 * H;
@@ -185,9 +177,9 @@ std::vector<Tensor> gru_before_forward_avx2(const Tensor& gi_in, const Tensor& h
   return {out, RZ, Q, N};
 }
 
-std::vector<Tensor> gru_before_backward_avx2(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out,
-                                             const Tensor& RZ, const Tensor& Q, const Tensor& N, const Tensor& w_hh,
-                                             bool has_bias) {
+std::vector<Tensor> gru_before_backward(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out,
+                                        const Tensor& RZ, const Tensor& Q, const Tensor& N, const Tensor& w_hh,
+                                        bool has_bias) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = RZ.size(0), B = RZ.size(1), H = N.size(2);
   // darz is read by every part at the start of the next step, which writes its own: two of them,
@@ -206,13 +198,13 @@ std::vector<Tensor> gru_before_backward_avx2(const Tensor& d_out_in, const Tenso
   run_team(
       parts, T + 1, 2,
       [&](int p) {
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         pack_backward(packed_n[p], W, H, 2 * H, H, j0, j1);
         pack_backward(packed_rz[p], W, H, 0, 2 * H, j0, j1);
       },
       [&](int p, int64_t s, int phase) {
         const int64_t t = T - 1 - s;
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         if (phase == 0) {
           // dh += [da_r, da_z] W_rz of step t + 1 for this part's units
           if (s > 0) packed_rz[p].multiply<true>(B, drz(s - 1), 2 * H, dhp, H);
@@ -226,7 +218,8 @@ std::vector<Tensor> gru_before_backward_avx2(const Tensor& d_out_in, const Tenso
           packed_n[p].multiply<false>(B, dn, H, dqp, H);
           for (int64_t b = 0; b < B; ++b) {
             const int64_t o1 = (t * B + b) * H;
-            gru_before_bwd_row2(H, j0, j1, dqp + b * H, rz + 2 * o1, o + o1, da + 3 * o1, drz(s) + b * 2 * H, dhp + b * H);
+            gru_before_bwd_row2(H, j0, j1, dqp + b * H, rz + 2 * o1, o + o1, da + 3 * o1, drz(s) + b * 2 * H,
+                                dhp + b * H);
           }
         }
       });
@@ -239,12 +232,12 @@ std::vector<Tensor> gru_before_backward_avx2(const Tensor& d_out_in, const Tenso
 
 // ---- LSTM ---------------------------------------------------------------------------------------------
 
-std::vector<Tensor> lstm_forward_avx2(const Tensor& gi_in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                                      const c10::optional<Tensor>& b_hh) {
+std::vector<Tensor> lstm_forward(const Tensor& gi_in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                                 const c10::optional<Tensor>& b_hh) {
   const Tensor gi = gi_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
-  Tensor bias_t;
-  const float* bias = bias_data(b_hh, 4 * H, bias_t, gi);
+  const Tensor bias_t = bias_or_zeros(b_hh, 4 * H, gi);
+  const float* bias = bias_t.data_ptr<float>();
   Tensor out = at::empty({T + 1, B, H}, gi.options()), C = at::empty({T + 1, B, H}, gi.options());
   Tensor G = at::empty({T, B, 4 * H}, gi.options());
   out[0].copy_(h0);
@@ -256,11 +249,11 @@ std::vector<Tensor> lstm_forward_avx2(const Tensor& gi_in, const Tensor& h0, con
   run_team(
       parts, T, 1,
       [&](int p) {
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         pack_forward(packed[p], W, H, 0, j0, j1, 4);
       },
       [&](int p, int64_t t, int) {
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         float* gt = g + t * B * 4 * H;
         packed[p].multiply<false>(B, o + t * B * H, H, gt, 4 * H);
         for (int64_t b = 0; b < B; ++b) {
@@ -272,9 +265,8 @@ std::vector<Tensor> lstm_forward_avx2(const Tensor& gi_in, const Tensor& h0, con
   return {out, C, G};
 }
 
-std::vector<Tensor> lstm_backward_avx2(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& d_cT,
-                                       const Tensor& out, const Tensor& C, const Tensor& G, const Tensor& w_hh,
-                                       bool has_bias) {
+std::vector<Tensor> lstm_backward(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& d_cT, const Tensor& out,
+                                  const Tensor& C, const Tensor& G, const Tensor& w_hh, bool has_bias) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = out.size(2);
   Tensor dG = at::empty({T, B, 4 * H}, G.options());
@@ -287,12 +279,12 @@ std::vector<Tensor> lstm_backward_avx2(const Tensor& d_out_in, const Tensor& d_h
   run_team(
       parts, T + 1, 1,
       [&](int p) {
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         pack_backward(packed[p], W, H, 0, 4 * H, j0, j1);
       },
       [&](int p, int64_t s, int) {
         const int64_t t = T - 1 - s;
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         if (s > 0) packed[p].multiply<false>(B, dg + (t + 1) * B * 4 * H, 4 * H, dhp, H);  // dh = dG[t + 1] W_hh
         if (s == T) return;
         for (int64_t b = 0; b < B; ++b) {  // the gate gradients of this part's units, and dc carried to t - 1
@@ -308,7 +300,7 @@ std::vector<Tensor> lstm_backward_avx2(const Tensor& d_out_in, const Tensor& d_h
 
 // ---- plain RNN ------------------------------------------------------------------------------------
 
-Tensor rnn_forward_avx2(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, const c10::optional<Tensor>& b_hh) {
+Tensor rnn_forward(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, const c10::optional<Tensor>& b_hh) {
   const Tensor a = (b_hh.has_value() ? gi + *b_hh : gi).contiguous(), w = w_hh.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
   Tensor out = at::empty({T + 1, B, H}, gi.options());
@@ -320,11 +312,11 @@ Tensor rnn_forward_avx2(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, 
   run_team(
       parts, T, 1,
       [&](int p) {
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         pack_forward(packed[p], W, H, 0, j0, j1, 1);
       },
       [&](int p, int64_t t, int) {
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         float* next = o + (t + 1) * B * H;
         packed[p].multiply<false>(B, o + t * B * H, H, next, H);
         for (int64_t b = 0; b < B; ++b) rnn_fwd_row(j0, j1, ap + (t * B + b) * H, next + b * H);
@@ -332,8 +324,8 @@ Tensor rnn_forward_avx2(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, 
   return out;
 }
 
-std::vector<Tensor> rnn_backward_avx2(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out,
-                                      const Tensor& w_hh, bool has_bias) {
+std::vector<Tensor> rnn_backward(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out, const Tensor& w_hh,
+                                 bool has_bias) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = out.size(0) - 1, B = out.size(1), H = out.size(2);
   Tensor dA = at::empty({T, B, H}, out.options()), dh = d_hT.contiguous().clone();
@@ -344,12 +336,12 @@ std::vector<Tensor> rnn_backward_avx2(const Tensor& d_out_in, const Tensor& d_hT
   run_team(
       parts, T + 1, 1,
       [&](int p) {
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         pack_backward(packed[p], W, H, 0, H, j0, j1);
       },
       [&](int p, int64_t s, int) {
         const int64_t t = T - 1 - s;
-        auto [j0, j1] = units_of(p, parts, H);
+        auto [j0, j1] = slice_of(p, parts, H);
         if (s > 0) packed[p].multiply<false>(B, da + (t + 1) * B * H, H, dhp, H);  // dh = dA[t + 1] W_hh
         if (s == T) return;
         for (int64_t b = 0; b < B; ++b)
@@ -360,5 +352,5 @@ std::vector<Tensor> rnn_backward_avx2(const Tensor& d_out_in, const Tensor& d_hT
   return {dA, dh, dW, db};
 }
 
-}  // namespace gru_lm
+}  // namespace gru_lm::avx2
 #endif  // GRU_LM_HAVE_AVX2

@@ -7,11 +7,15 @@
 // the vocabulary, with its slices of the weights packed once (gemm_avx2.h) and read from its own
 // cache at every character. The first layer's input product is a table: embed(c) W_ihᵀ + b_ih for
 // every character c of the vocabulary, made by the caller.
+#include "sampler.h"
+
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "dispatch.h"
@@ -36,15 +40,10 @@ Cell cell_of(const std::string& name) {
 
 int gates_of(Cell c) { return c == Cell::Lstm ? 4 : c == Cell::Rnn ? 1 : 3; }
 
-std::pair<int64_t, int64_t> blocks_of(int p, int parts, int64_t n) {  // [j0, j1) of n columns, in blocks of 8
-  const int64_t blocks = n / 8;
-  return {8 * (blocks * p / parts), 8 * (blocks * (p + 1) / parts)};
-}
-
 // The next character of one stream from its logits: argmax at temperature 0, else a draw with the
 // uniform number u from the softmax of logits / temperature, kept to the top_k most likely and then
-// to the smallest set whose probability reaches top_p (sample.pick's rule: a character is dropped
-// when the ones more likely than it already reach top_p).
+// to the smallest set whose probability reaches top_p (the rule of pick in gru_lm/generation/sample.py:
+// a character is dropped when the ones more likely than it already reach top_p).
 int64_t draw(const float* logits, int64_t V, double temperature, int64_t top_k, double top_p, double u,
              std::vector<double>& p, std::vector<int64_t>& order) {
   const float* best = std::max_element(logits, logits + V);
@@ -171,7 +170,7 @@ class Sampler {
     packed_.resize(parts_);
     at::parallel_for(0, parts_, 1, [&](int64_t b, int64_t e) {
       for (int64_t p = b; p < e; ++p) {
-        auto [j0, j1] = blocks_of(static_cast<int>(p), parts_, H_);
+        auto [j0, j1] = slice_of(static_cast<int>(p), parts_, H_);
         auto& mine = packed_[p];
         mine.resize(3 * L_ + 1);
         for (int64_t l = 0; l < L_; ++l) {
@@ -179,13 +178,14 @@ class Sampler {
           const int rec_gates = cell_ == Cell::GruBefore ? 2 : G;
           mine[3 * l].pack(H_, runs(j0, j1, 0, rec_gates), [&](int64_t k, int64_t n) { return Whh[n * H_ + k]; });
           if (cell_ == Cell::GruBefore)
-            mine[3 * l + 1].pack(H_, runs(j0, j1, 0, 1), [&](int64_t k, int64_t n) { return Whh[(2 * H_ + n) * H_ + k]; });
+            mine[3 * l + 1].pack(H_, runs(j0, j1, 0, 1),
+                                 [&](int64_t k, int64_t n) { return Whh[(2 * H_ + n) * H_ + k]; });
           if (l > 0) {
             const float* Wih = w_ih_[l].data_ptr<float>();
             mine[3 * l + 2].pack(H_, runs(j0, j1, 0, G), [&](int64_t k, int64_t n) { return Wih[n * H_ + k]; });
           }
         }
-        auto [v0, v1] = blocks_of(static_cast<int>(p), parts_, Vp_);
+        auto [v0, v1] = slice_of(static_cast<int>(p), parts_, Vp_);
         const float* Wo = head_w_.data_ptr<float>();
         if (v1 > v0)
           mine[3 * L_].pack(H_, {{v0, v1 - v0}}, [&](int64_t k, int64_t n) { return n < V_ ? Wo[n * H_ + k] : 0.0f; });
@@ -243,7 +243,7 @@ class Sampler {
     const int64_t l = two ? k / 2 : k;
     const int sub = two ? k % 2 : 0;
     const int G = gates_of(cell_);
-    auto [j0, j1] = blocks_of(p, parts_, H_);
+    auto [j0, j1] = slice_of(p, parts_, H_);
     const int in = flip_ ? 1 : 0, out = 1 - in;
     const float* hp = h_[in].data() + l * N_ * H_;   // this layer's state before the character
     float* hn = h_[out].data() + l * N_ * H_;        // and after it
@@ -275,8 +275,8 @@ class Sampler {
     if (two && sub == 1) {  // the candidate from q = r ⊙ h of all units, then the new state
       mine[3 * l + 1].multiply<false>(N_, q_.data(), H_, cand_.data(), H_);
       for (int64_t s = 0; s < N_; ++s)
-        gru_before_state_row(H_, j0, j1, gi_.data() + s * G * H_ + 2 * H_, bias + 2 * H_, gate_.data() + s * 2 * H_ + H_,
-                             cand_.data() + s * H_, hp + s * H_, hn + s * H_);
+        gru_before_state_row(H_, j0, j1, gi_.data() + s * G * H_ + 2 * H_, bias + 2 * H_,
+                             gate_.data() + s * 2 * H_ + H_, cand_.data() + s * H_, hp + s * H_, hn + s * H_);
     }
   }
 
@@ -303,7 +303,7 @@ class Sampler {
 
   void head_phase(int p) {
     const int out = flip_ ? 0 : 1;
-    auto [v0, v1] = blocks_of(p, parts_, Vp_);
+    auto [v0, v1] = slice_of(p, parts_, Vp_);
     if (v1 <= v0) return;
     const float* top = h_[out].data() + (L_ - 1) * N_ * H_;
     packed_[p][3 * L_].multiply<false>(N_, top, H_, logits_.data(), Vp_);

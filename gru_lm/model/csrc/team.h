@@ -9,9 +9,11 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <thread>
+#include <utility>
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #endif
@@ -58,6 +60,14 @@ class Barrier {
 inline int team_size(int64_t units, int64_t min_units) {
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, units / min_units)));
+}
+
+// The slice [j0, j1) of n columns (a layer's units, the read-out's rows) that part p of `parts` owns:
+// whole blocks of 8 (one AVX vector of floats), as evenly spread as the blocks allow. n is a multiple
+// of 8 where this is used, so the slices cover all n.
+inline std::pair<int64_t, int64_t> slice_of(int p, int parts, int64_t n) {
+  const int64_t blocks = n / 8;
+  return {8 * (blocks * p / parts), 8 * (blocks * (p + 1) / parts)};
 }
 
 // Run `steps` steps of `phases` phases each: phase(part, step, k) for every part, with a barrier after
