@@ -283,7 +283,9 @@ def test_export_never_loads_training():
 
 def decode_model_js(text: str) -> tuple[dict, dict[str, np.ndarray]]:
     """The description and the tensors model.js carries, read back as the page reads them."""
-    spec = json.loads(re.fullmatch(r"(?s)//[^\n]*\nglobalThis\.GRU_LM_MODEL = (\{.*\});\n", text).group(1))
+    m = re.fullmatch(r"(?s)//[^\n]*\nglobalThis\.GRU_LM_MODEL = (\{.*\});\n", text)
+    assert m, text[:200]
+    spec = json.loads(m.group(1))
     floats = np.frombuffer(base64.b64decode(spec["data"]), dtype="<f4")
     tensors = {}
     for name, t in spec["tensors"].items():
