@@ -332,8 +332,9 @@ def sites(tmp_path_factory) -> dict[str, tuple[Path, CharModel]]:
     """One exported page per cell kind, each with the model it was exported from."""
     root = tmp_path_factory.mktemp("sites")
     out = {}
-    for kind in ("gru-before-2", "gru-after-2", "lstm-2", "rnn-3"):
-        model = tiny_model(*KINDS[kind])
+    for kind in ("gru-before-2", "gru-after-2", "lstm-2", "rnn-3", "gru-384"):
+        # and the size the page's speed is measured at (docs/performance.md), 1 × 384
+        model = tiny_model("gru", False, 1, hidden=384) if kind == "gru-384" else tiny_model(*KINDS[kind])
         ckpt = save_ckpt(root / f"{kind}.pt", model)
         for name, data in web.folder_files(from_checkpoint(ckpt)).items():
             (root / kind).mkdir(exist_ok=True)
@@ -343,7 +344,7 @@ def sites(tmp_path_factory) -> dict[str, tuple[Path, CharModel]]:
 
 
 @needs_chromium
-@pytest.mark.parametrize("kind", ["gru-before-2", "gru-after-2", "lstm-2", "rnn-3"])
+@pytest.mark.parametrize("kind", ["gru-before-2", "gru-after-2", "lstm-2", "rnn-3", "gru-384"])
 def test_the_pages_probabilities_are_the_models(sites, kind, tmp_path):
     site, model = sites[kind]
     prime = "ROMEO:\nBut soft, what light through yonder window breaks?"
