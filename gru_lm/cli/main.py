@@ -348,7 +348,8 @@ def export(
     onnx_file: Path | None = typer.Option(
         None,
         "--onnx",
-        help="Write a one-step ONNX graph here: (ids, state) -> (logits, next state); README: Export.",
+        help="Write a one-step ONNX graph here: (ids, state) -> (logits, next state); its inputs, outputs and "
+        "metadata are in the README.",
     ),
     web_dir: Path | None = typer.Option(
         None, "--web", help="Write a static page here that writes with the model in the browser, with no server."
