@@ -367,8 +367,10 @@ def export(
     with _user_errors():
         weights, out = run_export(ckpt, onnx_file, web_dir, overwrite)
     m = weights.description()
+    opening = f"; open {out / 'index.html'}, or serve the folder" if web_dir is not None else ""
     print(
-        f"wrote {out}: {str(m['cell']).upper()} {m['hidden_size']} × {m['layers']}, {m['vocab_size']} characters",
+        f"wrote {out}: {str(m['cell']).upper()} {m['hidden_size']} × {m['layers']}, {m['vocab_size']} characters"
+        + opening,
         file=sys.stderr,
     )
 
