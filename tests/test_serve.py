@@ -10,9 +10,9 @@ import socket
 import subprocess
 import sys
 import threading
-from email.message import Message
 from collections.abc import Iterator
 from contextlib import contextmanager
+from email.message import Message
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode

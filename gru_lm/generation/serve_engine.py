@@ -18,7 +18,8 @@ with the same kernels and order whatever the batch holds, so a seed gives the sa
 any load. Where the compiled sampler cannot run the model, sample.Stepper steps the batch in torch and
 sample.pick draws each row (the same distribution; a BLAS product's rows may then depend on the batch).
 
-Bounds: at most `max_streams` rows in flight and `max_queue` requests waiting; beyond them submit()
+Bounds: at most `max_streams` rows in flight and `max_queue` requests waiting (counted together, so a
+request that arrives between two admissions is never refused while a row is free); beyond them submit()
 raises Refused(503) with a Retry-After estimated from the work ahead and the characters per second of
 recent steps.
 """
@@ -141,11 +142,11 @@ class Engine:
         with self._cond:
             if self._stopping:
                 raise Refused(503, "the server is stopping", retry_after=5)
-            if len(self._queue) >= self.limits.max_queue:
+            if self._in_flight + len(self._queue) >= self.limits.max_streams + self.limits.max_queue:
                 raise Refused(
                     503,
-                    f"the server is busy: {self._in_flight} streams generating and {len(self._queue)} waiting "
-                    "(the most it takes); try again shortly",
+                    f"the server is busy: {self._in_flight} requests generating and {len(self._queue)} waiting, "
+                    "the most it takes; try again shortly",
                     retry_after=self._retry_after(),
                 )
             self._queue.append(job)
