@@ -4,7 +4,7 @@
     python bench/dropout_speed.py --hidden-size 384 --layers 1 --dropout 0.1 --weight-drop 0
 
 A char-LM training step of CharModel (as `gru-lm train` runs it, without evaluations) with cells.dropout
-first as `x * (torch.rand_like(x) >= p) / (1 - p)`, then as gru_lm's hashed masks (masks.py), in
+first as `x * (torch.rand_like(x) >= p) / (1 - p)`, then as gru_lm's hashed masks (gru_lm/model/dropout.py), in
 interleaved rounds in one process; the table gives the median characters per second of each and the
 median ratio of the rounds. The two differ only in how the masks are drawn.
 """
@@ -31,7 +31,7 @@ from gru_lm.model.kernels import compiled
 
 
 def uniform_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout with a mask from torch's uniform draws (what gru_lm did before masks.py)."""
+    """Inverted dropout with a mask from torch's uniform draws (what gru_lm did before its hashed masks)."""
     if not training or p == 0:
         return x
     return x * (torch.rand_like(x) >= p) * (1 / (1 - p))

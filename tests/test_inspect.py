@@ -19,7 +19,7 @@ from gru_lm.model import checkpoint
 from gru_lm.model.char_model import CharModel, ModelConfig
 from gru_lm.text.vocab import Vocab
 
-from .conftest import ROOT, needs_chromium, run_main
+from .conftest import ROOT, headless_chromium, needs_chromium, run_main
 
 TEXT = 'THIS is <b> & "bold"\nOh, ha!\n'
 VOCAB = "".join(sorted(set(TEXT)))  # sorted by code point, as the training vocabulary is
@@ -296,21 +296,7 @@ def test_html_page_opens_in_headless_chromium(tmp_path):
     page = tmp_path / "page.html"
     page.write_text(render_html(trace(tiny_model(), Vocab(VOCAB), TEXT * 4), "z"), encoding="utf-8")
     png = tmp_path / "shot.png"
-    cmd = [
-        "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={png}",
-        "--window-size=800,600",
-        page.as_uri(),
-    ]
+    cmd = headless_chromium(tmp_path / "profile", f"--screenshot={png}", "--window-size=800,600", page.as_uri())
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     data = png.read_bytes()

@@ -28,7 +28,7 @@ from gru_lm.model import checkpoint
 from gru_lm.model.char_model import CharModel, ModelConfig
 from gru_lm.text.vocab import Vocab
 
-from .conftest import CLI_ENV, needs_chromium, run_main
+from .conftest import CLI_ENV, headless_chromium, needs_chromium, run_main
 
 VOCAB = Vocab("\n !',.:;?ABEILMORTUabcdefghiklmnoprstuwy")
 
@@ -237,19 +237,7 @@ def test_the_page_continues_a_prime_in_headless_chromium(server, tmp_path):
     url = f"http://127.0.0.1:{server.server_address[1]}/?" + urlencode(
         {"prime": "ROMEO:", "auto": 1, "length": 60, "seed": 4, "temperature": 0.9, "top_p": 1, "by": "surprise"}
     )
-    base = [
-        "chromium",
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=5000",
-    ]
+    base = headless_chromium(tmp_path / "profile", "--virtual-time-budget=5000")
     dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-state="done"' in dom.stdout, dom.stdout[-3000:]

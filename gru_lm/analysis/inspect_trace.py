@@ -9,11 +9,11 @@ one layer what the equations of cells.py compute at each step:
     surprise  −log p(character | all the characters before it) in nats; NaN for the first
               character, which nothing predicts
 
-Step t is the model reading character t, so all four belong to that character. gates_view.py
+Step t is the model reading character t, so all four belong to that character. inspect_view.py
 colours each character by one of them (in the terminal, or as one self-contained HTML page), and
 top_units() finds hidden units that follow simple features of the text, as Karpathy, Johnson and
 Fei-Fei did in "Visualizing and Understanding Recurrent Networks" (2015). This module computes;
-gates_view.py draws.
+inspect_view.py draws.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Drawing what gates.py computes: each character coloured by one quantity, in the terminal or as an HTML page.
+"""Drawing what inspect_trace.py computes: each character coloured by one quantity, in the terminal or as an HTML page.
 
 The colours come from one palette, computed here: each value becomes an index into it (white to
 blue for a quantity, red through white to blue for a unit's activation). The terminal uses the

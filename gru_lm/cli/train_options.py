@@ -13,7 +13,7 @@ def with_settings_options(command):
     """Give a command one option per training setting (--hidden-size, ...), help and default from config.Settings.
 
     Each option defaults to None, meaning "not given": the setting then comes from --config, a resumed
-    run or the built-in default, in that order of precedence (config.resolve).
+    run or the built-in default, in that order of precedence (settings.resolve).
     """
     types = {"int": int, "float": float, "str": str, "bool": bool}
     sig = inspect.signature(command)

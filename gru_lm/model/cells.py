@@ -50,7 +50,7 @@ def gru_gates(
     """The reset gate r, update gate z and candidate n of one GRU step (the one copy of the equations).
 
     gi = x W_ih + b_ih (B×3H, already projected), h is B×H. gru_step mixes them into h';
-    gates.trace reads them out to show what the gates do.
+    inspect_trace.trace reads them out to show what the gates do.
     """
     H = h.shape[-1]
     i_r, i_z, i_n = gi[..., :H], gi[..., H : 2 * H], gi[..., 2 * H :]
@@ -79,7 +79,7 @@ def lstm_gates(gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> tupl
     """The input gate i, forget gate f, candidate g and output gate o of one LSTM step (B×H each).
 
     gi = x W_ih + b_ih (B×4H, already projected), h is B×H. lstm_step mixes them into (h', c');
-    gates.trace reads them out.
+    inspect_trace.trace reads them out.
     """
     a = gi + F.linear(h, w_hh, b_hh)
     i, f, g, o = a.chunk(4, dim=-1)
@@ -165,7 +165,7 @@ class RNNCell(_CellBase):
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Inverted dropout, as F.dropout: keep each value with probability 1 − p and scale by 1/(1 − p).
 
-    The mask comes from a hash of each element's index (masks.py), made in parallel, rather than from
+    The mask comes from a hash of each element's index (dropout.py), made in parallel, rather than from
     torch's sequential random draws, which cost more than the rest of a training step's dropouts."""
     if not training or p == 0:
         return x
