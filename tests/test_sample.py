@@ -135,7 +135,7 @@ def test_the_sampler_gives_the_models_next_character_logits(cfg, compiled, monke
     """Streams (the compiled sampler, or its torch fallback) reading characters one at a time gives
     the logits of the model's own forward over the whole window, for every stream."""
     if not compiled:
-        monkeypatch.setattr(sample, "_compiled_sampler", lambda model: None)
+        monkeypatch.setattr(sample, "compiled_sampler", lambda model: None)
     torch.manual_seed(0)
     model = CharModel(ModelConfig(vocab_size=11, hidden_size=16, embed_size=5, **cfg)).eval()
     ids = torch.randint(0, 11, (7, 3))

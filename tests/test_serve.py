@@ -10,6 +10,9 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.message import Message
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -20,7 +23,7 @@ import torch
 from gru_lm.analysis.inspect_trace import trace
 from gru_lm.analysis.inspect_view import PALETTE, colour_indexes
 from gru_lm.generation.sample import generate
-from gru_lm.generation.serve import MAX_LENGTH, MAX_PRIME, open_server
+from gru_lm.generation.serve import MAX_LENGTH, MAX_PRIME, Limits, Server, open_server
 from gru_lm.model import checkpoint
 from gru_lm.model.char_model import CharModel, ModelConfig
 from gru_lm.text.vocab import Vocab
@@ -44,24 +47,34 @@ def ckpts(tmp_path_factory) -> list[Path]:
     return [tiny_ckpt(d / "gru.pt", "gru", 0), tiny_ckpt(d / "rnn.pt", "rnn", 1)]
 
 
+@contextmanager
+def running(ckpts: list[Path], limits: Limits | None = None) -> Iterator[Server]:
+    """A server on a free port, answering from a thread of this process until the block ends."""
+    srv = open_server(ckpts, "127.0.0.1", 0, limits)
+    thread = threading.Thread(target=srv.serve, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        thread.join(30)
+        srv.socket.close()
+    assert not thread.is_alive()
+
+
 @pytest.fixture(scope="module")
 def server(ckpts):
-    """The server on a free port, answering from a thread of this process."""
-    srv = open_server(ckpts, "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running(ckpts) as srv:
+        yield srv
 
 
-def get(server, target: str) -> tuple[int, dict, str]:
+def get(server, target: str) -> tuple[int, Message, str]:
     host, port = server.server_address[:2]
     conn = http.client.HTTPConnection(host, port, timeout=60)
     try:
         conn.request("GET", target)
         resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read().decode()
+        return resp.status, resp.headers, resp.read().decode()  # headers: case-insensitive
     finally:
         conn.close()
 

@@ -93,31 +93,33 @@ class Trace:
 
 
 def _gru_layer(rnn: GRU, k: int, x: Tensor, h0: Tensor) -> tuple[Tensor, dict[str, Tensor], None]:
-    """Layer k over x (T×1×I) with its gates: (out T×1×H, {z, r: T×H}, no cell state).
+    """Layer k over x (T×B×I) with its gates: (out T×B×H, {z, r: T×B×H}, no cell state).
 
     The gates of step t depend only on x_t and the state before it, h_{t−1}, so once the layer
-    has run, cells.gru_gates computes all T steps at once as a batch of T rows: no Python loop
-    over time, and the same code gru_step runs.
+    has run, cells.gru_gates computes all T steps of all B streams at once as a batch of T·B rows:
+    no Python loop over time, and the same code gru_step runs.
     """
     out, _ = rnn.run_layer(k, x, h0)
     w_ih, w_hh, b_ih, b_hh = rnn.layer_weights(k)
-    h_prev = torch.cat([h0, out[:-1, 0]])  # T×H, the state each character is read into
-    r, z, _ = gru_gates(F.linear(x[:, 0], w_ih, b_ih), h_prev, w_hh, b_hh, rnn.reset_after)
-    return out, {"z": z, "r": r}, None
+    T, B = x.shape[:2]
+    h_prev = torch.cat([h0[None], out[:-1]]).reshape(T * B, -1)  # the state each character is read into
+    r, z, _ = gru_gates(F.linear(x.reshape(T * B, -1), w_ih, b_ih), h_prev, w_hh, b_hh, rnn.reset_after)
+    return out, {"z": z.view(T, B, -1), "r": r.view(T, B, -1)}, None
 
 
 def _lstm_layer(rnn: LSTM, k: int, x: Tensor, h0: Tensor) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """Layer k over x (T×1×I) with its gates i, f, o and its cell state c (T×H each).
+    """Layer k over x (T×B×I) with its gates i, f, o and its cell state c (T×B×H each).
 
     The gates come from cells.lstm_gates over all T steps at once (given the states h_{t−1} the layer
     went through); the cell state then follows c_t = f_t ⊙ c_{t−1} + i_t ⊙ g_t.
     """
     out, _ = rnn.run_layer(k, x, (h0, h0))
     w_ih, w_hh, b_ih, b_hh = rnn.layer_weights(k)
-    h_prev = torch.cat([h0, out[:-1, 0]])
-    i, f, g, o = lstm_gates(F.linear(x[:, 0], w_ih, b_ih), h_prev, w_hh, b_hh)
-    c, cs = h0[0], []
-    for t in range(len(i)):
+    T, B = x.shape[:2]
+    h_prev = torch.cat([h0[None], out[:-1]]).reshape(T * B, -1)
+    i, f, g, o = (q.view(T, B, -1) for q in lstm_gates(F.linear(x.reshape(T * B, -1), w_ih, b_ih), h_prev, w_hh, b_hh))
+    c, cs = h0, []
+    for t in range(T):
         c = f[t] * c + i[t] * g[t]
         cs.append(c)
     return out, {"i": i, "f": f, "o": o}, torch.stack(cs)
@@ -132,23 +134,36 @@ def trace(model, vocab: Vocab, text: str, layer: int = -1) -> Trace:
     computes. Raises UserError for an empty text, characters outside the vocabulary, or a layer that
     does not exist.
     """
-    if not text:
-        raise UserError("the text to inspect is empty")
-    bad = vocab.unknown(text)
-    if bad:
-        raise UserError(f"the text has characters the model has never seen: {bad[:40]!r}")
+    return trace_many(model, vocab, [text], layer)[0]
+
+
+@torch.no_grad()
+def trace_many(model, vocab: Vocab, texts: list[str], layer: int = -1) -> list[Trace]:
+    """trace() of several texts in one batched pass: each text is a stream of the batch, the shorter
+    ones padded at their end (a stream's steps depend only on the characters before them, so the
+    padding changes nothing of what is kept)."""
+    for text in texts:
+        if not text:
+            raise UserError("the text to inspect is empty")
+        bad = vocab.unknown(text)
+        if bad:
+            raise UserError(f"the text has characters the model has never seen: {bad[:40]!r}")
     rnn, cell = model.rnn, model.cfg.cell
     L = rnn.num_layers
     if not -L <= layer < L:
         raise UserError(f"--layer must be from 0 to {L - 1} (or -1 for the last), not {layer}")
     layer %= L
     device = next(model.parameters()).device
-    ids = vocab.encode(text)[0].long().to(device)
+    T = max(len(t) for t in texts)
+    ids = torch.zeros(T, len(texts), dtype=torch.long)  # time-major, one stream per text
+    for b, text in enumerate(texts):
+        ids[: len(text), b] = vocab.encode(text)[0].long()
+    ids = ids.to(device)
     was_training = model.training
     model.eval()
     try:
-        x = model.embed(ids).unsqueeze(1)  # T×1×E, time-major with one stream
-        h0 = x.new_zeros(1, rnn.hidden_size)
+        x = model.embed(ids)  # T×B×E
+        h0 = x.new_zeros(len(texts), rnn.hidden_size)
         gates, c = {}, None
         for k in range(L):
             if k == layer and cell in ("gru", "lstm"):
@@ -156,23 +171,26 @@ def trace(model, vocab: Vocab, text: str, layer: int = -1) -> Trace:
             else:
                 x, _ = rnn.run_layer(k, x, (h0, h0) if cell == "lstm" else h0)
             if k == layer:
-                h = x[:, 0]
-        logp = torch.log_softmax(model.head(x[:, 0]).float(), -1)  # T×V (eval mode: no dropout)
+                h = x
+        logp = torch.log_softmax(model.head(x).float(), -1)  # T×B×V (eval mode: no dropout)
     finally:
         model.train(was_training)
-    surprise = torch.full((len(ids),), math.nan, device=device)
-    surprise[1:] = -logp[:-1].gather(1, ids[1:, None])[:, 0]  # character t predicted at step t − 1
-    change = (h - torch.cat([h0, h[:-1]])).abs().mean(-1)
-    return Trace(
-        text,
-        cell,
-        layer,
-        _on_cpu(h),
-        _on_cpu(change),
-        _on_cpu(surprise),
-        {n: _on_cpu(g) for n, g in gates.items()},
-        None if c is None else _on_cpu(c),
-    )
+    surprise = torch.full(ids.shape, math.nan, device=device)
+    surprise[1:] = -logp[:-1].gather(2, ids[1:, :, None])[..., 0]  # character t predicted at step t − 1
+    change = (h - torch.cat([h0[None], h[:-1]])).abs().mean(-1)
+    return [
+        Trace(
+            text,
+            cell,
+            layer,
+            _on_cpu(h[: len(text), b]),
+            _on_cpu(change[: len(text), b]),
+            _on_cpu(surprise[: len(text), b]),
+            {n: _on_cpu(g[: len(text), b]) for n, g in gates.items()},
+            None if c is None else _on_cpu(c[: len(text), b]),
+        )
+        for b, text in enumerate(texts)
+    ]
 
 
 def _on_cpu(t: Tensor) -> Tensor:

@@ -329,17 +329,19 @@ def serve(
     ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (127.0.0.1: this machine only)."),
     port: int = typer.Option(8000, help="Port to listen on (0: any free one)."),
+    max_streams: int = typer.Option(64, help="Requests generated at once, together in one batch."),
+    max_queue: int = typer.Option(128, help="Requests that may wait for a place; beyond, a 503 with Retry-After."),
 ) -> None:
     """A local web page to write with a model: it continues what you type, as it generates. Ctrl-C stops it."""
-    from gru_lm.generation.serve import open_server, serve_until_interrupted
+    from gru_lm.generation.serve import Limits, open_server, serve_until_interrupted
     from gru_lm.machine.process import exit_without_teardown
 
     with _user_errors():
-        server = open_server(ckpts, host, port)
+        server = open_server(ckpts, host, port, Limits(max_streams, max_queue))
     print(f"serving {len(ckpts)} checkpoint(s) at {server.url} (Ctrl-C stops)", flush=True)
     serve_until_interrupted(server)
     print("stopped", file=sys.stderr)
-    exit_without_teardown(0)  # generating threads may still be inside torch
+    exit_without_teardown(0)  # the engine's thread may still be inside torch
 
 
 @app.command()

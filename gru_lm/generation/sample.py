@@ -123,7 +123,7 @@ class Streams:
                 _, self.state = model(prime_ids[:-1].view(-1, 1).expand(-1, streams).to(device), self.state)
         self.state = self.state.contiguous()  # the compiled sampler writes the streams' state back into it
         self.last = prime_ids[-1:].expand(streams).clone().to(device)
-        self.compiled = _compiled_sampler(model)
+        self.compiled = compiled_sampler(model)
         self.stepper: Stepper | None = None if self.compiled else Stepper(model)
 
     @torch.inference_mode()
@@ -153,7 +153,7 @@ class Streams:
         return logits
 
 
-def _compiled_sampler(model):
+def compiled_sampler(model):
     """The compiled sampler of model's weights, or None where it cannot run them (no compiled kernels,
     no AVX2, a GPU, a hidden size that is not a multiple of 8)."""
     k = compiled()

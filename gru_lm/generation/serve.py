@@ -1,256 +1,142 @@
 """A local web page to write with a model (`gru-lm serve CKPT...`): type, and the model continues your text.
 
-The server is the standard library's ThreadingHTTPServer (a thread per request) with two addresses:
+The HTTP layer is Starlette on Uvicorn (asyncio, one event loop): streaming responses, a client's
+disconnect seen at once (the response's task is cancelled), a listen backlog that holds bursts, and a
+graceful shutdown on Ctrl-C or SIGTERM. Two addresses:
 
     GET /           the page (serve_page.html), the checkpoints and the colour palette written into it as data
     GET /generate   ?model=I&prime=TEXT&length=N&temperature=T&top_p=P&seed=S: a continuation of TEXT,
-                    streamed as Server-Sent Events, one event per character as sample.generate makes it,
-                    then a `done` event with the whole text, the seed and its colours
+                    streamed as Server-Sent Events, one event per character, then a `done` event with the
+                    whole text, the seed and its colours (palette indexes of inspect's quantities)
 
-The colours are inspect_trace.trace run over prime + continuation: for each quantity it measures (surprise,
-the mean update gate z, ...), the palette index of each generated character, from inspect_view as
-`inspect` computes them. The page only looks them up in the palette.
-
-Every request generates with its own state and random generator; the models are loaded once and
-only read, so requests run side by side. A request never names a file: it chooses a checkpoint by
-its index in the list given on the command line. What it may not ask for (unknown characters, a
-length over the limit, a bad number, an unknown index) is refused with a 4xx and one line saying why.
+The generation itself is serve_engine's: every request's stream advances with the others in one
+batched step of the compiled sampler; the event loop only checks requests (serve_request) and moves
+the engine's characters to the clients, a step's characters of a stream in one write. Beyond the
+engine's limits a request gets a 503 with Retry-After and one line saying why.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import json
-import math
-import random
-import re
+import logging
+import signal
 import socket
 import sys
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
-import torch
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request as HttpRequest
+from starlette.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
 
-from gru_lm.analysis.inspect_trace import LABELS, trace
-from gru_lm.analysis.inspect_view import PALETTE, colour_indexes, legend_scale, quantity_series
+from gru_lm.analysis.inspect_trace import LABELS
+from gru_lm.analysis.inspect_view import PALETTE
 from gru_lm.errors import UserError
-from gru_lm.generation.sample import generate
-from gru_lm.model import checkpoint
-from gru_lm.model.char_model import CharModel
-from gru_lm.text.vocab import Vocab
+from gru_lm.generation.serve_engine import Engine, Event, Job, Limits
+from gru_lm.generation.serve_request import (
+    MAX_LENGTH,
+    MAX_PRIME,
+    Refused,
+    Served,
+    load_models,
+    parse_request,
+)
 
-MAX_LENGTH = 2000  # characters one request may ask for
-MAX_PRIME = 4000  # characters of prime one request may send
-PARAMETERS = ("model", "prime", "length", "temperature", "top_p", "seed")
+__all__ = ["MAX_LENGTH", "MAX_PRIME", "Limits", "Server", "open_server", "serve_until_interrupted"]
 
-
-@dataclass
-class Served:
-    """One checkpoint of the command line: its model (only read), vocabulary and a name for the page."""
-
-    name: str
-    model: CharModel
-    vocab: Vocab
-
-    @property
-    def cell(self) -> str:
-        return self.model.cfg.label()
+BACKLOG = 2048  # connections the kernel holds before they are accepted: a burst waits, it is not dropped
+MAX_HEADER_BYTES = 64 * 1024  # a request line and headers: room for a prime of MAX_PRIME percent-encoded characters
 
 
-@dataclass
-class Request:
-    """A checked /generate request."""
+def build_app(models: list[Served], engine: Engine) -> Starlette:
+    """The two addresses over the engine; the engine runs while the app does (its lifespan)."""
+    html = page(models)
 
-    model: int
-    prime: str
-    length: int
-    temperature: float
-    top_p: float | None
-    seed: int
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
 
+        def notify(events: list[tuple[object, Event]]) -> None:  # from the engine's thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is left to tell
+                loop.call_soon_threadsafe(_deliver, events)
 
-class Refused(Exception):
-    """A request the server will not run: an HTTP status and the one line that says why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def load_models(paths: list[Path]) -> list[Served]:
-    """Every checkpoint given, loaded once; a missing or corrupt one is a UserError."""
-    served = []
-    for path in paths:
-        state = checkpoint.load(path)
-        model = checkpoint.build_model(state, path)
-        model.requires_grad_(False)
-        served.append(
-            Served(f"{path.parent.name}/{path.name}" if path.parent.name else path.name, model, Vocab(state["vocab"]))
-        )
-    return served
-
-
-# ---- what a request may ask for ------------------------------------------------------------------
-
-
-def parse_request(target: str, models: list[Served]) -> Request:
-    """A /generate request's parameters, checked; Refused (with its status) for anything out of bounds."""
-    query = parse_qs(urlsplit(target).query, keep_blank_values=True)
-    unknown = sorted(set(query) - set(PARAMETERS))
-    if unknown:
-        raise Refused(400, f"unknown parameter {unknown[0][:40]!r} (known: {', '.join(PARAMETERS)})")
-    index = _model_index(_one(query, "model") or "0", len(models))
-    prime = _one(query, "prime") or ""
-    if not prime:
-        raise Refused(400, "the prime is empty: write something for the model to continue")
-    if len(prime) > MAX_PRIME:
-        raise Refused(413, f"the prime has {len(prime):,} characters; at most {MAX_PRIME:,} are taken")
-    if bad := models[index].vocab.unknown(prime):
-        raise Refused(400, f"the prime has characters {models[index].name} has never seen: {bad[:40]!r}")
-    length = _number(query, "length", int, 200)
-    if not 1 <= length <= MAX_LENGTH:
-        raise Refused(400, f"length must be from 1 to {MAX_LENGTH}, not {length}")
-    temperature = _number(query, "temperature", float, 1.0)
-    if temperature < 0:
-        raise Refused(400, f"temperature must be 0 (the most likely character) or more, not {temperature}")
-    top_p = _number(query, "top_p", float, None)
-    if top_p is not None and not 0 < top_p <= 1:
-        raise Refused(400, f"top_p must be in (0, 1], not {top_p}")
-    seed = _number(query, "seed", int, None)
-    if seed is not None and not 0 <= seed < 2**63:
-        raise Refused(400, f"seed must be in [0, 2^63), not {seed}")
-    return Request(index, prime, length, temperature, top_p, random.randrange(2**31 - 1) if seed is None else seed)
-
-
-def _one(query: dict[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    if values and len(values) > 1:
-        raise Refused(400, f"{name} is given {len(values)} times; give it once")
-    return values[0] if values else None
-
-
-def _model_index(text: str, count: int) -> int:
-    """A checkpoint's index in the command line's list: digits only, never a path."""
-    if not re.fullmatch(r"[0-9]{1,9}", text):
-        raise Refused(
-            400,
-            f"model must be the index of a checkpoint (0 to {count - 1}), not {text[:60]!r}: "
-            "the server opens only the checkpoints it was started with",
-        )
-    if int(text) >= count:
-        raise Refused(404, f"no checkpoint {int(text)}: this server has {count} (0 to {count - 1})")
-    return int(text)
-
-
-def _number(query: dict[str, list[str]], name: str, kind: type, default: float | None):
-    """The parameter as an int or a finite float; default when absent or empty."""
-    text = _one(query, name)
-    if text is None or text.strip() == "":
-        return default
-    try:
-        value = kind(text)
-    except ValueError:
-        raise Refused(
-            400, f"{name} must be {'a whole number' if kind is int else 'a number'}, not {text[:40]!r}"
-        ) from None
-    if kind is float and not math.isfinite(value):
-        raise Refused(400, f"{name} must be a finite number, not {text[:40]!r}")
-    return value
-
-
-# ---- generating and colouring ---------------------------------------------------------------------
-
-
-def continuation(served: Served, req: Request):
-    """The characters of the continuation, one at a time, from the request's own generator and state."""
-    gen = torch.Generator().manual_seed(req.seed)
-    return generate(served.model, served.vocab, req.prime, req.length, req.temperature, None, req.top_p, gen)
-
-
-def colours(served: Served, prime: str, text: str) -> dict[str, dict]:
-    """For each quantity inspect_trace.trace measures, the palette index of each character of text (read after prime).
-
-    The scale of each (inspect_view.colour_range) spans the generated characters, as inspect's spans its text.
-    """
-    tr = trace(served.model, served.vocab, prime + text)
-    out = {}
-    for name, values in quantity_series(tr, None).items():
-        part = values[len(prime) :]
-        out[name] = {"label": LABELS[name], "index": colour_indexes(part, name), **legend_scale(part, name)}
-    return out
-
-
-# ---- the server ---------------------------------------------------------------------------------
-
-
-class Handler(BaseHTTPRequestHandler):
-    """GET / (the page) and GET /generate (the stream); nothing else."""
-
-    server: Server
-
-    def do_GET(self) -> None:
-        path = urlsplit(self.path).path
-        if path == "/":
-            self._reply(200, self.server.page, "text/html")
-        elif path == "/generate":
-            self._generate()
-        else:
-            self._reply(404, f"nothing at {path[:60]!r}: / is the page, /generate the stream\n")
-
-    def _generate(self) -> None:
+        engine.start(notify)
         try:
-            req = parse_request(self.path, self.server.models)
+            yield
+        finally:
+            engine.stop()
+
+    async def home(request: HttpRequest) -> Response:
+        return HTMLResponse(html)
+
+    async def generate(request: HttpRequest) -> Response:
+        try:
+            req = parse_request(request.scope["query_string"].decode("latin-1"), models)
+            inbox: asyncio.Queue[Event] = asyncio.Queue()
+            job = engine.submit(req, inbox)
         except Refused as e:
-            self._reply(e.status, f"{e}\n")
-            return
-        served = self.server.models[req.model]
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        text = []
-        try:
-            for ch in continuation(served, req):
-                text.append(ch)
-                self._event(json.dumps(ch))
-            done = {"text": "".join(text), "seed": req.seed, "colours": colours(served, req.prime, "".join(text))}
-            self._event(json.dumps(done), "done")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the page went away, or asked for another continuation
+            headers = {"Retry-After": str(e.retry_after)} if e.retry_after is not None else None
+            return PlainTextResponse(f"{e}\n", e.status, headers=headers)
+        return StreamingResponse(
+            _stream(engine, job, inbox), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
 
-    def _event(self, data: str, name: str | None = None) -> None:
-        self.wfile.write(((f"event: {name}\n" if name else "") + f"data: {data}\n\n").encode())
+    async def elsewhere(request: HttpRequest, exc: Exception) -> Response:
+        return PlainTextResponse(f"nothing at {request.url.path[:60]!r}: / is the page, /generate the stream\n", 404)
 
-    def _reply(self, status: int, body: str, kind: str = "text/plain") -> None:
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", f"{kind}; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    async def not_get(request: HttpRequest, exc: Exception) -> Response:
+        line = f"{request.method[:20]!r} is not served here: only GET\n"
+        return PlainTextResponse(line, 405, headers={"Allow": "GET"})
 
-    def log_message(self, format: str, *args) -> None:
-        pass  # no line per request on the terminal
+    async def failed(request: HttpRequest, exc: Exception) -> Response:
+        return PlainTextResponse(f"the server failed: {type(exc).__name__}\n", 500)
+
+    routes = [Route("/", home), Route("/generate", generate)]
+    return Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={404: elsewhere, 405: not_get, Exception: failed}
+    )
 
 
-class Server(ThreadingHTTPServer):
-    """The HTTP server with the models it serves and its page; a daemon thread per request."""
+def _deliver(events: list[tuple[object, Event]]) -> None:
+    """On the event loop: each event into its stream's inbox (the engine addresses jobs by their inbox)."""
+    for inbox, event in events:
+        assert isinstance(inbox, asyncio.Queue)
+        inbox.put_nowait(event)
 
-    daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], models: list[Served]) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, Handler)
-        self.models, self.page = models, page(models)
+async def _stream(engine: Engine, job: Job, inbox: asyncio.Queue[Event]) -> AsyncIterator[str]:
+    """The Server-Sent Events of one job: what has arrived is written at once, as one chunk. When the
+    client goes away, Starlette cancels this generator and the job is cancelled with it."""
+    try:
+        while True:
+            events = [await inbox.get()]
+            while not inbox.empty():
+                events.append(inbox.get_nowait())
+            chunk, last = "", False
+            for kind, data in events:
+                chunk += "".join(_sse(kind, data))
+                last = last or kind != "text"
+            yield chunk
+            if last:
+                return
+    finally:
+        engine.cancel(job)
 
-    @property
-    def url(self) -> str:
-        host, port = str(self.server_address[0]), self.server_address[1]
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+def _sse(kind: str, data: object) -> Iterator[str]:
+    if kind == "text":
+        assert isinstance(data, str)
+        yield from (f"data: {json.dumps(ch)}\n\n" for ch in data)
+    else:
+        yield f"event: {'done' if kind == 'done' else 'error'}\ndata: {json.dumps(data)}\n\n"
 
 
 def page(models: list[Served]) -> str:
@@ -265,18 +151,119 @@ def page(models: list[Served]) -> str:
     return html.replace("null /*DATA*/", json.dumps(data).replace("<", "\\u003c"))
 
 
-def open_server(paths: list[Path], host: str, port: int) -> Server:
-    """Load the checkpoints and listen; a bad checkpoint, port or address is a UserError."""
+class _OneLine(logging.Formatter):
+    """Log records as one line each: the message and, for an exception, its type and first line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"gru-lm serve: {record.getMessage()}"
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            line += f" ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        return line
+
+
+def _quiet_logs() -> None:
+    """Uvicorn's and our loggers print errors only, one line each, on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gru_lm.serve"):
+        log = logging.getLogger(name)
+        log.handlers, log.propagate = [handler], False
+        log.setLevel(logging.ERROR)
+
+
+class _Uvicorn(uvicorn.Server):
+    """Uvicorn's server with our signal handling: Ctrl-C or SIGTERM stops accepting, ends every stream
+    (the engine sends each an end event, so responses complete), and returns; the signal is not raised
+    again afterwards, so the process exits 0."""
+
+    def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
+        super().__init__(config)
+        self.engine = engine
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        self.should_exit = True
+        threading.Thread(target=self.engine.stop, daemon=True).start()  # not inside a signal handler
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+
+class Server:
+    """The listening socket, the engine and the HTTP server over them."""
+
+    def __init__(self, sock: socket.socket, models: list[Served], limits: Limits) -> None:
+        self.socket, self.models = sock, models
+        self.engine = Engine(models, limits)
+        config = uvicorn.Config(
+            build_app(models, self.engine),
+            http="h11",
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            backlog=BACKLOG,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=10,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            limit_concurrency=limits.max_streams + limits.max_queue + 512,  # connections, a last safety net
+        )
+        self._http = _Uvicorn(config, self.engine)
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        host, port = self.socket.getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+    def serve(self) -> None:
+        """Answer requests until stop(), Ctrl-C or SIGTERM (the last two when called in the main thread)."""
+        _quiet_logs()
+        asyncio.run(self._http.serve(sockets=[self.socket]))
+
+    def stop(self) -> None:
+        """From another thread: end the streams and stop (serve() returns)."""
+        self._http.should_exit = True
+        self.engine.stop()
+
+
+def open_server(paths: list[Path], host: str, port: int, limits: Limits | None = None) -> Server:
+    """Load the checkpoints and listen; a bad checkpoint, port, address or limit is a UserError."""
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be from 0 to 65535, not {port}")
+    limits = limits or Limits()
+    if limits.max_streams < 1 or limits.max_queue < 0:
+        raise UserError(
+            "--max-streams must be 1 or more and --max-queue 0 or more, "
+            f"not {limits.max_streams} and {limits.max_queue}"
+        )
     models = load_models(paths)
     try:
-        server = Server((host, port), models)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(BACKLOG)
+        except OSError:
+            sock.close()
+            raise
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
     if not is_local(host):
         print(f"note: listening on {host}: whoever can reach this machine can use the page", file=sys.stderr)
-    return server
+    return Server(sock, models, limits)
 
 
 def is_local(host: str) -> bool:
@@ -288,10 +275,8 @@ def is_local(host: str) -> bool:
 
 
 def serve_until_interrupted(server: Server) -> None:
-    """Answer requests until Ctrl-C (or SIGINT), then close the socket; streams in flight end with the process."""
+    """Answer requests until Ctrl-C or SIGTERM: stop accepting, end the streams in flight, close."""
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.serve()
     finally:
-        server.server_close()
+        server.socket.close()

@@ -104,10 +104,24 @@ class Sampler {
   // streams' state (L×N×W, W = H or 2H for the LSTM's (h, c)); returns chars×N ids and updates state.
   at::Tensor run(at::Tensor last, at::Tensor state, at::Tensor uniforms, double temperature, int64_t top_k,
                  double top_p) {
+    const int64_t N = last.size(0);
+    return run_each(last, state, uniforms, std::vector<double>(N, temperature), std::vector<int64_t>(N, top_k),
+                    std::vector<double>(N, top_p));
+  }
+
+  // run() with each stream's own temperature, top_k and top_p (N of each): the streams of different
+  // requests advance in one batch. A stream's characters depend only on its own row (every product
+  // computes each row with the same kernel and order whatever the other rows), so they are the same
+  // in a batch of any size and make-up as alone.
+  at::Tensor run_each(at::Tensor last, at::Tensor state, at::Tensor uniforms, const std::vector<double>& temperature,
+                      const std::vector<int64_t>& top_k, const std::vector<double>& top_p) {
     TORCH_CHECK(state.is_contiguous() && state.scalar_type() == at::kFloat, "the state must be contiguous float32");
     last = last.contiguous();
     uniforms = uniforms.contiguous();
     const int64_t N = last.size(0), chars = uniforms.size(0);
+    TORCH_CHECK(static_cast<int64_t>(temperature.size()) == N && static_cast<int64_t>(top_k.size()) == N &&
+                    static_cast<int64_t>(top_p.size()) == N,
+                "one temperature, top_k and top_p per stream");
     at::Tensor ids = at::empty({chars, N}, last.options());
     begin(N, state);
     std::vector<int64_t> cur(last.data_ptr<int64_t>(), last.data_ptr<int64_t>() + N);
@@ -122,7 +136,7 @@ class Sampler {
       } else {
         auto [s0, s1] = streams_of(p, N);
         for (int64_t s = s0; s < s1; ++s) {
-          cur[s] = draw(logits_.data() + s * Vp_, V_, temperature, top_k, top_p, u[t * N + s], scratch_p_[p],
+          cur[s] = draw(logits_.data() + s * Vp_, V_, temperature[s], top_k[s], top_p[s], u[t * N + s], scratch_p_[p],
                         scratch_order_[p]);
           out[t * N + s] = cur[s];
         }
@@ -329,6 +343,7 @@ void bind_sampler(pybind11::module& m) {
       .def(pybind11::init<const std::string&, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>,
                           std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor, at::Tensor>())
       .def("run", &Sampler::run)
+      .def("run_each", &Sampler::run_each)
       .def("logits", &Sampler::logits);
 }
 
