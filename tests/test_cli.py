@@ -40,7 +40,7 @@ def test_train_sample_perplexity_smoke(corpus, tmp_path):
     assert table.returncode == 0 and "rnn" in table.stdout and "bpc" in table.stdout
 
 
-COMMANDS = ("train", "prepare", "sample", "perplexity", "inspect", "plot", "compare", "serve")
+COMMANDS = ("train", "prepare", "sample", "perplexity", "inspect", "plot", "compare", "serve", "export")
 
 
 def test_every_command_is_listed_and_every_option_has_help():

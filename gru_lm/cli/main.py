@@ -344,6 +344,39 @@ def serve(
     exit_without_teardown(0)  # the engine's thread may still be inside torch
 
 
+@app.command()
+def export(
+    ckpt: Path = typer.Argument(..., help="Checkpoint (best.pt or last.pt of a run).", show_default=False),
+    onnx_file: Path | None = typer.Option(
+        None,
+        "--onnx",
+        help="Write a one-step ONNX graph here: (ids, state) -> (logits, next state); its inputs, outputs and "
+        "metadata are in the README.",
+    ),
+    web_dir: Path | None = typer.Option(
+        None, "--web", help="Write a static page here that writes with the model in the browser, with no server."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the --onnx file, or the export's own files in a non-empty --web folder."
+    ),
+) -> None:
+    """Take a model out of gru-lm: a one-step ONNX graph (--onnx FILE) or a static web page (--web DIR).
+
+    Both carry the weights the checkpoint samples with, its cell and sizes, and its vocabulary. The page
+    (index.html) takes a prime, length, temperature, top-p and seed; open it from any static server or file."""
+    from gru_lm.export.request import export as run_export
+
+    with _user_errors():
+        weights, out = run_export(ckpt, onnx_file, web_dir, overwrite)
+    m = weights.description()
+    opening = f"; open {out / 'index.html'}, or serve the folder" if web_dir is not None else ""
+    print(
+        f"wrote {out}: {str(m['cell']).upper()} {m['hidden_size']} × {m['layers']}, {m['vocab_size']} characters"
+        + opening,
+        file=sys.stderr,
+    )
+
+
 def main() -> None:
     """Entry point: usage errors (bad flags) become one line on stderr with exit code 2, like ours."""
     if len(sys.argv) == 1:
