@@ -74,7 +74,7 @@ def ask(host: str, port: int, query: dict, timeout: float) -> Answer:
                     return Answer(200, first, time.perf_counter() - t0, chars)
                 if event != "message":
                     break
-                chars += 1
+                chars += len(json.loads(line[6:]))  # an event may carry several characters (the old server's did)
                 first = first if first is not None else time.perf_counter() - t0
             elif line == b"\n":
                 event = "message"
@@ -142,10 +142,14 @@ def free_port() -> int:
 class Started:
     """A server from a command with {port} in it, on loopback, until the block ends (then SIGINT)."""
 
-    def __init__(self, command: str, env: dict[str, str]) -> None:
+    def __init__(self, command: str, env: dict[str, str], cwd: Path) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen(
-            shlex.split(command.format(port=self.port)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        self.proc = subprocess.Popen(  # in the checkout's folder: `python -m` puts the working folder first on sys.path
+            shlex.split(command.format(port=self.port)),
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
 
     def __enter__(self) -> Started:
@@ -232,13 +236,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = args.ckpt or untrained_checkpoint(Path(tmp), args.hidden, args.layers)
             command = args.server.replace("{python}", sys.executable).replace("{ckpt}", str(ckpt))
-            servers = [("this checkout", command, {**os.environ, "PYTHONPATH": str(ROOT)})]
+            servers = [("this checkout", command, {**os.environ, "PYTHONPATH": str(ROOT)}, ROOT)]
             if args.old:
                 old_env = {**os.environ, "PYTHONPATH": str(args.old.resolve())}
                 old_env["TORCH_EXTENSIONS_DIR"] = str(args.old.resolve() / ".torch_ext")
-                servers.append((f"previous ({args.old})", command, old_env))
-            for name, cmd, env in servers:
-                with Started(cmd, env) as srv:
+                servers.append((f"previous ({args.old})", command, old_env, args.old.resolve()))
+            for name, cmd, env, cwd in servers:
+                with Started(cmd, env, cwd) as srv:
                     for c in levels:
                         r = level("127.0.0.1", srv.port, c, args.requests, args.length, args.max_seconds)
                         rows.append({"server": name, **r})
