@@ -106,6 +106,17 @@ class Stepper:
         return F.linear(x, self.head_w, self.head_b), torch.stack(states)
 
 
+@torch.inference_mode()
+def read_prime(model, prime_ids: Tensor, streams: int, device: torch.device | str = "cpu") -> Tensor:
+    """The state of `streams` streams after the model's own forward over all of the prime but its last
+    character (which the first step reads): L×N×W, contiguous, since the compiled sampler writes the
+    streams' state back into it. Every generating path starts here, so a seed's text depends on nothing else."""
+    state = model.init_state(streams, device)
+    if len(prime_ids) > 1:
+        _, state = model(prime_ids[:-1].view(-1, 1).expand(-1, streams).to(device), state)
+    return state.contiguous()
+
+
 class Streams:
     """N streams of text generated together from one model: the compiled sampler (csrc/sampler.cpp)
     where it can run the model, else Stepper and pick, which draw from the same distribution.
@@ -117,11 +128,7 @@ class Streams:
     def __init__(self, model, prime_ids: Tensor, streams: int) -> None:
         self.model = model.eval()
         device = next(model.parameters()).device
-        with torch.inference_mode():
-            self.state = model.init_state(streams, device)
-            if len(prime_ids) > 1:
-                _, self.state = model(prime_ids[:-1].view(-1, 1).expand(-1, streams).to(device), self.state)
-        self.state = self.state.contiguous()  # the compiled sampler writes the streams' state back into it
+        self.state = read_prime(model, prime_ids, streams, device)
         self.last = prime_ids[-1:].expand(streams).clone().to(device)
         self.compiled = compiled_sampler(model)
         self.stepper: Stepper | None = None if self.compiled else Stepper(model)

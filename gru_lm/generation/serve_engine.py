@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from gru_lm.generation.sample import Stepper, compiled_sampler, pick
+from gru_lm.generation.sample import Stepper, compiled_sampler, pick, read_prime
 from gru_lm.generation.serve_colours import colours_many
 from gru_lm.generation.serve_request import Refused, Request, Served
 
@@ -222,14 +222,12 @@ class Engine:
         served, req = self.models[job.req.model], job.req
         model, step = served.model, self.limits.step_chars
         ids = served.vocab.encode(req.prime)[0].long()
-        state = model.init_state(1)
-        if len(ids) > 1:
-            _, state = model(ids[:-1].view(-1, 1), state)
+        state = read_prime(model, ids, 1)
         gen = torch.Generator().manual_seed(req.seed)
         padded = torch.full((math.ceil(req.length / step) * step,), 0.5, dtype=torch.float64)
         padded[: req.length] = torch.rand(req.length, generator=gen, dtype=torch.float64)
         job.uniforms = padded
-        self._batches[req.model].join(job, state.contiguous(), int(ids[-1]))
+        self._batches[req.model].join(job, state, int(ids[-1]))
 
     def _step(self, batch: _Batch, events: list[tuple[object, Event]]) -> int:
         """One batched step of a model's streams; returns the characters it kept."""
