@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import tempfile
+from itertools import pairwise
 from pathlib import Path
 from unittest import mock
 
@@ -14,7 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gru_lm.errors import UserError
-from gru_lm.text.batches import StreamBatcher, split_validation
+from gru_lm.text.batches import (
+    MAX_AUTO_BLOCKS,
+    StreamBatcher,
+    auto_val_blocks,
+    first_of_each,
+    split_validation,
+    training_ranges,
+    validation_ranges,
+)
+from gru_lm.text.corpus import load_corpus
 from gru_lm.text.reading import read_text
 from gru_lm.text.vocab import Vocab
 
@@ -46,10 +56,54 @@ def test_unknown_characters_are_refused_or_dropped():
 
 def test_validation_split_sizes():
     text = "x" * 1_115_394
-    train, val, cut = split_validation(text, 0.1)
-    assert (len(train), len(val), cut) == (1_003_854, 111_540, 1_003_854)
-    train, val, _ = split_validation("abcdefghij", 0.2)
-    assert (train, val) == ("abcdefgh", "ij")
+    train, val = split_validation(text, 0.1)
+    assert (len(train), [len(v) for v in val]) == (1_003_854, [111_540])  # nanoGPT's cut, one block
+    train, val = split_validation("abcdefghij", 0.2)
+    assert (train, val) == ("abcdefgh", ["ij"])
+
+
+def test_spread_validation_covers_every_share_and_no_position_twice():
+    n, blocks = 100_003, 7
+    val = validation_ranges(n, 0.1, blocks)
+    train = training_ranges(n, val)
+    assert len(val) == blocks
+    covered = sorted(val + train)
+    assert covered[0][0] == 0 and covered[-1][1] == n
+    assert all(a[1] == b[0] for a, b in pairwise(covered))  # back to back: nothing twice, nothing lost
+    assert abs(sum(b - a for a, b in val) - 10_000) <= blocks
+    for i, (a, b) in enumerate(val):  # each block ends its own seventh of the text
+        assert b == n * (i + 1) // blocks and a > n * i // blocks
+    assert validation_ranges(n, 0.1, 1) == [(int(n * 0.9), n)]
+
+
+def test_auto_blocks_follow_the_size():
+    assert auto_val_blocks(6_000, 0.1) == 1
+    assert auto_val_blocks(1_115_394, 0.1) == 27
+    assert auto_val_blocks(50_000_000, 0.1) == MAX_AUTO_BLOCKS
+
+
+def test_first_of_each_takes_every_block():
+    assert first_of_each([10, 10, 10], 0) == [(0, 10), (10, 20), (20, 30)]
+    assert first_of_each([10, 10, 10], 9) == [(0, 3), (10, 13), (20, 23)]
+    assert first_of_each([10, 2, 10], 12) == [(0, 4), (10, 12), (12, 16)]
+
+
+def test_a_spread_split_measures_the_whole_text_and_its_vocabulary_covers_it(tmp_path, smoke):
+    # two "genres": the last tenth of the file alone has 'z', which an end split would put all in validation
+    text = "abc de\n" * 8_000 + "zz yz\n" * 1_000
+    path = tmp_path / "two_genres.txt"
+    path.write_text(text, encoding="utf-8")
+    spread = load_corpus(path, smoke(val_blocks=20))
+    assert "z" in spread.vocab.chars and "y" in spread.vocab.chars
+    assert len(spread.val_bounds) == 20 and sum(spread.val_bounds) == len(spread.val_ids)
+    assert len(spread.train_ids) + len(spread.val_ids) == len(text)
+    val_text = spread.vocab.decode(spread.val_ids)
+    assert 0.02 < val_text.count("z") / len(val_text) < 0.2  # each genre in proportion, not the last alone
+    assert spread.source["val_ranges"][0] == [int(len(text) / 20 * 0.9), len(text) // 20]
+    end = load_corpus(path, smoke(val_blocks=1))
+    assert "y" not in end.vocab.decode(end.train_ids) and "y" in end.vocab.chars  # the vocabulary is the whole file's
+    ids, bounds = spread.validation_sample(200)
+    assert len(bounds) == 20 and sum(bounds) == len(ids) == 200
 
 
 def test_read_text_utf8_bom_and_utf16(tmp_path):

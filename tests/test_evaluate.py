@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gru_lm.analysis.evaluate import measure, nll
+from gru_lm.analysis.evaluate import measure, nll, pieces
 from gru_lm.errors import UserError
 from gru_lm.model import checkpoint
 
@@ -42,6 +42,24 @@ def test_streams_score_every_character_once(model):
     one, _ = nll(model, ids, 1)
     many, _ = nll(model, ids, 4)
     assert abs(one - many) / one < 0.2 and one != many
+
+
+def test_blocks_each_start_from_a_fresh_state(model):
+    ids = torch.randint(0, model.cfg.vocab_size, (90,))
+    bounds = [30, 25, 35]
+    total, n = nll(model, ids, num_streams=1, bounds=bounds)
+    apart = [nll(model, part, num_streams=1) for part in ids.split(bounds)]
+    assert n == 87 == sum(k for _, k in apart)
+    assert total == pytest.approx(sum(t for t, _ in apart), rel=1e-5)
+    joined, _ = nll(model, ids, num_streams=1)
+    assert joined != pytest.approx(total, rel=1e-6)  # carrying the state over the gaps would score otherwise
+    many, m = nll(model, ids, num_streams=7, bounds=bounds)  # more streams: pieces never cross a block's end
+    assert m == 87 and abs(many - total) / total < 0.2
+
+
+def test_pieces_cut_each_block_and_skip_its_first_character():
+    starts, counts = pieces([5, 1, 4], 6)
+    assert starts.tolist() == [0, 2, 6, 8] and counts.tolist() == [2, 2, 2, 1]
 
 
 def test_measure_on_own_validation_split_and_on_a_file(trained_run, corpus, tmp_path):

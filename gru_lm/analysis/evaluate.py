@@ -17,29 +17,55 @@ from gru_lm.text.corpus import ids_of, validation_ids
 from gru_lm.text.vocab import Vocab
 
 
+def pieces(bounds: list[int], num_streams: int) -> tuple[Tensor, Tensor]:
+    """(start, how many positions to score) of each piece the blocks are cut into, as two tensors.
+
+    The blocks, of the lengths in bounds, lie end to end; a block of m characters scores its last m - 1,
+    each given the ones before it in the block. Each block is cut into about num_streams / len(bounds)
+    contiguous pieces (at least one), so that many streams run side by side.
+    """
+    per_block = max(1, num_streams // max(len(bounds), 1))
+    starts, counts, at = [], [], 0
+    for m in bounds:
+        n = m - 1
+        if n >= 1:
+            k = min(per_block, n)
+            L = math.ceil(n / k)
+            for j in range(0, n, L):
+                starts.append(at + j)
+                counts.append(min(L, n - j))
+        at += m
+    return torch.tensor(starts, dtype=torch.long), torch.tensor(counts, dtype=torch.long)
+
+
 @torch.no_grad()
 def nll(
-    model, ids: Tensor, num_streams: int = 1, chunk: int = 256, device: torch.device | str = "cpu"
+    model,
+    ids: Tensor,
+    num_streams: int = 1,
+    chunk: int = 256,
+    device: torch.device | str = "cpu",
+    bounds: list[int] | None = None,
 ) -> tuple[float, int]:
-    """Summed negative log-likelihood (nats) of ids[1:], and how many characters that is.
+    """Summed negative log-likelihood (nats) of the characters of ids after the first of each block, and how many
+    characters that is.
 
-    ids is cut into num_streams contiguous pieces; each piece starts from a zero state and carries
-    it through all of its characters. num_streams=1 is the exact definition: every character given
-    all the characters before it. More streams run faster with a small error at each piece's start.
+    bounds are the lengths of the blocks that ids holds end to end (one block, all of ids, when None).
+    Each block is cut into contiguous pieces (see pieces); each piece starts from a zero state and carries it
+    through all of its characters. One stream for one block is the exact definition: every character given all
+    the characters before it. More streams run faster with a small error at each piece's start.
     """
-    n = len(ids) - 1
+    starts, counts = pieces(bounds if bounds is not None else [len(ids)], num_streams)
+    n = int(counts.sum())
     if n < 1:
         return 0.0, 0
-    S = max(1, min(num_streams, n))
-    L = math.ceil(n / S)
-    starts = torch.arange(S) * L  # stream s scores positions s*L .. s*L+L-1 (the last one fewer)
     was_training = model.training
     model.eval()
     h, total = None, 0.0
-    for t in range(0, L, chunk):  # int64 ids one chunk at a time: a 200 MB corpus is never 1.6 GB of them
-        pos = torch.arange(t, min(t + chunk, L)).unsqueeze(1) + starts
-        pad = pos >= n
-        pos = pos.clamp(max=n - 1)
+    for t in range(0, int(counts.max()), chunk):  # int64 ids one chunk at a time: never 1.6 GB of them
+        offset = torch.arange(t, min(t + chunk, int(counts.max()))).unsqueeze(1)
+        pad = offset >= counts
+        pos = (offset + starts).masked_fill_(pad, 0)
         x = ids[pos].long().masked_fill_(pad, 0).to(device)
         y = ids[pos + 1].long().masked_fill_(pad, -100).to(device)
         logits, h = model(x, h)
@@ -72,10 +98,12 @@ def measure(ckpt_path: str | Path, file: str | Path | None = None, device: str =
     state = checkpoint.load(ckpt_path)
     model = checkpoint.build_model(state, ckpt_path).to(device)
     vocab = Vocab(state["vocab"])
-    label, ids, unknown, unknown_chars = (
-        (str(file), *ids_of(file, vocab)) if file else validation_ids(state.get("data") or {}, vocab)
-    )
-    total, n = nll(model, ids, num_streams=1, device=device)
+    if file:
+        ids, unknown, unknown_chars = ids_of(file, vocab)
+        label, bounds = str(file), [len(ids)]
+    else:
+        label, ids, bounds, unknown, unknown_chars = validation_ids(state.get("data") or {}, vocab)
+    total, n = nll(model, ids, num_streams=1, device=device, bounds=bounds)
     if n == 0:
         raise UserError(f"{label}: needs at least two characters of the model's vocabulary to score")
     loss = total / n

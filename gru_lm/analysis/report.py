@@ -219,9 +219,9 @@ def write_report(groups: list[RunGroup] | list[Path], out_dir: Path, title: str)
     text += _gru_against_rnn(groups, rows)
     text += _machines([r for g in groups for r in rows[g.name]], names)
     text += (
-        "\nLosses in nats per character; validation as during training (the validation split, at most its "
-        "first eval_chars characters, in eval_streams contiguous streams, each from a zero state; 32 and "
-        "1,000,000 by default); `gru-lm perplexity` gives the exact single-stream figure. Intervals are "
+        "\nLosses in nats per character; validation as during training (the validation split's blocks, at most "
+        "eval_chars characters taken from the start of every block, in at least eval_streams contiguous streams, "
+        "each from a zero state); `gru-lm perplexity` gives the exact single-stream figure. Intervals are "
         "Welch's t intervals for the difference of the mean best validation losses.\n"
         "\n![validation loss against wall time and characters seen](loss.png)\n"
     )

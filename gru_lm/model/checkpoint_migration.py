@@ -4,7 +4,9 @@ checkpoint.load calls upgrade() on every file it reads; a checkpoint of the curr
 unchanged. Version 1 grew keys over its life (a model's reset_after and weight_drop, the run's partial sums of
 the training loss, the machine it was trained on, eval_chars, init_from and extend_vocab); a version 1 file
 may lack any of them. Version 2 is version 1 with every one of those keys present, so the rest of gru-lm
-reads a checkpoint's keys directly. Each default below is what the code that wrote a file without the key did.
+reads a checkpoint's keys directly. Version 3 adds val_blocks, the number of blocks the validation split is
+spread over; every earlier run kept the last val_fraction of its text, one block. Each default below is what the
+code that wrote a file without the key did.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 #: The format version this gru-lm writes.
-CURRENT = 2
+CURRENT = 3
 
 _V1_MODEL_CONFIG = {"reset_after": False, "weight_drop": 0.0}
 # Runs from before --eval-chars validated on the whole split; before --init-from every run started fresh.
@@ -31,7 +33,14 @@ def _v1_to_v2(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_STEPS = {1: _v1_to_v2}
+def _v2_to_v3(state: dict[str, Any]) -> dict[str, Any]:
+    out = {**state, "version": 3}
+    if isinstance(state.get("settings"), dict):
+        out["settings"] = {"val_blocks": 1, **state["settings"]}
+    return out
+
+
+_STEPS = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def upgrade(state: dict[str, Any]) -> dict[str, Any]:

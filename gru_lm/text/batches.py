@@ -3,25 +3,65 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import Tensor
 
 from gru_lm.errors import UserError
 
+#: The validation blocks a text's size gets when val_blocks is 0 (auto): about this many characters each ...
+AUTO_BLOCK_CHARS = 4_000
+#: ... and at most this many blocks.
+MAX_AUTO_BLOCKS = 100
 
-def split_validation(text: str, val_fraction: float) -> tuple[str, str, int]:
-    """Last val_fraction of the characters is validation; returns (train, val, index where val starts).
 
-    The cut is int(n * (1 - f)), as nanoGPT's: Tiny Shakespeare keeps its last 111,540 characters.
+def auto_val_blocks(n: int, val_fraction: float) -> int:
+    """How many validation blocks a text of n characters gets by default: blocks of a few thousand characters,
+    long enough that the fresh state each starts from costs little, and at most MAX_AUTO_BLOCKS of them."""
+    return max(1, min(MAX_AUTO_BLOCKS, int(n * val_fraction) // AUTO_BLOCK_CHARS))
+
+
+def validation_ranges(n: int, val_fraction: float, blocks: int) -> list[tuple[int, int]]:
+    """The [start, end) ranges of n characters kept for validation: `blocks` blocks spread over the text.
+
+    The text is cut into `blocks` equal shares and the last val_fraction of each share is validation,
+    so every part of the text (each book of a collection, each file of a code base) is in both splits
+    in proportion, and no position is in both. With one block it is the last val_fraction of the text,
+    cut at int(n * (1 - f)) as nanoGPT's: Tiny Shakespeare keeps its last 111,540 characters.
     """
-    cut = validation_start(len(text), val_fraction)
-    return text[:cut], text[cut:], cut
+    edges = [n * i // blocks for i in range(blocks + 1)]
+    return [(lo + int((hi - lo) * (1.0 - val_fraction)), hi) for lo, hi in pairwise(edges) if hi > lo]
 
 
-def validation_start(n: int, val_fraction: float) -> int:
-    """Where the validation split of n characters (or ids) starts."""
-    return int(n * (1.0 - val_fraction))
+def training_ranges(n: int, validation: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The [start, end) ranges of n characters that the validation ranges leave for training."""
+    out, at = [], 0
+    for lo, hi in validation:
+        if lo > at:
+            out.append((at, lo))
+        at = hi
+    if at < n:
+        out.append((at, n))
+    return out
+
+
+def split_validation(text: str, val_fraction: float, blocks: int = 1) -> tuple[str, list[str]]:
+    """(training text, validation blocks) of a text: the training parts joined, each validation block apart."""
+    val = validation_ranges(len(text), val_fraction, blocks)
+    return "".join(text[a:b] for a, b in training_ranges(len(text), val)), [text[a:b] for a, b in val]
+
+
+def first_of_each(bounds: list[int], max_chars: int) -> list[tuple[int, int]]:
+    """[start, end) of the first max_chars characters of blocks of the given lengths laid end to end, taken
+    evenly: the first share of every block (all of them when max_chars is 0 or covers them)."""
+    total = sum(bounds)
+    share = len(bounds) and -(-max_chars // len(bounds))  # ceil
+    out, at = [], 0
+    for m in bounds:
+        out.append((at, at + (m if not max_chars or max_chars >= total else min(m, share))))
+        at += m
+    return out
 
 
 def min_train_chars(batch_size: int, seq_len: int) -> int:

@@ -17,7 +17,13 @@ import numpy as np
 import torch
 
 from gru_lm.errors import UserError
-from gru_lm.text.batches import check_train_length, validation_start
+from gru_lm.text.batches import (
+    auto_val_blocks,
+    check_train_length,
+    first_of_each,
+    training_ranges,
+    validation_ranges,
+)
 from gru_lm.text.prepared import encode_file, is_prepared, load_prepared, storage_dtype
 from gru_lm.text.reading import read_text
 from gru_lm.text.vocab import Vocab
@@ -30,6 +36,7 @@ class SplitSettings(Protocol):
 
     val_file: str
     val_fraction: float
+    val_blocks: int
     batch_size: int
     seq_len: int
 
@@ -38,8 +45,16 @@ class SplitSettings(Protocol):
 class Corpus:
     vocab: Vocab
     train_ids: torch.Tensor
-    val_ids: torch.Tensor
+    val_ids: torch.Tensor  # the validation blocks laid end to end
+    val_bounds: list[int]  # the length of each block in val_ids: each is scored from a fresh state
     source: dict  # where the ids came from; the checkpoint keeps it as "data"
+
+    def validation_sample(self, max_chars: int) -> tuple[torch.Tensor, list[int]]:
+        """At most about max_chars validation ids (0: all), the first share of every block: (ids, block lengths)."""
+        ranges = first_of_each(self.val_bounds, max_chars)
+        if all(b - a == m for (a, b), m in zip(ranges, self.val_bounds)):
+            return self.val_ids, self.val_bounds
+        return torch.cat([self.val_ids[a:b] for a, b in ranges]), [b - a for a, b in ranges]
 
 
 @dataclass
@@ -115,32 +130,49 @@ def describe_counts(counts: dict[str, int], most: int = 20) -> str:
     return shown + (f" and {len(ranked) - most} more" if len(ranked) > most else "")
 
 
-def _training_vocab(enc: Encoded, cut: int) -> Vocab:
-    """A text file's vocabulary is the characters of its training part; a prepared folder's, all of its own."""
-    if enc.prepared:
-        return Vocab(enc.chars)
-    counts = np.zeros(len(enc.chars), dtype=np.int64)
-    for i in range(0, cut, _CHUNK):  # in chunks: bincount makes an int64 copy of what it counts
-        counts += np.bincount(enc.ids[i : min(i + _CHUNK, cut)], minlength=len(enc.chars))
-    return Vocab("".join(c for c, k in zip(enc.chars, counts) if k))
+def _gather(ids: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
+    """ids[a:b] of every range, laid end to end (the same array, uncopied, for one range that is all of it)."""
+    if len(ranges) == 1:
+        return ids[ranges[0][0] : ranges[0][1]]
+    return np.concatenate([ids[a:b] for a, b in ranges]) if ranges else ids[:0]
 
 
 def _training_ids(
-    enc: Encoded, cut: int, vocab: Vocab | None, extend_vocab: bool, file: str | Path
+    enc: Encoded, train: np.ndarray, vocab: Vocab | None, extend_vocab: bool, file: str | Path
 ) -> tuple[Vocab, np.ndarray]:
     """The run's vocabulary and the training part's ids over it (see load_corpus)."""
-    vocab = vocab or _training_vocab(enc, cut)
-    train_ids, missing = remap(enc.ids[:cut], enc.chars, vocab)
+    vocab = vocab or Vocab(enc.chars)
+    train_ids, missing = remap(train, enc.chars, vocab)
     if missing is None:
         return vocab, train_ids
-    new = unseen_counts(enc.ids[:cut][missing], enc.chars)
+    new = unseen_counts(train[missing], enc.chars)
     if not extend_vocab:
         raise UserError(
             f"{file}: the training text has characters the checkpoint's model has never seen: "
             f"{describe_counts(new)}; pass --extend-vocab to add them to its vocabulary"
         )
     vocab = Vocab(vocab.chars + "".join(new))  # the old ids stay; the new characters follow, in code-point order
-    return vocab, remap(enc.ids[:cut], enc.chars, vocab)[0]
+    return vocab, remap(train, enc.chars, vocab)[0]
+
+
+def _split(n: int, settings: SplitSettings) -> list[tuple[int, int]]:
+    """The validation ranges of a text of n ids under the run's settings (val_blocks 0: by the text's size)."""
+    blocks = settings.val_blocks or auto_val_blocks(n, settings.val_fraction)
+    return validation_ranges(n, settings.val_fraction, blocks)
+
+
+def _blocks_of(
+    ids: np.ndarray, chars: str, vocab: Vocab, ranges: list[tuple[int, int]]
+) -> tuple[torch.Tensor, list[int], int, str]:
+    """The validation ranges' ids over vocab, end to end, unknown characters left out: (ids, block lengths,
+    dropped, which)."""
+    parts, bounds, dropped, which = [], [], 0, ""
+    for a, b in ranges:
+        part, lost, what = known_ids(ids[a:b], chars, vocab)
+        parts.append(part)
+        bounds.append(len(part))
+        dropped, which = dropped + lost, "".join(sorted(set(which + what)))
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)), bounds, dropped, which
 
 
 def load_corpus(
@@ -160,42 +192,47 @@ def load_corpus(
     (resume checks there that it is the run's own text).
     """
     enc = read_ids(file, progress)
-    source = {"train_file": str(Path(file).resolve()), "text_sha256": enc.sha256, "val_file": "", "val_start": 0}
+    source: dict = {"train_file": str(Path(file).resolve()), "text_sha256": enc.sha256, "val_file": ""}
     if enc.prepared:
         source["prepared"] = True
     if check_source is not None:
         check_source(source)
     n = len(enc.ids)
     if settings.val_file:
-        cut = n
+        ranges: list[tuple[int, int]] = []
         source["val_file"] = str(Path(settings.val_file).resolve())
     else:
-        cut = source["val_start"] = validation_start(n, settings.val_fraction)
-        if n - cut < 2:
-            raise UserError(f"{file}: the validation split has {n - cut} characters; it needs at least 2")
-    check_train_length(cut, settings.batch_size, settings.seq_len, str(file))
-    vocab, train_ids = _training_ids(enc, cut, vocab, extend_vocab, file)
+        ranges = _split(n, settings)
+        source["val_start"], source["val_ranges"] = ranges[0][0], [list(r) for r in ranges]
+        if sum(b - a for a, b in ranges) < 2:
+            raise UserError(f"{file}: the validation split has fewer than 2 characters; raise --val-fraction")
+    train = _gather(enc.ids, training_ranges(n, ranges))
+    check_train_length(len(train), settings.batch_size, settings.seq_len, str(file))
+    vocab, train_ids = _training_ids(enc, train, vocab, extend_vocab, file)
     if settings.val_file:
         val_ids, dropped, _ = ids_of(settings.val_file, vocab)
+        bounds = [len(val_ids)]
     else:
-        val_ids, dropped, _ = known_ids(enc.ids[cut:], enc.chars, vocab)
+        val_ids, bounds, dropped, _ = _blocks_of(enc.ids, enc.chars, vocab, ranges)
     if len(val_ids) < 2:
         raise UserError(
             f"{settings.val_file or file}: the validation text has fewer than 2 characters that occur in the "
             "training text"
         )
     if dropped:
-        print(f"note: {dropped} validation characters not seen in training are left out of val_loss", file=sys.stderr)
-    return Corpus(vocab, torch.from_numpy(train_ids), val_ids, source)
+        print(f"note: {dropped} validation characters outside the vocabulary are left out of val_loss", file=sys.stderr)
+    return Corpus(vocab, torch.from_numpy(train_ids), val_ids, bounds, source)
 
 
-def validation_ids(source: dict, vocab: Vocab) -> tuple[str, torch.Tensor, int, str]:
-    """The validation split a checkpoint was trained with, read again from disk: (label, ids, dropped, which).
+def validation_ids(source: dict, vocab: Vocab) -> tuple[str, torch.Tensor, list[int], int, str]:
+    """The validation split a checkpoint was trained with, read again from disk: (label, ids, block lengths,
+    dropped, which).
 
     source is the checkpoint's record of its data; the file must still hold the same text.
     """
     if source.get("val_file"):
-        return (source["val_file"], *ids_of(source["val_file"], vocab))
+        ids, dropped, which = ids_of(source["val_file"], vocab)
+        return source["val_file"], ids, [len(ids)], dropped, which
     path = source.get("train_file")
     if not path:
         raise UserError("the checkpoint records no validation data; pass --file")
@@ -205,4 +242,5 @@ def validation_ids(source: dict, vocab: Vocab) -> tuple[str, torch.Tensor, int, 
     if enc.sha256 != source.get("text_sha256"):
         again = "prepared from another text" if enc.prepared else "changed"
         raise UserError(f"{path}: {again} since the checkpoint was trained; pass --file")
-    return (f"{path} [validation split]", *known_ids(enc.ids[source["val_start"] :], enc.chars, vocab))
+    ranges = [(int(a), int(b)) for a, b in source.get("val_ranges", [(source["val_start"], len(enc.ids))])]
+    return (f"{path} [validation split]", *_blocks_of(enc.ids, enc.chars, vocab, ranges))

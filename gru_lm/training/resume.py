@@ -22,6 +22,7 @@ LOCKED_ON_RESUME = (
     "batch_size",
     "seq_len",
     "val_fraction",
+    "val_blocks",
     "val_file",
     "eval_chars",
     "seed",

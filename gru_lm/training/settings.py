@@ -70,7 +70,14 @@ class Settings:
     # data
     seq_len: int = setting(64, "Window T of truncated backpropagation through time.")
     batch_size: int = setting(32, "B contiguous streams trained side by side.")
-    val_fraction: float = setting(0.1, "Last fraction of FILE kept for validation.")
+    val_fraction: float = setting(0.1, "Share of FILE kept for validation.")
+    val_blocks: int = setting(
+        0,
+        "Take the validation share as this many blocks spread evenly over FILE (the end of each "
+        "1/N of it), so it measures the whole text, not only its last part; each block is scored from a "
+        "fresh state. 1: the last val_fraction of FILE, the split published Tiny Shakespeare results use. "
+        "0: by the text's size (blocks of a few thousand characters, at most 100).",
+    )
     val_file: str = setting("", "Validate on this file instead of a split of FILE.")
     # optimisation
     lr: float = setting(3e-3, "Peak learning rate of AdamW.")
@@ -167,7 +174,7 @@ def validate(settings: Settings) -> Settings:
     for key in positive:
         if getattr(settings, key) < 1:
             raise UserError(f"{key} must be at least 1, not {getattr(settings, key)}")
-    for key in ("max_steps", "warmup_steps", "patience", "eval_chars"):
+    for key in ("max_steps", "warmup_steps", "patience", "eval_chars", "val_blocks"):
         if getattr(settings, key) < 0:
             raise UserError(f"{key} must be 0 or more, not {getattr(settings, key)}")
     for key in ("dropout", "weight_drop", "ema_decay"):

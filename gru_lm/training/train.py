@@ -220,12 +220,8 @@ def evaluate(run: Run, log: dict) -> bool:
     best."""
     loss = math.nan
     if run.job.main:
-        total, n = nll(
-            run.eval_model,
-            run.corpus.val_ids[: run.settings.eval_chars or None],
-            run.settings.eval_streams,
-            device=run.device,
-        )
+        ids, bounds = run.corpus.validation_sample(run.settings.eval_chars)
+        total, n = nll(run.eval_model, ids, run.settings.eval_streams, device=run.device, bounds=bounds)
         loss = total / n
     loss = distributed.from_main(run.job, loss, run.device)
     if not math.isfinite(loss):
