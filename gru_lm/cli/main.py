@@ -113,6 +113,9 @@ def train(
         f"val loss {result.val_loss:.4f} (best {result.best_val_loss:.4f}); checkpoints in {out}",
         file=sys.stderr,
     )
+    from gru_lm.analysis.diagnosis import diagnose_run
+
+    print(diagnose_run(out, result.train_chars), file=sys.stderr)
 
 
 def _interrupted(result: TrainResult, hint: str) -> NoReturn:

@@ -52,6 +52,7 @@ class TrainResult:
     val_loss: float
     best_val_loss: float
     interrupted: bool = False
+    train_chars: int = 0  # the length of the training text
 
 
 @dataclass
@@ -187,7 +188,14 @@ def _loop(run: Run, stop_asked: Callable[[int], bool], progress: Progress) -> Tr
                 interrupted = True
                 break
     return TrainResult(
-        run.out_dir, state.step, state.chars, run.elapsed(), state.val_loss, state.best_val_loss, interrupted
+        run.out_dir,
+        state.step,
+        state.chars,
+        run.elapsed(),
+        state.val_loss,
+        state.best_val_loss,
+        interrupted,
+        len(run.corpus.train_ids),
     )
 
 
