@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gru_lm.training import fit_to_machine as fitting
-from gru_lm.training.fit_to_machine import Candidate, choose
+from gru_lm.training.fit_to_machine import Candidate, choose, curve_chars, dropout_for, embed_size_for, worth
 from gru_lm.training.settings import resolve
 from gru_lm.training.train import train
 
@@ -64,7 +64,8 @@ def test_a_fitted_run_records_its_choice_and_a_given_size_wins(corpus, tmp_path,
     s = resolve(SMOKE, {"fit_to_machine": True, "max_time": 2.0, "max_steps": 5})
     result = train(corpus, s, tmp_path / "fitted", progress=False)
     written = tomllib.loads((tmp_path / "fitted" / "config.toml").read_text())
-    assert (written["hidden_size"], written["layers"], written["lr"]) == (24, 2, 0.02)  # "small": the lower curve
+    assert (written["hidden_size"], written["layers"]) == (24, 2)  # "small": the lower curve
+    assert written["lr"] == 0.01  # the config's own learning rate wins over the candidate's
     assert written["fit_to_machine"] is False  # so the config re-runs exactly this size
     state = torch.load(tmp_path / "fitted" / "last.pt", weights_only=True)
     assert state["model_config"]["hidden_size"] == 24 and result.step == 5
@@ -79,3 +80,40 @@ def test_the_shipped_table_has_fitted_curves_for_its_candidates():
     for c in candidates:
         assert c.b > 0 and 1.0 < c.a < 2.0, c  # the loss falls with characters seen, towards a plausible floor
         resolve(None, c.settings)  # and the recipe is valid
+
+
+def test_repeated_passes_are_worth_less_than_new_text():
+    assert worth(5e5, 1e6) == 5e5 and worth(3e6, 1e6) < 3e6
+    assert worth(1e9, 1e5) <= 1e5 * (1 + fitting.REPEAT_HALF_VALUE)  # a small text saturates
+    assert worth(2e6, 1e5) < worth(4e6, 1e5)  # though each pass still adds a little
+    u = fitting.CURVE_TEXT_CHARS
+    assert curve_chars(4e6, u) == pytest.approx(4e6)  # the curves' own text: no change
+    assert curve_chars(6e6, 120_000) < 2.5e6  # 50 passes over a small text: worth a few passes of the curves' text
+    assert curve_chars(6e6, 12e6) > 6e6  # half a pass over a large text: all new, worth more than repeats
+
+
+def test_a_small_text_chooses_a_smaller_model_than_a_large_one_at_the_same_speeds():
+    small = Candidate("small", {"hidden_size": 16, "layers": 1}, a=1.50, b=0.10)
+    big = Candidate("big", {"hidden_size": 32, "layers": 2}, a=1.30, b=0.40)
+    rates = [40e3, 20e3]
+    assert choose([small, big], rates, 600, 0.5, unique=20e6)[0][1] is big
+    assert choose([small, big], rates, 600, 0.5, unique=50e3)[0][1] is small
+
+
+def test_the_recipe_follows_the_passes_and_the_alphabet():
+    assert [dropout_for(p) for p in (0.5, 2, 5, 20)] == [(0.0, 0.0), (0.1, 0.0), (0.2, 0.0), (0.3, 0.1)]
+    assert [embed_size_for(v) for v in (65, 225, 6172, 60_000)] == [64, 64, 160, 256]
+
+
+def test_a_fit_on_the_built_in_settings_fits_the_text_and_keeps_what_the_user_set(tmp_path):
+    table = _table(tmp_path)
+    s = resolve(None, {"max_time": 60.0, "batch_size": 4, "seq_len": 8, "device": "cpu"})
+    train_ids = torch.randint(0, 3000, (4000,))
+    chosen, line = fitting.fit_to_machine(s, 3000, train_ids, torch.device("cpu"), None, table)
+    assert (chosen.hidden_size, chosen.layers, chosen.embed_size) == (24, 2, 96)  # 2·√3000 ≈ 110 → 96
+    assert chosen.fit_to_machine is False and chosen.lr == 0.02  # the candidate's recipe
+    assert (chosen.dropout, chosen.weight_drop) == (0.3, 0.1)  # thousands of passes over 4,000 characters
+    assert "passes over the text" in line and "predicted" not in line and "3,000 distinct" in line
+    given = resolve(None, {"max_time": 60.0, "batch_size": 4, "seq_len": 8, "dropout": 0.05, "lr": 0.001})
+    kept, _ = fitting.fit_to_machine(given, 3000, train_ids, torch.device("cpu"), None, table)
+    assert (kept.dropout, kept.lr, kept.weight_drop) == (0.05, 0.001, 0.1)

@@ -1,18 +1,33 @@
-"""Fitting the model to the machine: for a run with a time budget, the size that will do best in it here.
+"""Fitting the model to the text and the machine: for a run with a time budget, the size and recipe that will do
+best in it, on this text, here.
 
-The best model for a budget depends on how many characters it sees in it, which depends on the
-machine: a CPU with bfloat16 matrix units trains a GRU of 2 × 512 more than twice as fast as one
-with AVX2 alone. So before its clock starts, a run with fit_to_machine measures this machine's
-characters per second for each candidate of fit_candidates.json (a few real training steps each, the kernels
-already built), predicts the characters each would see in --max-time, and trains the candidate
-whose loss curve, fitted on the sweeps (bench/fit_sizes.py, from bench/results/sweep.jsonl), is
-lowest there. The curves are loss against characters seen, L = a + b·(C / 10⁶)^(−α): the choice
-follows the characters a machine affords, not the name of its CPU.
+What a run can learn in its budget depends on three things it can measure before the clock starts:
+- the machine: a CPU with bfloat16 matrix units trains a GRU of 2 × 512 more than twice as fast as one with
+  AVX2 alone, and a large alphabet makes the read-out the larger part of every step. So the run measures
+  this machine's characters per second for each candidate of fit_candidates.json (a few real training
+  steps each, on this text's alphabet, the kernels already built);
+- the text's size: the characters a candidate sees in the budget are so many passes over the text. A
+  repeated character teaches less than a new one, so the characters seen are discounted as the
+  data-constrained scaling law of Muennighoff et al. (2023, "Scaling Data-Constrained Language Models")
+  has it: U unique characters seen p times are worth U·(1 + R·(1 − e^(−(p−1)/R))) new ones, R = 15;
+- the alphabet: the embedding grows with it.
+
+The candidates' loss curves, L = a + b·(C / 10⁶)^(−α) against the characters C seen, were fitted on sweeps
+of Tiny Shakespeare (bench/fit_sizes.py, from bench/results/sweep.jsonl), a text of about a million training
+characters that its runs passed over many times. They rank the candidates, never predict this text's loss:
+each candidate is placed on them at the characters of Tiny Shakespeare worth as much as what it would see
+of this text. The recipe then follows the passes: no dropout under one pass (nothing is seen twice),
+more dropout and weight drop the more often each character comes back; and the evaluations are spaced so
+that they take a small share of the budget.
+
+A config that names its candidates (the Tiny Shakespeare configs) keeps their recipes as they are.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +40,7 @@ from gru_lm.machine.memory import keep_freed_memory
 from gru_lm.model.char_model import CharModel, ModelConfig
 from gru_lm.model.kernels import compiled
 from gru_lm.text.batches import StreamBatcher
-from gru_lm.training.settings import FIT_CANDIDATES_FILE, Settings, resolve
+from gru_lm.training.settings import DEFAULTS, FIT_CANDIDATES_FILE, Settings, resolve
 
 #: The share of a time budget that goes to training steps rather than evaluations and checkpoints.
 TRAINING_SHARE = 0.93
@@ -102,10 +117,94 @@ def measure_rate(
     return (steps - 2) * s.batch_size * s.seq_len / (time.perf_counter() - t0)
 
 
-def choose(candidates: list[Candidate], rates: list[float], seconds: float, alpha: float) -> list[tuple]:
-    """(predicted loss, candidate, chars/s) of each candidate for a budget of `seconds`, best first."""
+#: Muennighoff et al.'s R*: after about this many repeats a character is worth little more.
+REPEAT_HALF_VALUE = 15.0
+#: The training characters of the text the curves were fitted on (Tiny Shakespeare's training part).
+CURVE_TEXT_CHARS = 1_003_854
+#: Evaluations in a fitted run, and the share of its budget they may take.
+EVALUATIONS = 10
+EVALUATION_SHARE = 0.04
+#: Passes over the text at which dropout steps up, and the dropout each step takes.
+DROPOUT_STEPS = ((1.0, 0.1), (3.0, 0.2), (10.0, 0.3))
+#: From this many passes on, weight drop joins dropout.
+WEIGHT_DROP_PASSES = 10.0
+
+
+def worth(seen: float, unique: float) -> float:
+    """New characters that `seen` characters of a text of `unique` characters are worth (see the docstring)."""
+    if seen <= unique:
+        return seen
+    return unique * (1.0 + REPEAT_HALF_VALUE * (1.0 - math.exp(-(seen / unique - 1.0) / REPEAT_HALF_VALUE)))
+
+
+def curve_chars(seen: float, unique: float) -> float:
+    """The characters of the curves' text worth as much as `seen` characters of a text of `unique` ones."""
+    w, u = worth(seen, unique), CURVE_TEXT_CHARS
+    if w <= u:
+        return w
+    left = 1.0 - (w / u - 1.0) / REPEAT_HALF_VALUE
+    return u * (1.0 - REPEAT_HALF_VALUE * math.log(left)) if left > 1e-9 else math.inf
+
+
+def choose(
+    candidates: list[Candidate], rates: list[float], seconds: float, alpha: float, unique: float = CURVE_TEXT_CHARS
+) -> list[tuple]:
+    """(predicted loss on the curves, candidate, chars/s) of each candidate for a budget of `seconds` on a text of
+    `unique` training characters, best first."""
     budget = seconds * TRAINING_SHARE
-    return sorted(((c.loss(r * budget, alpha), c, r) for c, r in zip(candidates, rates)), key=lambda row: row[0])
+    rows = [(c.loss(curve_chars(r * budget, unique), alpha), c, r) for c, r in zip(candidates, rates)]
+    return sorted(rows, key=lambda row: row[0])
+
+
+def embed_size_for(vocab_size: int) -> int:
+    """The embedding of an alphabet: 64 up to a few hundred characters, growing as 2·√V (in steps of 32) for
+    the thousands of a Chinese or Japanese text, at most 256."""
+    return max(64, min(256, 32 * round(2 * math.sqrt(vocab_size) / 32)))
+
+
+def dropout_for(passes: float) -> tuple[float, float]:
+    """(dropout, weight drop) for a run that passes over its text this many times."""
+    dropout = 0.0
+    for at_least, rate in DROPOUT_STEPS:
+        if passes >= at_least:
+            dropout = rate
+    return dropout, (0.1 if passes >= WEIGHT_DROP_PASSES else 0.0)
+
+
+def evaluation_for(settings: Settings, rate: float) -> dict:
+    """eval_every and eval_chars for EVALUATIONS evaluations taking EVALUATION_SHARE of the budget (an evaluation
+    runs forward only, about three times as fast per character as training)."""
+    steps = rate * settings.max_time * TRAINING_SHARE / (settings.batch_size * settings.seq_len)
+    chars = EVALUATION_SHARE * settings.max_time * 3 * rate / EVALUATIONS
+    return {"eval_every": max(25, int(steps / EVALUATIONS)), "eval_chars": int(min(1_000_000, max(20_000, chars)))}
+
+
+def _size(candidate: Candidate) -> dict:
+    return {"hidden_size": candidate.settings["hidden_size"], "layers": candidate.settings["layers"]}
+
+
+def text_recipe(settings: Settings, passes: float, rate: float, vocab_size: int) -> dict:
+    """What the text decides of the recipe, less what the user set: a setting that differs from its built-in
+    default is the user's and stays."""
+    dropout, weight_drop = dropout_for(passes)
+    recipe = {"dropout": dropout, "weight_drop": weight_drop, "embed_size": embed_size_for(vocab_size)}
+    recipe.update(evaluation_for(settings, rate))
+    return {k: v for k, v in recipe.items() if getattr(settings, k) == DEFAULTS[k]}
+
+
+def _measure(
+    settings: Settings, candidates: list[Candidate], vocab_size: int, train_ids: torch.Tensor, device, autocast_dtype
+) -> list[float]:
+    """Each candidate's characters per second here, with a line on stderr first (it takes a few seconds)."""
+    if device.type == "cpu":
+        if compiled.cache_info().currsize == 0:
+            print("loading the recurrent kernels (built once per machine: a minute the first time)", file=sys.stderr)
+        compiled()
+    keep_freed_memory()
+    print(f"measuring this machine's speed for {len(candidates)} candidate sizes ...", file=sys.stderr)
+    return [
+        measure_rate(candidate_settings(settings, c), vocab_size, train_ids, device, autocast_dtype) for c in candidates
+    ]
 
 
 def fit_to_machine(
@@ -116,8 +215,8 @@ def fit_to_machine(
     autocast_dtype: torch.dtype | None,
     table: Path | None = None,
 ) -> tuple[Settings, str]:
-    """The candidate predicted best for the characters this machine affords in settings.max_time,
-    and one line that says what was picked and why."""
+    """The candidate predicted best for the characters this machine affords in settings.max_time on this text,
+    its recipe fitted to the text, and one line that says what was picked and why."""
     alpha, named = load_table(table, settings.fit_candidates)
     candidates = [c for c in named if c.fitted()]
     if not candidates:
@@ -125,19 +224,40 @@ def fit_to_machine(
             settings,
             f"fit to this machine: no fitted candidate among {settings.fit_candidates!r}; the config's size",
         )
-    if device.type == "cpu":
-        compiled()
-    keep_freed_memory()
-    rates = [
-        measure_rate(candidate_settings(settings, c), vocab_size, train_ids, device, autocast_dtype) for c in candidates
-    ]
-    (loss, best, rate), *rest = choose(candidates, rates, settings.max_time, alpha)
-    budget = settings.max_time * TRAINING_SHARE
-    others = "; ".join(f"{c.label()} ({c.name}) {r / 1000:.1f}k chars/s → {p:.3f}" for p, c, r in rest)
+    own_recipes = bool(settings.fit_candidates)  # a config's candidates: its recipes as they stand
+    base = settings
+    if not own_recipes and settings.embed_size == DEFAULTS["embed_size"]:  # measured at the embedding it will have
+        base = resolve(None, {"embed_size": embed_size_for(vocab_size)}, settings.to_dict())
+    rates = _measure(base, candidates, vocab_size, train_ids, device, autocast_dtype)
+    (_, best, rate), *rest = choose(candidates, rates, settings.max_time, alpha, len(train_ids))
+    seen = rate * settings.max_time * TRAINING_SHARE
+    if own_recipes:
+        chosen = candidate_settings(base, best)
+    else:  # the candidate's recipe, then the text's, where the user set nothing else
+        recipe = {k: v for k, v in best.settings.items() if getattr(settings, k) == DEFAULTS[k]}
+        recipe.update(text_recipe(settings, seen / len(train_ids), rate, vocab_size))
+        chosen = resolve(None, {**recipe, **_size(best), "fit_to_machine": False}, base.to_dict())
+    return chosen, _fit_line(chosen, best, rate, seen, rest, len(train_ids), vocab_size, autocast_dtype)
+
+
+def _fit_line(
+    chosen: Settings,
+    best: Candidate,
+    rate: float,
+    seen: float,
+    rest: list[tuple],
+    train_chars: int,
+    vocab_size: int,
+    autocast_dtype: torch.dtype | None,
+) -> str:
     dtype = "bfloat16" if autocast_dtype == torch.bfloat16 else "float32"
-    line = (
-        f"fit to this machine ({cpu_model()}, {isa_level()}, {dtype}): {best.label()} ({best.name}) at "
-        f"{rate / 1000:.1f}k chars/s sees ~{rate * budget / 1e6:.1f}M characters in {settings.max_time:.0f} s, "
-        f"predicted validation loss {loss:.3f} (others: {others}); --hidden-size or --layers choose yourself"
+    others = "; ".join(f"{c.label()} {r / 1000:.1f}k chars/s" for _, c, r in rest)
+    return (
+        f"fit to this text and machine ({cpu_model()}, {isa_level()}, {dtype}): {train_chars:,} training "
+        f"characters, {vocab_size:,} distinct. {best.label()} ({best.name}) at {rate / 1000:.1f}k chars/s sees "
+        f"~{seen / 1e6:.1f}M characters in {chosen.max_time:.0f} s, {seen / train_chars:.1f} passes over the text: "
+        f"embedding {chosen.embed_size}, dropout {chosen.dropout}, weight drop {chosen.weight_drop}, lr {chosen.lr}, "
+        f"an evaluation every {chosen.eval_every} steps on {chosen.eval_chars:,} characters (others: {others}). "
+        "The sizes are ranked on loss curves measured on Tiny Shakespeare, with repeated passes discounted; "
+        "--hidden-size or --layers choose yourself"
     )
-    return candidate_settings(settings, best), line

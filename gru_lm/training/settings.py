@@ -46,10 +46,12 @@ class Settings:
         "every W_hh's entries, the same ones at every step (AWD-LSTM's weight drop).",
     )
     fit_to_machine: bool = setting(
-        False,
-        "With --max-time: before the clock starts, measure this machine's speed for "
-        "the candidate sizes of gru_lm/training/fit_candidates.json and train the one predicted best for the "
-        "characters it will see (docs/results.md). --hidden-size or --layers switch it off.",
+        True,
+        "With --max-time: before the clock starts, fit the model to this text and this machine: measure "
+        "this machine's speed for the candidate sizes of gru_lm/training/fit_candidates.json on this text's "
+        "alphabet, train the one predicted best for the characters it will see, and fit dropout, embedding "
+        "and evaluations to the text's size and alphabet (a setting you give keeps its value). "
+        "--hidden-size or --layers switch it off; so does --no-fit-to-machine (a GRU of 256 × 1).",
     )
     fit_candidates: str = setting(
         "",
