@@ -1,5 +1,6 @@
 """The fused read-out (model/readout.py) against F.cross_entropy(F.linear(...)) under autograd: the loss and the
-gradients of h, W and b, in float32 and under bfloat16 autocast, with ignored targets and without gradients."""
+gradients of h, W and b, in float32 and under bfloat16 autocast, with ignored targets, without gradients, and
+through CharModel.loss for every cell."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gru_lm.model.char_model import CharModel, ModelConfig
 from gru_lm.model.readout import MAX_ROWS, MIN_ROWS, chunk_rows, linear_cross_entropy
 
 IGNORE = -100
@@ -145,3 +147,33 @@ def test_chunk_rows_stay_within_bounds():
     assert chunk_rows(100, 65) == 100
     with pytest.raises(ValueError, match="shapes"):
         linear_cross_entropy(torch.randn(5, 4), torch.randn(9, 3), None, torch.zeros(5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+def test_char_model_loss_equals_cross_entropy_of_its_logits(cell):
+    torch.manual_seed(0)
+    model = CharModel(ModelConfig(vocab_size=70, cell=cell, hidden_size=16, embed_size=8, layers=2))
+    x, y = torch.randint(0, 70, (9, 3)), torch.randint(0, 70, (9, 3))
+    h0 = torch.randn(2, 3, model.state_width)
+    logits, h_ref = model(x, h0)
+    ref = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+    loss, h_new = model.loss(x, y, h0)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(h_new, h_ref)
+    for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6, msg=f"gradient of {name}")
+
+
+def test_char_model_loss_applies_dropout_as_forward_does():
+    model = CharModel(ModelConfig(vocab_size=30, hidden_size=16, embed_size=8, dropout=0.5)).train()
+    x, y = torch.randint(0, 30, (6, 2)), torch.randint(0, 30, (6, 2))
+    torch.manual_seed(5)
+    logits, _ = model(x)
+    torch.manual_seed(5)
+    loss, _ = model.loss(x, y)
+    torch.testing.assert_close(loss, F.cross_entropy(logits.flatten(0, 1), y.flatten()))
+    with torch.no_grad():
+        model.eval()
+        assert model.loss(x, y)[0] != loss  # dropout on in training only, as forward
