@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from gru_lm.model.char_model import CharModel, ModelConfig
-from gru_lm.model.readout import MAX_ROWS, MIN_ROWS, chunk_rows, linear_cross_entropy
+from gru_lm.model.readout import CHUNK_BYTES, MIN_ROWS, chunk_rows, linear_cross_entropy
 
 IGNORE = -100
 
@@ -62,6 +62,26 @@ def test_ignored_rows_add_nothing_and_get_no_gradient():
     assert torch.count_nonzero(dh[~kept]) == 0 and torch.count_nonzero(dh[kept]) > 0
 
 
+def test_every_target_ignored_gives_nan_and_zero_gradients_as_cross_entropy():
+    h, w, b, y = _inputs(20, 8, 65, ignored=20)
+    loss, grads = _fused(h, w, b, y, chunk=8)
+    assert loss.isnan()
+    assert all(torch.count_nonzero(g) == 0 for g in grads)
+
+
+def test_a_target_too_improbable_for_the_softmax_still_gets_its_exact_loss():
+    """A target probability of e^-200 underflows float32; its log-probability comes from the logits instead."""
+    h, w, b, y = _inputs(40, 8, 65, ignored=3)
+    with torch.no_grad():
+        b[y[y != IGNORE][:2]] -= 200.0  # two targets far below every other logit
+    ref, ref_grads = _reference(h, w, b, y)
+    loss, grads = _fused(h, w, b, y, chunk=16)
+    assert ref > 5.0  # the two rows dominate the mean
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    for name, g, r in zip("hWb", grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7, msg=f"gradient of {name}")
+
+
 def test_the_gradient_scales_with_grad_output():
     h, w, b, y = _inputs(50, 8, 65)
     loss = linear_cross_entropy(h, w, b, y)
@@ -97,18 +117,18 @@ def test_without_gradients_only_the_loss_is_computed():
 
 
 def test_no_gradient_work_under_no_grad_or_for_frozen_inputs(monkeypatch):
-    """The gradients nobody asked for are never computed (readout._loss_and_grads returns None for them)."""
+    """The gradients nobody asked for are never computed (readout._summed_loss_and_grads returns None for them)."""
     from gru_lm.model import readout
 
     made: list[tuple[bool, ...]] = []
-    inner = readout._loss_and_grads
+    inner = readout._summed_loss_and_grads
 
     def spy(*args):
         loss, grads = inner(*args)
         made.append(tuple(g is not None for g in grads))
         return loss, grads
 
-    monkeypatch.setattr(readout, "_loss_and_grads", spy)
+    monkeypatch.setattr(readout, "_summed_loss_and_grads", spy)
     h, w, b, y = _inputs(30, 8, 65)
     with torch.no_grad():
         linear_cross_entropy(h, w, b, y)
@@ -142,9 +162,11 @@ def test_no_bias():
 
 
 def test_chunk_rows_stay_within_bounds():
-    assert chunk_rows(2048, 6000) == MIN_ROWS
-    assert chunk_rows(2048, 65) == MAX_ROWS
-    assert chunk_rows(100, 65) == 100
+    assert chunk_rows(2048, 6000) * 6000 * 4 <= CHUNK_BYTES  # within the cache budget ...
+    assert -(-2048 // chunk_rows(2048, 6000)) == -(-2048 * 6000 * 4 // CHUNK_BYTES)  # ... in the fewest chunks
+    assert chunk_rows(2048, 65) == 2048  # a small alphabet: one chunk
+    assert chunk_rows(2048, 10**6) == MIN_ROWS  # a huge one: thin chunks, never thinner than MIN_ROWS
+    assert chunk_rows(5, 10**6) == 5
     with pytest.raises(ValueError, match="shapes"):
         linear_cross_entropy(torch.randn(5, 4), torch.randn(9, 3), None, torch.zeros(5, dtype=torch.long))
 
