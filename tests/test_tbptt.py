@@ -14,11 +14,11 @@ def test_state_is_carried_and_detached_between_windows(corpus, smoke, tmp_path, 
     calls = []
     forward = CharModel.forward
 
-    def recording_forward(self, ids, h=None):
-        logits, h_out = forward(self, ids, h)
+    def recording_forward(self, ids, h=None, targets=None):
+        out, h_out = forward(self, ids, h, targets)
         if self.training:
             calls.append((h, h_out.detach().clone()))
-        return logits, h_out
+        return out, h_out
 
     monkeypatch.setattr(CharModel, "forward", recording_forward)
     train(corpus, smoke(max_steps=12, eval_every=100), tmp_path / "run", progress=False)

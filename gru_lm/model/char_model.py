@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from gru_lm.model.cells import GRU, LSTM, RNN, dropout
+from gru_lm.model.readout import linear_cross_entropy
 
 
 @dataclass
@@ -67,14 +68,32 @@ class CharModel(nn.Module):
     def init_state(self, batch_size: int, device=None) -> Tensor:
         return self.head.weight.new_zeros(self.cfg.layers, batch_size, self.state_width, device=device)
 
-    def forward(self, ids: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """ids: T×B (long), h: L×B×H (L×B×2H for the LSTM) -> (logits T×B×V, new state of the same shape)."""
+    def forward(self, ids: Tensor, h: Tensor | None = None, targets: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """ids: T×B (long), h: L×B×H (L×B×2H for the LSTM) -> (logits T×B×V, new state of the same shape).
+
+        With targets (T×B, long; -100 for a position to leave out) it returns (the mean cross-entropy, new
+        state) instead, through the fused read-out (readout.py), which never makes the T·B×V logits: what
+        training calls, through a DistributedDataParallel wrapper too (DDP needs its forward called).
+        """
+        out, new = self._features(ids, h)
+        if targets is None:
+            return self.head(out), new
+        loss = linear_cross_entropy(out.flatten(0, 1), self.head.weight, self.head.bias, targets.flatten())
+        return loss, new
+
+    def loss(self, ids: Tensor, targets: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(mean cross-entropy of predicting targets, new state): the same as cross_entropy of forward's logits
+        (float32), computed without them."""
+        return self(ids, h, targets)
+
+    def _features(self, ids: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
+        """What the read-out reads (the last layer's outputs after dropout, T×B×H) and the new state."""
         if self.cfg.cell == "lstm":
             out, (h_n, c_n) = self.rnn(self.embed(ids), None if h is None else h.chunk(2, dim=-1))
             new = torch.cat([h_n, c_n], dim=-1)
         else:
             out, new = self.rnn(self.embed(ids), h)
-        return self.head(dropout(out, self.cfg.dropout, self.training)), new
+        return dropout(out, self.cfg.dropout, self.training), new
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from gru_lm.machine.cpu import cpu_model, isa_level
 from gru_lm.machine.memory import keep_freed_memory
@@ -107,8 +106,7 @@ def measure_rate(
             t0 = time.perf_counter()
         x, y = (t.to(device) for t in batcher.get(0, steps % batcher.windows(0)))
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            logits, h = model(x, h)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+            loss, h = model.loss(x, y, h)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

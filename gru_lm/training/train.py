@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from gru_lm.analysis.evaluate import nll
 from gru_lm.errors import UserError
@@ -205,8 +204,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, lr: float) -> float:
     for g in run.opt.param_groups:
         g["lr"] = lr
     with torch.autocast(run.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        logits, h_next = run.net(x, run.state.hidden)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss, h_next = run.net(x, run.state.hidden, y)  # the fused read-out's loss (CharModel.forward with targets)
     if not run.job.parallel and not torch.isfinite(loss):  # (under DDP the norm below, the same everywhere, catches it)
         raise not_finite(run, "loss", loss.item(), run.state.step + 1)
     run.opt.zero_grad(set_to_none=True)
