@@ -22,7 +22,7 @@ def test_validation_turning_up_is_overfitting():
 
 
 def test_training_far_below_validation_after_many_passes_is_overfitting():
-    line = diagnose(_rows([2.0, 1.7, 1.6, 1.59, 1.58], train=1.3), train_chars=5_000, dropout=0.0)
+    line = diagnose(_rows([2.0, 1.7, 1.6, 1.585, 1.58], train=1.3), train_chars=5_000, dropout=0.0)
     assert "overfitting" in line and "10.0 passes" in line
 
 
@@ -34,6 +34,11 @@ def test_still_falling_with_no_gap_is_underfitting():
 def test_levelled_off_is_about_right():
     line = diagnose(_rows([2.0, 1.6, 1.5, 1.498, 1.497], train=1.45), train_chars=1_000_000, dropout=0.2)
     assert line.startswith("how it went: about right")
+
+
+def test_still_falling_with_a_gap_says_a_longer_run_helps():
+    line = diagnose(_rows([2.9, 2.7, 2.6, 2.55, 2.51], train=2.0), train_chars=900_000, dropout=0.0)
+    assert line.startswith("how it went: still improving") and "--max-time" in line
 
 
 def test_too_short_a_run_says_so():

@@ -11,7 +11,7 @@ import torch
 
 from gru_lm.training import fit_to_machine as fitting
 from gru_lm.training.fit_to_machine import Candidate, choose, curve_chars, dropout_for, embed_size_for, worth
-from gru_lm.training.settings import resolve
+from gru_lm.training.settings import DEFAULTS, resolve
 from gru_lm.training.train import train
 
 from .conftest import SMOKE
@@ -111,9 +111,21 @@ def test_a_fit_on_the_built_in_settings_fits_the_text_and_keeps_what_the_user_se
     train_ids = torch.randint(0, 3000, (4000,))
     chosen, line = fitting.fit_to_machine(s, 3000, train_ids, torch.device("cpu"), None, table)
     assert (chosen.hidden_size, chosen.layers, chosen.embed_size) == (24, 2, 96)  # 2·√3000 ≈ 110 → 96
-    assert chosen.fit_to_machine is False and chosen.lr == 0.02  # the candidate's recipe
-    assert (chosen.dropout, chosen.weight_drop) == (0.3, 0.1)  # thousands of passes over 4,000 characters
+    assert chosen.fit_to_machine is False and chosen.min_lr == DEFAULTS["min_lr"]
+    # 60 s afford thousands of passes over 4,000 characters: the run makes MAX_PASSES of them and ends sooner,
+    # at a gentler learning rate than the candidate's, with the most dropout and weight drop
+    assert chosen.max_time < 60 and chosen.lr == fitting.UNHURRIED_LR < 0.02
+    assert (chosen.dropout, chosen.weight_drop) == (0.3, 0.1)
+    assert f"past {fitting.MAX_PASSES}" in line
     assert "passes over the text" in line and "predicted" not in line and "3,000 distinct" in line
     given = resolve(None, {"max_time": 60.0, "batch_size": 4, "seq_len": 8, "dropout": 0.05, "lr": 0.001})
     kept, _ = fitting.fit_to_machine(given, 3000, train_ids, torch.device("cpu"), None, table)
     assert (kept.dropout, kept.lr, kept.weight_drop) == (0.05, 0.001, 0.1)
+
+
+def test_a_large_text_trains_the_whole_budget_without_dropout(tmp_path):
+    s = resolve(None, {"max_time": 2.0, "batch_size": 4, "seq_len": 8, "device": "cpu"})
+    train_ids = torch.randint(0, 65, (2_000_000,))  # far more than a 2-second run sees: under one pass
+    chosen, line = fitting.fit_to_machine(s, 65, train_ids, torch.device("cpu"), None, _table(tmp_path))
+    assert chosen.max_time == 2.0 and (chosen.dropout, chosen.weight_drop) == (0.0, 0.0)
+    assert chosen.embed_size == 64 and chosen.lr == 0.02 and "ends sooner" not in line

@@ -59,18 +59,26 @@ def diagnose(rows: list[dict], train_chars: int, dropout: float) -> str:
     gap = last - c.train_loss
     quarter = next(v for s, v in zip(c.val_steps, c.val_losses) if s >= 0.75 * c.val_steps[-1])
     seen = f"{passes:.1f} passes over the {train_chars:,} training characters"
-    if last > best + ROSE_BY or (gap > GAP and passes > 1):
-        rose = f"validation rose from its best {best:.3f} (step {best_step:,}) to {last:.3f}; " if last > best else ""
+    falling = quarter - last > STILL_FALLING
+    if last > best + ROSE_BY or (gap > GAP and passes > 1 and not falling):
+        rose = f"validation rose from its best {best:.3f} (step {best_step:,}) to {last:.3f}" if last > best else ""
         return (
-            f"how it went: overfitting. After {seen}, training is {gap:.2f} below validation; {rose}best.pt keeps "
-            f"the best step. Regularise more (--dropout {min(dropout + 0.1, 0.5):.1f}, --weight-drop 0.1), "
-            "train a smaller model, or give it more text."
+            f"how it went: overfitting. After {seen}, training is {gap:.2f} below validation"
+            f"{'; ' + rose if rose else ' and validation has stopped falling'}; best.pt keeps the best step. "
+            f"Regularise more (--dropout {min(dropout + 0.1, 0.5):.1f}, --weight-drop 0.1), train a smaller model, "
+            "or give it more text."
         )
-    if quarter - last > STILL_FALLING and gap < GAP / 2:
+    if falling and gap < GAP / 2:
         return (
             f"how it went: underfitting. After {seen}, validation was still falling at the end ({quarter - last:.3f} "
             f"over the last quarter of the run) with training only {gap:+.2f} from it: a larger model "
             "(--hidden-size, --layers) or a longer --max-time would do better."
+        )
+    if falling:
+        return (
+            f"how it went: still improving. After {seen}, validation was still falling at the end "
+            f"({quarter - last:.3f} over the last quarter of the run) and training is {gap:.2f} below it: a longer "
+            "--max-time would do better; a larger model would need more dropout."
         )
     return (
         f"how it went: about right. After {seen}, validation levelled off ({quarter - last:+.3f} over the last "

@@ -119,6 +119,12 @@ def measure_rate(
 REPEAT_HALF_VALUE = 15.0
 #: The training characters of the text the curves were fitted on (Tiny Shakespeare's training part).
 CURVE_TEXT_CHARS = 1_003_854
+#: The most passes over the text a fitted run makes: past them a model mostly learns the training text by heart,
+#: so a budget that affords more ends sooner (its schedule fitted to the shorter run).
+MAX_PASSES = 16
+#: The highest peak learning rate of a run that the passes rather than its budget limit: with time to spare,
+#: a gentler rate.
+UNHURRIED_LR = 0.004
 #: Evaluations in a fitted run, and the share of its budget they may take.
 EVALUATIONS = 10
 EVALUATION_SHARE = 0.04
@@ -145,13 +151,26 @@ def curve_chars(seen: float, unique: float) -> float:
 
 
 def choose(
-    candidates: list[Candidate], rates: list[float], seconds: float, alpha: float, unique: float = CURVE_TEXT_CHARS
+    candidates: list[Candidate],
+    rates: list[float],
+    seconds: float,
+    alpha: float,
+    unique: float = CURVE_TEXT_CHARS,
+    max_passes: float = MAX_PASSES,
 ) -> list[tuple]:
     """(predicted loss on the curves, candidate, chars/s) of each candidate for a budget of `seconds` on a text of
-    `unique` training characters, best first."""
-    budget = seconds * TRAINING_SHARE
-    rows = [(c.loss(curve_chars(r * budget, unique), alpha), c, r) for c, r in zip(candidates, rates)]
+    `unique` training characters, at most max_passes over it, best first."""
+    rows = [
+        (c.loss(curve_chars(seen_in(r, seconds, unique, max_passes), unique), alpha), c, r)
+        for c, r in zip(candidates, rates)
+    ]
     return sorted(rows, key=lambda row: row[0])
+
+
+def seen_in(rate: float, seconds: float, unique: float, max_passes: float = MAX_PASSES) -> float:
+    """The characters a run at `rate` trains on in a budget of `seconds`: as many as the budget affords, up to
+    max_passes over a text of `unique` characters."""
+    return min(rate * seconds * TRAINING_SHARE, max_passes * unique)
 
 
 def embed_size_for(vocab_size: int) -> int:
@@ -169,25 +188,31 @@ def dropout_for(passes: float) -> tuple[float, float]:
     return dropout, (0.1 if passes >= WEIGHT_DROP_PASSES else 0.0)
 
 
-def evaluation_for(settings: Settings, rate: float) -> dict:
-    """eval_every and eval_chars for EVALUATIONS evaluations taking EVALUATION_SHARE of the budget (an evaluation
-    runs forward only, about three times as fast per character as training)."""
-    steps = rate * settings.max_time * TRAINING_SHARE / (settings.batch_size * settings.seq_len)
-    chars = EVALUATION_SHARE * settings.max_time * 3 * rate / EVALUATIONS
-    return {"eval_every": max(25, int(steps / EVALUATIONS)), "eval_chars": int(min(1_000_000, max(20_000, chars)))}
+def evaluation_for(settings: Settings, seconds: float, rate: float, passes: float) -> dict:
+    """eval_every and eval_chars for EVALUATIONS evaluations (at least one a pass, where the run makes more)
+    taking EVALUATION_SHARE of the `seconds` the run trains (an evaluation runs forward only, about three times
+    as fast per character as training)."""
+    steps = rate * seconds * TRAINING_SHARE / (settings.batch_size * settings.seq_len)
+    evaluations = max(EVALUATIONS, passes)
+    chars = EVALUATION_SHARE * seconds * 3 * rate / evaluations
+    return {
+        "eval_every": max(25, int(steps / evaluations)),
+        "eval_chars": int(min(1_000_000, max(20_000, chars))),
+    }
 
 
 def _size(candidate: Candidate) -> dict:
     return {"hidden_size": candidate.settings["hidden_size"], "layers": candidate.settings["layers"]}
 
 
-def text_recipe(settings: Settings, passes: float, rate: float, vocab_size: int) -> dict:
-    """What the text decides of the recipe, less what the user set: a setting that differs from its built-in
-    default is the user's and stays."""
+def text_recipe(settings: Settings, seconds: float, rate: float, passes: float, vocab_size: int) -> dict:
+    """What the text decides of the recipe for a run of `seconds` making `passes` passes, less what the user set:
+    a setting that differs from its built-in default is the user's and stays."""
     dropout, weight_drop = dropout_for(passes)
     recipe = {"dropout": dropout, "weight_drop": weight_drop, "embed_size": embed_size_for(vocab_size)}
-    recipe.update(evaluation_for(settings, rate))
-    return {k: v for k, v in recipe.items() if getattr(settings, k) == DEFAULTS[k]}
+    recipe.update(evaluation_for(settings, seconds, rate, passes))
+    kept = {k: v for k, v in recipe.items() if getattr(settings, k) == DEFAULTS[k]}
+    return {**kept, "max_time": float(math.ceil(seconds))}
 
 
 def _measure(
@@ -227,22 +252,27 @@ def fit_to_machine(
     if not own_recipes and settings.embed_size == DEFAULTS["embed_size"]:  # measured at the embedding it will have
         base = resolve(None, {"embed_size": embed_size_for(vocab_size)}, settings.to_dict())
     rates = _measure(base, candidates, vocab_size, train_ids, device, autocast_dtype)
-    (_, best, rate), *rest = choose(candidates, rates, settings.max_time, alpha, len(train_ids))
-    seen = rate * settings.max_time * TRAINING_SHARE
+    max_passes = math.inf if own_recipes else MAX_PASSES
+    (_, best, rate), *rest = choose(candidates, rates, settings.max_time, alpha, len(train_ids), max_passes)
+    seen = seen_in(rate, settings.max_time, len(train_ids), max_passes)
     if own_recipes:
         chosen = candidate_settings(base, best)
     else:  # the candidate's recipe, then the text's, where the user set nothing else
         recipe = {k: v for k, v in best.settings.items() if getattr(settings, k) == DEFAULTS[k]}
-        recipe.update(text_recipe(settings, seen / len(train_ids), rate, vocab_size))
+        passes_limit = seen < rate * settings.max_time * TRAINING_SHARE  # not the budget
+        seconds = seen / (rate * TRAINING_SHARE) if passes_limit else settings.max_time
+        recipe.update(text_recipe(settings, seconds, rate, seen / len(train_ids), vocab_size))
+        if passes_limit and "lr" in recipe:
+            recipe["lr"] = min(recipe["lr"], UNHURRIED_LR)
         chosen = resolve(None, {**recipe, **_size(best), "fit_to_machine": False}, base.to_dict())
-    return chosen, _fit_line(chosen, best, rate, seen, rest, len(train_ids), vocab_size, autocast_dtype)
+    return chosen, _fit_line(chosen, settings.max_time, best, rate, rest, len(train_ids), vocab_size, autocast_dtype)
 
 
 def _fit_line(
     chosen: Settings,
+    budget: float,
     best: Candidate,
     rate: float,
-    seen: float,
     rest: list[tuple],
     train_chars: int,
     vocab_size: int,
@@ -250,12 +280,20 @@ def _fit_line(
 ) -> str:
     dtype = "bfloat16" if autocast_dtype == torch.bfloat16 else "float32"
     others = "; ".join(f"{c.label()} {r / 1000:.1f}k chars/s" for _, c, r in rest)
+    seen = rate * chosen.max_time * TRAINING_SHARE
+    passes = f"{seen / train_chars:.1f} passes over the text"
+    if chosen.max_time < budget:
+        affords = rate * budget * TRAINING_SHARE / train_chars
+        passes += (
+            f" (the {budget:.0f} s budget affords {affords:.0f}; past {MAX_PASSES} a model mostly learns the text "
+            "by heart, so the run ends sooner)"
+        )
     return (
         f"fit to this text and machine ({cpu_model()}, {isa_level()}, {dtype}): {train_chars:,} training "
         f"characters, {vocab_size:,} distinct. {best.label()} ({best.name}) at {rate / 1000:.1f}k chars/s sees "
-        f"~{seen / 1e6:.1f}M characters in {chosen.max_time:.0f} s, {seen / train_chars:.1f} passes over the text: "
-        f"embedding {chosen.embed_size}, dropout {chosen.dropout}, weight drop {chosen.weight_drop}, lr {chosen.lr}, "
-        f"an evaluation every {chosen.eval_every} steps on {chosen.eval_chars:,} characters (others: {others}). "
-        "The sizes are ranked on loss curves measured on Tiny Shakespeare, with repeated passes discounted; "
-        "--hidden-size or --layers choose yourself"
+        f"~{seen / 1e6:.1f}M characters in {chosen.max_time:.0f} s, {passes}: embedding {chosen.embed_size}, "
+        f"dropout {chosen.dropout}, weight drop {chosen.weight_drop}, lr {chosen.lr}, an evaluation every "
+        f"{chosen.eval_every} steps on {chosen.eval_chars:,} characters (others: {others}). The sizes are ranked "
+        "on loss curves measured on Tiny Shakespeare, with repeated passes discounted; --hidden-size or --layers "
+        "choose yourself"
     )
