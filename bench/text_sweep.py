@@ -142,15 +142,40 @@ def table() -> None:
             )
 
 
+def _cell(row: dict | None) -> str:
+    return f"{row['loss']:.4f} ({row['size']}, {row['chars_per_s'] / 1000:.1f}k/s)" if row else "–"
+
+
+def summary() -> None:
+    """One row per corpus: the built-in settings, the fitted default, the best run of the sweep, torch.nn.LSTM."""
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
+    manifest = json.loads((CORPORA / "manifest.json").read_text())["corpora"]
+    print("| text | characters (distinct) | built-in: 1 x 256 | default: fitted | best of the sweep | torch.nn.LSTM |")
+    print("|---|---|---|---|---|---|")
+    for name in dict.fromkeys(r["corpus"] for r in rows):
+        mine = [r for r in rows if r["corpus"] == name]
+        cell = {p: next((r for r in reversed(mine) if r["point"] == p), None) for p in ("builtin", "fit", "torch_lstm")}
+        best = min(mine, key=lambda r: r["loss"])
+        shown = [_cell(r) for r in cell.values()]
+        m = manifest[name]
+        print(
+            f"| {name} | {m['chars']:,} ({m['distinct']:,}) | {shown[0]} | {shown[1]} | "
+            f"{best['loss']:.4f} ({best['point']}) | {shown[2]} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", help="a corpus of bench/corpora.py, by name")
     ap.add_argument("--point", action="append", default=[], help="builtin, fit, torch_lstm or key=value,...")
     ap.add_argument("--budget", type=float, default=300.0)
     ap.add_argument("--table", action="store_true", help="print the recorded results")
+    ap.add_argument("--summary", action="store_true", help="print one row per corpus")
     args = ap.parse_args()
     if args.table:
         return table()
+    if args.summary:
+        return summary()
     path, corpus = corpus_of(args.corpus)
     for point in args.point:
         out = RUNS / args.corpus / point.replace(",", "_")

@@ -61,14 +61,24 @@ def test_a_candidate_without_a_fitted_curve_is_never_chosen(corpus, tmp_path, mo
 @pytest.mark.slow
 def test_a_fitted_run_records_its_choice_and_a_given_size_wins(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(fitting, "FIT_CANDIDATES_FILE", _table(tmp_path))
-    s = resolve(SMOKE, {"fit_to_machine": True, "max_time": 2.0, "max_steps": 5})
+    s = resolve(SMOKE, {"fit_to_machine": True, "max_time": 2.0})
     result = train(corpus, s, tmp_path / "fitted", progress=False)
+    assert (
+        train(
+            corpus,
+            resolve(SMOKE, {"fit_to_machine": True, "max_time": 2.0, "max_steps": 3}),
+            tmp_path / "steps",
+            progress=False,
+        ).step
+        == 3
+    )  # a step budget: the settings as they stand, no fit
+    assert tomllib.loads((tmp_path / "steps" / "config.toml").read_text())["hidden_size"] == 32
     written = tomllib.loads((tmp_path / "fitted" / "config.toml").read_text())
     assert (written["hidden_size"], written["layers"]) == (24, 2)  # "small": the lower curve
     assert written["lr"] == 0.01  # the config's own learning rate wins over the candidate's
     assert written["fit_to_machine"] is False  # so the config re-runs exactly this size
     state = torch.load(tmp_path / "fitted" / "last.pt", weights_only=True)
-    assert state["model_config"]["hidden_size"] == 24 and result.step == 5
+    assert state["model_config"]["hidden_size"] == 24 and result.step > 0
     flags = resolve(SMOKE, {"fit_to_machine": True, "hidden_size": 20})
     assert flags.fit_to_machine is False and flags.hidden_size == 20  # --hidden-size switches fitting off
     assert resolve(SMOKE, {"fit_to_machine": True, "layers": 2}).fit_to_machine is False

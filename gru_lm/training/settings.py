@@ -47,7 +47,8 @@ class Settings:
     )
     fit_to_machine: bool = setting(
         True,
-        "With --max-time: before the clock starts, fit the model to this text and this machine: measure "
+        "With --max-time (and no --max-steps): before the clock starts, fit the model to this text and this "
+        "machine: measure "
         "this machine's speed for the candidate sizes of gru_lm/training/fit_candidates.json on this text's "
         "alphabet, train the one predicted best for the characters it will see, and fit dropout, embedding "
         "and evaluations to the text's size and alphabet (a setting you give keeps its value). "

@@ -362,7 +362,7 @@ def _build_run(
         check_source=same_text,
         extend_vocab=settings.extend_vocab and start is not None,
     )
-    if settings.fit_to_machine and settings.max_time and not point and not start:
+    if settings.fit_to_machine and settings.max_time and not settings.max_steps and not point and not start:
         settings = _fit_to_machine(settings, corpus, job, device, autocast_dtype)
     model, net = build_model(settings, len(corpus.vocab), job, device, start.state["model"] if start else None)
     if start and job.main:
