@@ -124,7 +124,7 @@ def test_a_fit_on_the_built_in_settings_fits_the_text_and_keeps_what_the_user_se
     assert chosen.fit_to_machine is False and chosen.min_lr == DEFAULTS["min_lr"]
     # 60 s afford thousands of passes over 4,000 characters: the run makes MAX_PASSES of them and ends sooner,
     # at a gentler learning rate than the candidate's, with the most dropout and weight drop
-    assert chosen.max_time < 60 and chosen.lr == fitting.UNHURRIED_LR < 0.02
+    assert chosen.max_time < 60 and chosen.lr == fitting.GENTLE_LR < 0.02
     assert (chosen.dropout, chosen.weight_drop) == (0.3, 0.1)
     assert f"past {fitting.MAX_PASSES}" in line
     assert "passes over the text" in line and "predicted" not in line and "3,000 distinct" in line
@@ -139,3 +139,10 @@ def test_a_large_text_trains_the_whole_budget_without_dropout(tmp_path):
     chosen, line = fitting.fit_to_machine(s, 65, train_ids, torch.device("cpu"), None, _table(tmp_path))
     assert chosen.max_time == 2.0 and (chosen.dropout, chosen.weight_drop) == (0.0, 0.0)
     assert chosen.embed_size == 64 and chosen.lr == 0.02 and "ends sooner" not in line
+
+
+def test_a_large_alphabet_takes_the_gentler_learning_rate(tmp_path):
+    s = resolve(None, {"max_time": 2.0, "batch_size": 4, "seq_len": 8, "device": "cpu"})
+    train_ids = torch.randint(0, 2000, (2_000_000,))
+    chosen, _ = fitting.fit_to_machine(s, 2000, train_ids, torch.device("cpu"), None, _table(tmp_path))
+    assert chosen.max_time == 2.0 and chosen.lr == fitting.GENTLE_LR and chosen.embed_size == 96

@@ -122,9 +122,12 @@ CURVE_TEXT_CHARS = 1_003_854
 #: The most passes over the text a fitted run makes: past them a model mostly learns the training text by heart,
 #: so a budget that affords more ends sooner (its schedule fitted to the shorter run).
 MAX_PASSES = 16
-#: The highest peak learning rate of a run that the passes rather than its budget limit: with time to spare,
-#: a gentler rate.
-UNHURRIED_LR = 0.004
+#: The highest peak learning rate of a run that the passes rather than its budget limit (with time to spare, a
+#: gentler rate does better), and of a run on a large alphabet: thousands of rare characters, whose rows of the
+#: embedding and read-out Adam moves a full step whenever they occur.
+GENTLE_LR = 0.004
+#: An alphabet of more than this many characters is large.
+LARGE_ALPHABET = 1000
 #: Evaluations in a fitted run, and the share of its budget they may take.
 EVALUATIONS = 10
 EVALUATION_SHARE = 0.04
@@ -262,8 +265,8 @@ def fit_to_machine(
         passes_limit = seen < rate * settings.max_time * TRAINING_SHARE  # not the budget
         seconds = seen / (rate * TRAINING_SHARE) if passes_limit else settings.max_time
         recipe.update(text_recipe(settings, seconds, rate, seen / len(train_ids), vocab_size))
-        if passes_limit and "lr" in recipe:
-            recipe["lr"] = min(recipe["lr"], UNHURRIED_LR)
+        if (passes_limit or vocab_size > LARGE_ALPHABET) and "lr" in recipe:
+            recipe["lr"] = min(recipe["lr"], GENTLE_LR)
         chosen = resolve(None, {**recipe, **_size(best), "fit_to_machine": False}, base.to_dict())
     return chosen, _fit_line(chosen, settings.max_time, best, rate, rest, len(train_ids), vocab_size, autocast_dtype)
 
