@@ -61,7 +61,7 @@ def test_a_candidate_without_a_fitted_curve_is_never_chosen(corpus, tmp_path, mo
 @pytest.mark.slow
 def test_a_fitted_run_records_its_choice_and_a_given_size_wins(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(fitting, "FIT_CANDIDATES_FILE", _table(tmp_path))
-    s = resolve(SMOKE, {"fit_to_machine": True, "max_time": 2.0})
+    s = resolve(SMOKE, {"fit_to_machine": True, "max_time": 2.0, "max_steps": 0})  # a time budget alone
     result = train(corpus, s, tmp_path / "fitted", progress=False)
     assert (
         train(

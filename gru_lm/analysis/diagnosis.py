@@ -61,7 +61,8 @@ def diagnose(rows: list[dict], train_chars: int, dropout: float) -> str:
     seen = f"{passes:.1f} passes over the {train_chars:,} training characters"
     falling = quarter - last > STILL_FALLING
     if last > best + ROSE_BY or (gap > GAP and passes > 1 and not falling):
-        rose = f"validation rose from its best {best:.3f} (step {best_step:,}) to {last:.3f}" if last > best else ""
+        turned = last > best + ROSE_BY
+        rose = f"validation rose from its best {best:.3f} (step {best_step:,}) to {last:.3f}" if turned else ""
         return (
             f"how it went: overfitting. After {seen}, training is {gap:.2f} below validation"
             f"{'; ' + rose if rose else ' and validation has stopped falling'}; best.pt keeps the best step. "
