@@ -60,8 +60,8 @@ def diagnose(rows: list[dict], train_chars: int, dropout: float) -> str:
     quarter = next(v for s, v in zip(c.val_steps, c.val_losses) if s >= 0.75 * c.val_steps[-1])
     seen = f"{passes:.1f} passes over the {train_chars:,} training characters"
     falling = quarter - last > STILL_FALLING
-    if last > best + ROSE_BY or (gap > GAP and passes > 1 and not falling):
-        turned = last > best + ROSE_BY
+    turned = last > best + ROSE_BY
+    if turned or (gap > GAP and passes > 1 and not falling):
         rose = f"validation rose from its best {best:.3f} (step {best_step:,}) to {last:.3f}" if turned else ""
         return (
             f"how it went: overfitting. After {seen}, training is {gap:.2f} below validation"

@@ -62,8 +62,9 @@ def nll(
     was_training = model.training
     model.eval()
     h, total = None, 0.0
-    for t in range(0, int(counts.max()), chunk):  # int64 ids one chunk at a time: never 1.6 GB of them
-        offset = torch.arange(t, min(t + chunk, int(counts.max()))).unsqueeze(1)
+    longest = int(counts.max())
+    for t in range(0, longest, chunk):  # int64 ids one chunk at a time: never 1.6 GB of them
+        offset = torch.arange(t, min(t + chunk, longest)).unsqueeze(1)
         pad = offset >= counts
         pos = (offset + starts).masked_fill_(pad, 0)
         x = ids[pos].long().masked_fill_(pad, 0).to(device)

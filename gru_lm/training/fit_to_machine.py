@@ -214,8 +214,12 @@ def text_recipe(settings: Settings, seconds: float, rate: float, passes: float, 
     dropout, weight_drop = dropout_for(passes)
     recipe = {"dropout": dropout, "weight_drop": weight_drop, "embed_size": embed_size_for(vocab_size)}
     recipe.update(evaluation_for(settings, seconds, rate, passes))
-    kept = {k: v for k, v in recipe.items() if getattr(settings, k) == DEFAULTS[k]}
-    return {**kept, "max_time": float(math.ceil(seconds))}
+    return {**unset_by_user(settings, recipe), "max_time": float(math.ceil(seconds))}
+
+
+def unset_by_user(settings: Settings, values: dict) -> dict:
+    """The values whose settings are still at their built-in defaults (one that differs is the user's and stays)."""
+    return {k: v for k, v in values.items() if getattr(settings, k) == DEFAULTS[k]}
 
 
 def _measure(
@@ -257,38 +261,39 @@ def fit_to_machine(
     rates = _measure(base, candidates, vocab_size, train_ids, device, autocast_dtype)
     max_passes = math.inf if own_recipes else MAX_PASSES
     (_, best, rate), *rest = choose(candidates, rates, settings.max_time, alpha, len(train_ids), max_passes)
-    seen = seen_in(rate, settings.max_time, len(train_ids), max_passes)
+    affordable = seen_in(rate, settings.max_time, len(train_ids), math.inf)
+    seen = min(affordable, max_passes * len(train_ids))
     if own_recipes:
         chosen = candidate_settings(base, best)
     else:  # the candidate's recipe, then the text's, where the user set nothing else
-        recipe = {k: v for k, v in best.settings.items() if getattr(settings, k) == DEFAULTS[k]}
-        passes_limit = seen < rate * settings.max_time * TRAINING_SHARE  # not the budget
+        recipe = unset_by_user(settings, best.settings)
+        passes_limit = seen < affordable  # not the budget
         seconds = seen / (rate * TRAINING_SHARE) if passes_limit else settings.max_time
         recipe.update(text_recipe(settings, seconds, rate, seen / len(train_ids), vocab_size))
         if (passes_limit or vocab_size > LARGE_ALPHABET) and "lr" in recipe:
             recipe["lr"] = min(recipe["lr"], GENTLE_LR)
         chosen = resolve(None, {**recipe, **_size(best), "fit_to_machine": False}, base.to_dict())
-    return chosen, _fit_line(chosen, settings.max_time, best, rate, rest, len(train_ids), vocab_size, autocast_dtype)
+    return chosen, _fit_line(chosen, best, rate, seen, affordable, rest, len(train_ids), vocab_size, autocast_dtype)
 
 
 def _fit_line(
     chosen: Settings,
-    budget: float,
     best: Candidate,
     rate: float,
+    seen: float,
+    affordable: float,
     rest: list[tuple],
     train_chars: int,
     vocab_size: int,
     autocast_dtype: torch.dtype | None,
 ) -> str:
+    """What was picked and why: `seen` characters trained on of the `affordable` the budget allowed."""
     dtype = "bfloat16" if autocast_dtype == torch.bfloat16 else "float32"
     others = "; ".join(f"{c.label()} {r / 1000:.1f}k chars/s" for _, c, r in rest)
-    seen = rate * chosen.max_time * TRAINING_SHARE
     passes = f"{seen / train_chars:.1f} passes over the text"
-    if chosen.max_time < budget:
-        affords = rate * budget * TRAINING_SHARE / train_chars
+    if seen < affordable:
         passes += (
-            f" (the {budget:.0f} s budget affords {affords:.0f}; past {MAX_PASSES} a model mostly learns the text "
+            f" (the budget affords {affordable / train_chars:.0f}; past {MAX_PASSES} a model mostly learns the text "
             "by heart, so the run ends sooner)"
         )
     return (
