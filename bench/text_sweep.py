@@ -16,12 +16,17 @@ Every point trains on the same training split and is scored the same way afterwa
 (for torch_lstm, its final weights) on the corpus's whole validation split (blocks spread over the text), each
 block cut into streams that start from a zero state. Rows go to bench/results/text_sweep.jsonl with the CPU,
 its ISA level and the dtype. Run it on an otherwise idle machine: the budget is wall-clock time.
+
+To see a CPU with AVX2 alone on one with AVX-512, set MKL_ENABLE_INSTRUCTIONS=AVX2, ONEDNN_MAX_CPU_ISA=AVX2,
+ATEN_CPU_CAPABILITY=avx2 and GRU_LM_KERNELS=avx2 before starting (as bench/readout_speed.py explains); every run
+inherits them, and the rows record them and name the ISA level "AVX2 (emulated)".
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -45,6 +50,7 @@ RESULTS = ROOT / "bench" / "results" / "text_sweep.jsonl"
 RUNS = Path("/work/runs/text_sweep")
 CORPORA = Path("/work/corpora")
 SCORE_STREAMS = 32
+EMULATION = ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "GRU_LM_KERNELS")
 
 
 def corpus_of(name: str) -> tuple[Path, Corpus]:
@@ -130,6 +136,14 @@ def torch_lstm_point(corpus: Corpus, budget: float) -> dict:
     return {"loss": score(model, corpus), "chars": chars, "chars_per_s": round(chars / elapsed), "size": "1 x 512"}
 
 
+def machine() -> dict:
+    """The CPU, its ISA level (AVX2 (emulated) where the variables above limit the libraries to AVX2) and torch."""
+    emulation = {k: os.environ[k] for k in EMULATION if os.environ.get(k)}
+    emulated = any(v.lower() == "avx2" for v in emulation.values())
+    row = {"cpu": cpu_model(), "isa": "AVX2 (emulated)" if emulated else isa_level(), "torch": torch.__version__}
+    return {**row, **({"emulation": emulation} if emulation else {})}
+
+
 def table() -> None:
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
     for name in dict.fromkeys(r["corpus"] for r in rows):
@@ -146,22 +160,33 @@ def _cell(row: dict | None) -> str:
     return f"{row['loss']:.4f} ({row['size']}, {row['chars_per_s'] / 1000:.1f}k/s)" if row else "–"
 
 
+SUMMARY_HEADER = (
+    "| text | characters (distinct) | built-in: 1 x 256 | default: fitted | best of the sweep | torch.nn.LSTM |"
+)
+
+
 def summary() -> None:
-    """One row per corpus: the built-in settings, the fitted default, the best run of the sweep, torch.nn.LSTM."""
+    """One table per CPU and ISA level, one row per corpus: the built-in settings, the fitted default, the best
+    run of the sweep on that CPU, torch.nn.LSTM."""
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
     manifest = json.loads((CORPORA / "manifest.json").read_text())["corpora"]
-    print("| text | characters (distinct) | built-in: 1 x 256 | default: fitted | best of the sweep | torch.nn.LSTM |")
-    print("|---|---|---|---|---|---|")
-    for name in dict.fromkeys(r["corpus"] for r in rows):
-        mine = [r for r in rows if r["corpus"] == name]
-        cell = {p: next((r for r in reversed(mine) if r["point"] == p), None) for p in ("builtin", "fit", "torch_lstm")}
-        best = min(mine, key=lambda r: r["loss"])
-        shown = [_cell(r) for r in cell.values()]
-        m = manifest[name]
-        print(
-            f"| {name} | {m['chars']:,} ({m['distinct']:,}) | {shown[0]} | {shown[1]} | "
-            f"{best['loss']:.4f} ({best['point']}) | {shown[2]} |"
-        )
+    for cpu, isa in dict.fromkeys((r["cpu"], r["isa"]) for r in rows):
+        print(f"\n{cpu}, {isa}, float32, {rows[0]['budget_s']:.0f} s a run\n")
+        print(SUMMARY_HEADER)
+        print("|---|---|---|---|---|---|")
+        here = [r for r in rows if (r["cpu"], r["isa"]) == (cpu, isa)]
+        for name in dict.fromkeys(r["corpus"] for r in here):
+            print(_summary_row(name, [r for r in here if r["corpus"] == name], manifest[name]))
+
+
+def _summary_row(name: str, mine: list[dict], m: dict) -> str:
+    cell = {p: next((r for r in reversed(mine) if r["point"] == p), None) for p in ("builtin", "fit", "torch_lstm")}
+    best = min(mine, key=lambda r: r["loss"])
+    shown = [_cell(r) for r in cell.values()]
+    return (
+        f"| {name} | {m['chars']:,} ({m['distinct']:,}) | {shown[0]} | {shown[1]} | "
+        f"{best['loss']:.4f} ({best['point']}) | {shown[2]} |"
+    )
 
 
 def main() -> None:
@@ -184,7 +209,7 @@ def main() -> None:
         else:
             row = gru_lm_point(path, corpus, point, args.budget, out)
         row = {"corpus": args.corpus, "point": point, "budget_s": args.budget, **row}
-        row.update(cpu=cpu_model(), isa=isa_level(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
+        row.update(machine(), date=time.strftime("%Y-%m-%d"))
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("a") as f:
             f.write(json.dumps(row) + "\n")
