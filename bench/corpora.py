@@ -385,7 +385,8 @@ def build_held_perl(args: argparse.Namespace) -> Built:
     for path in perl_files():
         text, enc = decode_strict(path.read_bytes(), ("utf-8", "latin-1"))
         built.encodings[enc] += 1
-        pieces.append(f"# FILE: {path}\n{text.replace(chr(13) + chr(10), chr(10))}".rstrip("\n"))
+        text = text.replace("\r\n", "\n")
+        pieces.append(f"# FILE: {path}\n{text}".rstrip("\n"))
         used.append(path)
     kept = take_up_to(pieces, 6 * MB - 1, sep="\n")
     built.text = "\n".join(kept) + "\n"

@@ -150,10 +150,15 @@ def emulated() -> dict[str, str]:
     return {k: os.environ[k] for k in EMULATION if os.environ.get(k)}
 
 
+def emulates_avx2(emulation: dict[str, str]) -> bool:
+    """Whether the variables limit a library to AVX2, so the run stands for a CPU with AVX2 alone."""
+    return any(v.lower() == "avx2" for v in emulation.values())
+
+
 def result_path(emulation: dict[str, str]) -> Path:
     """bench/results/readout_speed_<cpu>_<isa>.md: the CPU's generation where known (zen3, zen5, ...) or its
     model name, and its ISA level (avx2 when AVX2 is emulated)."""
-    isa = "avx2" if any(v.lower() == "avx2" for v in emulation.values()) else cpu.isa_level()
+    isa = "avx2" if emulates_avx2(emulation) else cpu.isa_level()
     name = cpu_tag() or re.sub(r"[^a-z0-9]+", "_", cpu.cpu_model().lower()).strip("_")
     return ROOT / "bench" / "results" / f"readout_speed_{name}_{re.sub(r'[^a-z0-9]', '', isa.lower())}.md"
 

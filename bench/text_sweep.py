@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.readout_speed import emulated, emulates_avx2
 from gru_lm.analysis.evaluate import nll
 from gru_lm.machine.cpu import cpu_model, isa_level
 from gru_lm.model import checkpoint
@@ -50,7 +50,6 @@ RESULTS = ROOT / "bench" / "results" / "text_sweep.jsonl"
 RUNS = Path("/work/runs/text_sweep")
 CORPORA = Path("/work/corpora")
 SCORE_STREAMS = 32
-EMULATION = ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "GRU_LM_KERNELS")
 
 
 def corpus_of(name: str) -> tuple[Path, Corpus]:
@@ -137,10 +136,10 @@ def torch_lstm_point(corpus: Corpus, budget: float) -> dict:
 
 
 def machine() -> dict:
-    """The CPU, its ISA level (AVX2 (emulated) where the variables above limit the libraries to AVX2) and torch."""
-    emulation = {k: os.environ[k] for k in EMULATION if os.environ.get(k)}
-    emulated = any(v.lower() == "avx2" for v in emulation.values())
-    row = {"cpu": cpu_model(), "isa": "AVX2 (emulated)" if emulated else isa_level(), "torch": torch.__version__}
+    """The CPU, its ISA level ("AVX2 (emulated)" where the variables limit the libraries to AVX2) and torch."""
+    emulation = emulated()
+    isa = "AVX2 (emulated)" if emulates_avx2(emulation) else isa_level()
+    row = {"cpu": cpu_model(), "isa": isa, "torch": torch.__version__}
     return {**row, **({"emulation": emulation} if emulation else {})}
 
 
@@ -171,10 +170,12 @@ def summary() -> None:
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
     manifest = json.loads((CORPORA / "manifest.json").read_text())["corpora"]
     for cpu, isa in dict.fromkeys((r["cpu"], r["isa"]) for r in rows):
-        print(f"\n{cpu}, {isa}, float32, {rows[0]['budget_s']:.0f} s a run\n")
+        here = [r for r in rows if (r["cpu"], r["isa"]) == (cpu, isa)]
+        dtypes = ", ".join(sorted({r.get("dtype", "float32") for r in here}))  # torch_lstm rows: float32
+        budgets = ", ".join(f"{b:.0f}" for b in sorted({r["budget_s"] for r in here}))
+        print(f"\n{cpu}, {isa}, {dtypes}, {budgets} s a run\n")
         print(SUMMARY_HEADER)
         print("|---|---|---|---|---|---|")
-        here = [r for r in rows if (r["cpu"], r["isa"]) == (cpu, isa)]
         for name in dict.fromkeys(r["corpus"] for r in here):
             print(_summary_row(name, [r for r in here if r["corpus"] == name], manifest[name]))
 
