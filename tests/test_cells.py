@@ -358,21 +358,16 @@ def test_weight_drop_masks_the_recurrent_weights_once_per_window(kind):
 
 
 def _use_backend(backend: str, monkeypatch) -> None:
-    """Run windows on the AVX2 micro-kernels, the BLAS path (both compiled) or the Python loops."""
+    """Run windows on the team micro-kernels at AVX-512 or AVX2 width, the BLAS path (all compiled) or
+    the Python loops."""
     if backend == "python":
         monkeypatch.setattr(window, "compiled", lambda: None)
         return
     if compiled() is None:
         pytest.skip("no compiler here: the compiled kernels could not be built")
-    if backend == "avx2" and compiled().preferred_kernels() == "blas" and not _can_run_avx2():
-        pytest.skip("this CPU or build has no AVX2 micro-kernels")
     monkeypatch.setenv("GRU_LM_KERNELS", backend)
-
-
-def _can_run_avx2() -> bool:
-    from gru_lm.machine.cpu import build_target
-
-    return build_target() == "x86-64-v3"
+    if compiled().preferred_kernels() != backend:
+        pytest.skip(f"this CPU or build has no {backend} kernels")
 
 
 _MAKERS = {
@@ -388,13 +383,20 @@ def _state(m, B: int, H: int):
     return (h0, torch.randn(2, B, H)) if isinstance(m, LSTM) else h0
 
 
-_SHAPES = {"small": (11, 5, 8), "units-split-over-threads": (5, 17, 256), "hidden-not-a-multiple-of-8": (4, 3, 20)}
-# The AVX2 path takes hidden sizes that are multiples of 8 (others run the BLAS path, tested as "blas")
+_SHAPES = {
+    "small": (11, 5, 8),
+    "units-split-over-threads": (5, 17, 256),
+    "hidden-a-multiple-of-8-not-16": (6, 9, 40),
+    "hidden-not-a-multiple-of-8": (4, 3, 20),
+}
+# The team paths take hidden sizes that are multiples of 8 (others run the BLAS path, tested as "blas");
+# at AVX-512 width 8 and 40 end in half a vector, and batches of 5, 9 and 17 leave rows after blocks of 8
+_TEAM = ("avx512", "avx2")
 _BACKEND_SHAPES = [
     pytest.param(backend, shape, id=f"{backend}-{name}")
-    for backend in ("avx2", "blas", "python")
+    for backend in (*_TEAM, "blas", "python")
     for name, shape in _SHAPES.items()
-    if not (backend == "avx2" and shape[2] % 8)
+    if not (backend in _TEAM and shape[2] % 8)
 ]
 
 
@@ -402,7 +404,7 @@ _BACKEND_SHAPES = [
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kind", list(_MAKERS))
 def test_fast_path_equals_the_reference_loop(kind, bias, backend, shape, monkeypatch):
-    """The hand-derived backward of window.py (the AVX2 and BLAS kernels, and the Python fallback)
+    """The hand-derived backward of window.py (the team kernels at both widths, the BLAS path and the Python fallback)
     against autograd through the plain loop of cells.py."""
     _use_backend(backend, monkeypatch)
     T, B, H = shape

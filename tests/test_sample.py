@@ -129,15 +129,22 @@ CELLS = [
 ]
 
 
+@pytest.mark.parametrize("hidden", [16, 24], ids=["hidden-16", "hidden-24"])
 @pytest.mark.parametrize("cfg", CELLS, ids=["gru-before", "gru-after", "lstm", "rnn"])
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
-def test_the_sampler_gives_the_models_next_character_logits(cfg, compiled, monkeypatch):
-    """Streams (the compiled sampler, or its torch fallback) reading characters one at a time gives
-    the logits of the model's own forward over the whole window, for every stream."""
+@pytest.mark.parametrize("compiled", ["avx512", "avx2", False], ids=["compiled-avx512", "compiled-avx2", "torch"])
+def test_the_sampler_gives_the_models_next_character_logits(cfg, compiled, hidden, monkeypatch):
+    """Streams (the compiled sampler at either vector width, or its torch fallback) reading characters
+    one at a time gives the logits of the model's own forward over the whole window, for every stream.
+    A hidden size of 24 ends in half an AVX-512 vector."""
     if not compiled:
         monkeypatch.setattr(sample, "compiled_sampler", lambda model: None)
+    else:
+        monkeypatch.setenv("GRU_LM_KERNELS", compiled)
+        kernels = sample.compiled()
+        if kernels is None or kernels.preferred_kernels() != compiled:
+            pytest.skip(f"no {compiled} kernels here")
     torch.manual_seed(0)
-    model = CharModel(ModelConfig(vocab_size=11, hidden_size=16, embed_size=5, **cfg)).eval()
+    model = CharModel(ModelConfig(vocab_size=11, hidden_size=hidden, embed_size=5, **cfg)).eval()
     ids = torch.randint(0, 11, (7, 3))
     with torch.no_grad():
         expected, _ = model(ids)

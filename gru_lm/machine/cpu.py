@@ -12,6 +12,8 @@ from pathlib import Path
 
 #: The x86-64-v3 level (Haswell, Zen 1 and later): what the AVX2 micro-kernels are built for.
 _V3 = {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"}
+#: The x86-64-v4 level (Skylake-SP, Zen 4 and later): AVX-512 F, BW, CD, DQ and VL, for the AVX-512 ones.
+_V4 = _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
 _V2 = {"sse4_2", "ssse3", "popcnt", "cx16"}
 
 
@@ -55,12 +57,17 @@ def has_bfloat16_units() -> bool:
 
 
 def build_target() -> str:
-    """The -march level the compiled kernels are built for: x86-64-v3 where AVX2 and FMA exist (AVX-512
-    machines too, so one build runs on every such CPU), x86-64-v2 or x86-64 below that; "" off x86."""
+    """The -march level the compiled kernels are built for: x86-64-v4 where AVX-512 exists, x86-64-v3
+    where AVX2 and FMA do, x86-64-v2 or x86-64 below that; "" off x86. A level, not this CPU, so one
+    build runs on every CPU of the level. GRU_LM_ASSUME_AVX2 builds for x86-64-v3 on any x86 CPU."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return ""
     flags = cpu_flags()
-    if flags >= _V3 or (not flags and os.environ.get("GRU_LM_ASSUME_AVX2")):
+    if os.environ.get("GRU_LM_ASSUME_AVX2"):
+        return "x86-64-v3"
+    if flags >= _V4:
+        return "x86-64-v4"
+    if flags >= _V3:
         return "x86-64-v3"
     return "x86-64-v2" if flags >= _V2 else "x86-64"
 

@@ -1,10 +1,11 @@
 """The compiled window kernels (csrc/), built on first use with the machine's compiler.
 
 The build takes about a minute once per machine (torch caches it under ~/.cache/torch_extensions). It
-targets an instruction-set level, not the build machine itself: x86-64-v3 (AVX2, FMA) where the CPU
-has it, so a cached build keyed by that level runs on any CPU of the level; the kernels pick the AVX2
-micro-kernels or the BLAS path at run time (csrc/dispatch.h). Where the build fails (no compiler, no
-ninja) window.py runs the same algorithm as Python loops. GRU_LM_KERNELS=python forces the Python path.
+targets an instruction-set level, not the build machine itself: x86-64-v4 (AVX-512) or x86-64-v3 (AVX2,
+FMA) where the CPU has it, so a cached build keyed by that level runs on any CPU of the level; the
+kernels pick the team micro-kernels (AVX-512 or AVX2 wide) or the BLAS path at run time
+(csrc/dispatch.h). Where the build fails (no compiler, no ninja) window.py runs the same algorithm as
+Python loops. GRU_LM_KERNELS=python forces the Python path.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from gru_lm.machine.cpu import build_target
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / "window_kernels.cpp", CSRC / "recurrent_avx2.cpp", CSRC / "sampler.cpp", CSRC / "dropout.cpp"]
+SOURCES = [CSRC / "window_kernels.cpp", CSRC / "recurrent_team.cpp", CSRC / "sampler.cpp", CSRC / "dropout.cpp"]
 
 
 @functools.cache
@@ -39,7 +40,9 @@ def compiled():
         # -fno-trapping-math lets gcc vectorise the element-wise passes (their clamps are compares);
         # OpenMP is what torch's parallel_for runs on: without it the teams of threads run serially
         # (Linux, where torch's own libgomp is the one the module binds to)
+        # at x86-64-v4 gcc still vectorises those passes 256 bits wide unless told otherwise
         flags = ["-O3", "-fno-trapping-math", "-fno-math-errno"] + ([f"-march={target}"] if target else [])
+        flags += ["-mprefer-vector-width=512"] if target == "x86-64-v4" else []
         openmp = ["-fopenmp"] if platform.system() == "Linux" else []
         name = "gru_lm_kernels_" + (target or platform.machine()).replace("-", "_")
         return load(
@@ -57,6 +60,6 @@ def compiled():
 
 
 def backend() -> str:
-    """What runs a float32 window here: "avx2" or "blas" (compiled), or "python"."""
+    """What runs a float32 window here: "avx512", "avx2" or "blas" (compiled), or "python"."""
     k = compiled()
     return k.preferred_kernels() if k is not None else "python"

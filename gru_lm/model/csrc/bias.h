@@ -1,5 +1,5 @@
 // The recurrent bias b_hh as both paths' element-wise passes read it (window_kernels.cpp,
-// recurrent_avx2.cpp): always a contiguous vector, zeros for a layer without bias, so that the passes
+// recurrent_team.cpp): always a contiguous vector, zeros for a layer without bias, so that the passes
 // have one form.
 #pragma once
 

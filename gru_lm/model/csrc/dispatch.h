@@ -1,11 +1,14 @@
-// Which kernels run a window: the AVX2 micro-kernels (recurrent_avx2.cpp) or the BLAS path
-// (window_kernels.cpp), decided once per call from what the processor and the tensors allow.
+// Which kernels run a window: the team kernels (recurrent_team.cpp) at the width of AVX-512 or of
+// AVX2, or the BLAS path (window_kernels.cpp), decided once per call from what the build, the
+// processor and the tensors allow.
 //
-// The AVX2 path needs a build for x86-64-v3 (AVX2 and FMA), float32 operands (bfloat16 operands and
-// float64 take the BLAS path) and a hidden size that is a multiple of 8. On processors with AVX-512 the
-// BLAS path stays the default: MKL runs its AVX-512 kernels there, twice the vector width of the AVX2
-// micro-kernels. GRU_LM_KERNELS=avx2 or =blas overrides the choice (GRU_LM_KERNELS=python is handled in
-// gru_lm/model/kernels.py, which then does not load this module at all).
+// The team path needs a build for x86-64-v3 (AVX2 and FMA) or x86-64-v4 (AVX-512 F, BW, CD, DQ, VL),
+// float32 operands (bfloat16 operands and float64 take the BLAS path) and a hidden size that is a
+// multiple of 8. A build for x86-64-v4 has both widths and runs AVX-512 by default; a build for
+// x86-64-v3 runs AVX2, except on a processor with AVX-512 (a cached v3 build, or one forced with
+// GRU_LM_ASSUME_AVX2), where the BLAS path's AVX-512 kernels are twice the AVX2 width.
+// GRU_LM_KERNELS=avx512, =avx2 or =blas overrides the choice where the build has that path
+// (GRU_LM_KERNELS=python is handled in gru_lm/model/kernels.py, which then does not load this module).
 #pragma once
 
 #include <torch/extension.h>
@@ -14,36 +17,44 @@
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#define GRU_LM_HAVE_AVX2 1
-#else
-#define GRU_LM_HAVE_AVX2 0
-#endif
+#include "isa.h"
 
 namespace gru_lm {
 
-// "avx2" or "blas": the kernels that a float32 window of a suitable size runs on this machine.
+// The vector width the team kernels run at, or none (the BLAS path).
+enum class TeamIsa { none, avx2, avx512 };
+
+inline const char* name_of(TeamIsa isa) {
+  return isa == TeamIsa::avx512 ? "avx512" : isa == TeamIsa::avx2 ? "avx2" : "blas";
+}
+
+// The kernels that a float32 window of a suitable size runs on this machine.
 //
 // What the processor has is read once. The environment is read at every call, that is once per window
-// (each entry point asks once, before its time loop), not once per process: the tests switch between
-// the two paths by setting GRU_LM_KERNELS in the running process, after the module is loaded. getenv
-// and two strcmp are nothing beside a window's work, and nothing is allocated.
-inline const char* preferred_kernels() {
+// (each entry point asks once, before its time loop), not once per process: the tests and benchmarks
+// switch between the paths by setting GRU_LM_KERNELS in the running process, after the module is
+// loaded. getenv and a few strcmp are nothing beside a window's work, and nothing is allocated.
+inline TeamIsa preferred_isa() {
   const char* forced = std::getenv("GRU_LM_KERNELS");
-  if (!GRU_LM_HAVE_AVX2 || (forced && std::strcmp(forced, "blas") == 0)) return "blas";
-  if (forced && std::strcmp(forced, "avx2") == 0) return "avx2";
+  const auto is = [&](const char* name) { return forced && std::strcmp(forced, name) == 0; };
+  if (!GRU_LM_HAVE_AVX2 || is("blas")) return TeamIsa::none;
+  if (is("avx2")) return TeamIsa::avx2;
+  if (GRU_LM_HAVE_AVX512) return TeamIsa::avx512;  // also for GRU_LM_KERNELS=avx512
 #if GRU_LM_HAVE_AVX2
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return avx512 ? "blas" : "avx2";
+  static const bool avx512_cpu = __builtin_cpu_supports("avx512f");
+  return avx512_cpu ? TeamIsa::none : TeamIsa::avx2;
 #else
-  return "blas";
+  return TeamIsa::none;
 #endif
 }
 
-// Whether a window whose tensors are like `like`, of `hidden` units, runs on the AVX2 path.
-inline bool use_avx2(const at::Tensor& like, int64_t hidden, bool bfloat16_operands) {
-  return !bfloat16_operands && like.scalar_type() == at::kFloat && hidden % 8 == 0 &&
-         std::strcmp(preferred_kernels(), "avx2") == 0;
+// "avx512", "avx2" or "blas": what preferred_isa() picks, for Python and the benchmarks' headers.
+inline const char* preferred_kernels() { return name_of(preferred_isa()); }
+
+// Which team kernels run a window whose tensors are like `like`, of `hidden` units (none: the BLAS path).
+inline TeamIsa team_isa(const at::Tensor& like, int64_t hidden, bool bfloat16_operands) {
+  if (bfloat16_operands || like.scalar_type() != at::kFloat || hidden % 8 != 0) return TeamIsa::none;
+  return preferred_isa();
 }
 
 }  // namespace gru_lm

@@ -1,5 +1,5 @@
 // The element-wise arithmetic of the cells (gru_lm/model/cells.py), one batch row at a time, shared by the
-// BLAS path (window_kernels.cpp) and the AVX2 path (recurrent_avx2.cpp).
+// BLAS path (window_kernels.cpp) and the team path (recurrent_team.cpp).
 #pragma once
 
 #include <algorithm>

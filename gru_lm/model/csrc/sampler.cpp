@@ -4,8 +4,8 @@
 // each layer's recurrent (and, above the first, input) product, the read-out, then a draw. In Python
 // each of those is a framework call whose overhead dwarfs its arithmetic; here a team of threads
 // (team.h) runs a whole chunk of characters, each thread owning a slice of every layer's units and of
-// the vocabulary, with its slices of the weights packed once (gemm_avx2.h) and read from its own
-// cache at every character. The first layer's input product is a table: embed(c) W_ihᵀ + b_ih for
+// the vocabulary, with its slices of the weights packed once (packed_gemm.h) and read from its own
+// cache at every character, at the vector width dispatch.h picks for the windows (AVX-512 or AVX2). The first layer's input product is a table: embed(c) W_ihᵀ + b_ih for
 // every character c of the vocabulary, made by the caller.
 #include "sampler.h"
 
@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <numeric>
 #include <string>
 #include <utility>
@@ -22,7 +23,7 @@
 #include "elementwise.h"
 
 #if GRU_LM_HAVE_AVX2
-#include "gemm_avx2.h"
+#include "packed_gemm.h"
 #include "team.h"
 
 namespace gru_lm {
@@ -81,10 +82,21 @@ int64_t draw(const float* logits, int64_t V, double temperature, int64_t top_k, 
 
 }  // namespace
 
-// The weights of a trained model for stepping, and the states of N streams.
-class Sampler {
+// What a sampler does, whatever the vector width its products run at.
+class SamplerBase {
  public:
-  Sampler(const std::string& cell, at::Tensor table, std::vector<at::Tensor> w_ih, std::vector<at::Tensor> w_hh,
+  virtual ~SamplerBase() = default;
+  virtual at::Tensor run_each(at::Tensor last, at::Tensor state, at::Tensor uniforms,
+                              const std::vector<double>& temperature, const std::vector<int64_t>& top_k,
+                              const std::vector<double>& top_p) = 0;
+  virtual at::Tensor logits(at::Tensor last, at::Tensor state) = 0;
+};
+
+// The weights of a trained model for stepping, and the states of N streams, with products at the width of V.
+template <class V>
+class SamplerAt final : public SamplerBase {
+ public:
+  SamplerAt(const std::string& cell, at::Tensor table, std::vector<at::Tensor> w_ih, std::vector<at::Tensor> w_hh,
           std::vector<at::Tensor> b_ih, std::vector<at::Tensor> b_hh, at::Tensor head_w, at::Tensor head_b)
       : cell_(cell_of(cell)), table_(table.contiguous()), head_w_(head_w.contiguous()), head_b_(head_b.contiguous()) {
     H_ = w_hh[0].size(1);
@@ -100,21 +112,12 @@ class Sampler {
     pack();
   }
 
-  // Generate `chars` characters for every stream from `last` (the last character read, N ids) and the
-  // streams' state (L×N×W, W = H or 2H for the LSTM's (h, c)); returns chars×N ids and updates state.
-  at::Tensor run(at::Tensor last, at::Tensor state, at::Tensor uniforms, double temperature, int64_t top_k,
-                 double top_p) {
-    const int64_t N = last.size(0);
-    return run_each(last, state, uniforms, std::vector<double>(N, temperature), std::vector<int64_t>(N, top_k),
-                    std::vector<double>(N, top_p));
-  }
-
-  // run() with each stream's own temperature, top_k and top_p (N of each): the streams of different
+  // Sampler::run with each stream's own temperature, top_k and top_p (N of each): the streams of different
   // requests advance in one batch. A stream's characters depend only on its own row (every product
   // computes each row with the same kernel and order whatever the other rows), so they are the same
   // in a batch of any size and make-up as alone.
   at::Tensor run_each(at::Tensor last, at::Tensor state, at::Tensor uniforms, const std::vector<double>& temperature,
-                      const std::vector<int64_t>& top_k, const std::vector<double>& top_p) {
+                      const std::vector<int64_t>& top_k, const std::vector<double>& top_p) override {
     TORCH_CHECK(state.is_contiguous() && state.scalar_type() == at::kFloat, "the state must be contiguous float32");
     last = last.contiguous();
     uniforms = uniforms.contiguous();
@@ -149,7 +152,7 @@ class Sampler {
 
   // The logits after reading `last` from `state` (N streams), without drawing: what the tests compare
   // with the model's forward. The state is updated as by one character of run().
-  at::Tensor logits(at::Tensor last, at::Tensor state) {
+  at::Tensor logits(at::Tensor last, at::Tensor state) override {
     TORCH_CHECK(state.is_contiguous() && state.scalar_type() == at::kFloat, "the state must be contiguous float32");
     last = last.contiguous();
     const int64_t N = last.size(0);
@@ -266,7 +269,7 @@ class Sampler {
     auto& mine = packed_[p];
     if (sub == 0) {
       input_projection(p, l, j0, j1, G, below, cur);
-      mine[3 * l].multiply<false>(N_, hp, H_, gate_.data(), (two ? 2 : G) * H_);
+      mine[3 * l].template multiply<false>(N_, hp, H_, gate_.data(), (two ? 2 : G) * H_);
     }
     for (int64_t s = 0; s < N_; ++s) {
       const float* x = gi_.data() + s * G * H_;
@@ -287,7 +290,7 @@ class Sampler {
       }
     }
     if (two && sub == 1) {  // the candidate from q = r ⊙ h of all units, then the new state
-      mine[3 * l + 1].multiply<false>(N_, q_.data(), H_, cand_.data(), H_);
+      mine[3 * l + 1].template multiply<false>(N_, q_.data(), H_, cand_.data(), H_);
       for (int64_t s = 0; s < N_; ++s)
         gru_before_state_row(H_, j0, j1, gi_.data() + s * G * H_ + 2 * H_, bias + 2 * H_,
                              gate_.data() + s * 2 * H_ + H_, cand_.data() + s * H_, hp + s * H_, hn + s * H_);
@@ -302,7 +305,7 @@ class Sampler {
     const float* b_hh = b_hh_[l].data_ptr<float>();
     const float* table = table_.data_ptr<float>();
     const bool rnn = cell_ == Cell::Rnn;
-    if (l > 0) packed_[p][3 * l + 2].multiply<false>(N_, below, H_, gi_.data(), G * H_);
+    if (l > 0) packed_[p][3 * l + 2].template multiply<false>(N_, below, H_, gi_.data(), G * H_);
     for (int64_t s = 0; s < N_; ++s) {
       float* x = gi_.data() + s * G * H_;
       const float* row = table + cur[s] * G * H_;
@@ -320,7 +323,7 @@ class Sampler {
     auto [v0, v1] = slice_of(p, parts_, Vp_);
     if (v1 <= v0) return;
     const float* top = h_[out].data() + (L_ - 1) * N_ * H_;
-    packed_[p][3 * L_].multiply<false>(N_, top, H_, logits_.data(), Vp_);
+    packed_[p][3 * L_].template multiply<false>(N_, top, H_, logits_.data(), Vp_);
     const float* b = head_b_.data_ptr<float>();
     for (int64_t s = 0; s < N_; ++s)
       for (int64_t v = v0; v < std::min(v1, V_); ++v) logits_[s * Vp_ + v] += b[v];
@@ -331,11 +334,47 @@ class Sampler {
   std::vector<at::Tensor> w_ih_, w_hh_, b_ih_, b_hh_;
   int64_t H_ = 0, V_ = 0, Vp_ = 0, L_ = 0, N_ = 0;
   int parts_ = 1;
-  std::vector<std::vector<PackedColumns>> packed_;
+  std::vector<std::vector<PackedColumns<V>>> packed_;
   std::vector<float> h_[2], c_[2], gate_, gi_, cand_, q_, logits_;
   std::vector<std::vector<double>> scratch_p_;
   std::vector<std::vector<int64_t>> scratch_order_;
   bool flip_ = false;  // which of the two state buffers holds the state before the current character
+};
+
+// The sampler Python sees: one of SamplerAt's widths, chosen when it is made.
+class Sampler {
+ public:
+  Sampler(const std::string& cell, at::Tensor table, std::vector<at::Tensor> w_ih, std::vector<at::Tensor> w_hh,
+          std::vector<at::Tensor> b_ih, std::vector<at::Tensor> b_hh, at::Tensor head_w, at::Tensor head_b) {
+#if GRU_LM_HAVE_AVX512
+    if (preferred_isa() == TeamIsa::avx512) {
+      impl_ = std::make_unique<SamplerAt<Avx512>>(cell, table, w_ih, w_hh, b_ih, b_hh, head_w, head_b);
+      return;
+    }
+#endif
+    impl_ = std::make_unique<SamplerAt<Avx2>>(cell, table, w_ih, w_hh, b_ih, b_hh, head_w, head_b);
+  }
+
+  // Generate `chars` characters for every stream from `last` (the last character read, N ids) and the
+  // streams' state (L×N×W, W = H or 2H for the LSTM's (h, c)); returns chars×N ids and updates state.
+  at::Tensor run(at::Tensor last, at::Tensor state, at::Tensor uniforms, double temperature, int64_t top_k,
+                 double top_p) {
+    const int64_t N = last.size(0);
+    return run_each(last, state, uniforms, std::vector<double>(N, temperature), std::vector<int64_t>(N, top_k),
+                    std::vector<double>(N, top_p));
+  }
+
+  // run() with each stream's own temperature, top_k and top_p (N of each).
+  at::Tensor run_each(at::Tensor last, at::Tensor state, at::Tensor uniforms, const std::vector<double>& temperature,
+                      const std::vector<int64_t>& top_k, const std::vector<double>& top_p) {
+    return impl_->run_each(last, state, uniforms, temperature, top_k, top_p);
+  }
+
+  // The logits after reading `last` from `state`, without drawing (the state is updated).
+  at::Tensor logits(at::Tensor last, at::Tensor state) { return impl_->logits(last, state); }
+
+ private:
+  std::unique_ptr<SamplerBase> impl_;
 };
 
 void bind_sampler(pybind11::module& m) {

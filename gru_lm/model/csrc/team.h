@@ -63,8 +63,8 @@ inline int team_size(int64_t units, int64_t min_units) {
 }
 
 // The slice [j0, j1) of n columns (a layer's units, the read-out's rows) that part p of `parts` owns:
-// whole blocks of 8 (one AVX vector of floats), as evenly spread as the blocks allow. n is a multiple
-// of 8 where this is used, so the slices cover all n.
+// whole blocks of 8 (one AVX2 vector of floats, half an AVX-512 one), as evenly spread as the blocks
+// allow. n is a multiple of 8 where this is used, so the slices cover all n.
 inline std::pair<int64_t, int64_t> slice_of(int p, int parts, int64_t n) {
   const int64_t blocks = n / 8;
   return {8 * (blocks * p / parts), 8 * (blocks * (p + 1) / parts)};

@@ -4,7 +4,7 @@
 // Each step is one matrix product (ATen's, multi-threaded BLAS) followed by one fused pass over the
 // B×H gate values, which stays in cache. The backward is the hand-derived one of gru_lm/model/window.py
 // (same buffers, same layout): the recurrent weight gradient is one large product over the window.
-// Each entry point hands a float32 window to the AVX2 path (recurrent_avx2.cpp) where dispatch.h says
+// Each entry point hands a float32 window to the team path (recurrent_team.cpp) where dispatch.h says
 // so, and runs the BLAS path below otherwise. Built on first use by torch.utils.cpp_extension
 // (gru_lm/model/kernels.py); gru_lm/model/window.py falls back to Python loops when no compiler is
 // available.
@@ -23,7 +23,7 @@
 #include "dispatch.h"
 #include "dropout.h"
 #include "elementwise.h"
-#include "recurrent_avx2.h"
+#include "recurrent_team.h"
 #include "sampler.h"
 
 namespace gru_lm {
@@ -254,7 +254,8 @@ Tensor mm_as(const Tensor& a, const Tensor& b, at::ScalarType operand) {
 std::vector<Tensor> gru_after_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt,
                                       bool bfloat16_operands) {
 #if GRU_LM_HAVE_AVX2
-  if (use_avx2(gi, h0.size(1), bfloat16_operands)) return avx2::gru_after_forward(gi, h0, w_hh, b_opt);
+  if (const TeamIsa isa = team_isa(gi, h0.size(1), bfloat16_operands); isa != TeamIsa::none)
+    return team::gru_after_forward(isa, gi, h0, w_hh, b_opt);
 #endif
   gi = gi.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
@@ -293,8 +294,8 @@ std::vector<Tensor> gru_after_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::op
 std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor G, Tensor N, Tensor w_hh,
                                        bool has_bias, bool bfloat16_operands) {
 #if GRU_LM_HAVE_AVX2
-  if (use_avx2(G, N.size(2), bfloat16_operands))
-    return avx2::gru_after_backward(d_out, d_hT, out, G, N, w_hh, has_bias);
+  if (const TeamIsa isa = team_isa(G, N.size(2), bfloat16_operands); isa != TeamIsa::none)
+    return team::gru_after_backward(isa, d_out, d_hT, out, G, N, w_hh, has_bias);
 #endif
   d_out = d_out.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = N.size(2);
@@ -335,7 +336,8 @@ std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Te
 std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt,
                                        bool bfloat16_operands) {
 #if GRU_LM_HAVE_AVX2
-  if (use_avx2(gi, h0.size(1), bfloat16_operands)) return avx2::gru_before_forward(gi, h0, w_hh, b_opt);
+  if (const TeamIsa isa = team_isa(gi, h0.size(1), bfloat16_operands); isa != TeamIsa::none)
+    return team::gru_before_forward(isa, gi, h0, w_hh, b_opt);
 #endif
   gi = gi.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
@@ -386,8 +388,8 @@ std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::o
 std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor RZ, Tensor Q, Tensor N,
                                         Tensor w_hh, bool has_bias, bool bfloat16_operands) {
 #if GRU_LM_HAVE_AVX2
-  if (use_avx2(RZ, N.size(2), bfloat16_operands))
-    return avx2::gru_before_backward(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias);
+  if (const TeamIsa isa = team_isa(RZ, N.size(2), bfloat16_operands); isa != TeamIsa::none)
+    return team::gru_before_backward(isa, d_out, d_hT, out, RZ, Q, N, w_hh, has_bias);
 #endif
   d_out = d_out.contiguous();
   const int64_t T = RZ.size(0), B = RZ.size(1), H = N.size(2);
@@ -446,7 +448,8 @@ std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, T
 // With bfloat16 operands its products convert their operands whole (RecurrentProduct::into).
 Tensor rnn_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt, bool bfloat16_operands) {
 #if GRU_LM_HAVE_AVX2
-  if (use_avx2(gi, h0.size(1), bfloat16_operands)) return avx2::rnn_forward(gi, h0, w_hh, b_opt);
+  if (const TeamIsa isa = team_isa(gi, h0.size(1), bfloat16_operands); isa != TeamIsa::none)
+    return team::rnn_forward(isa, gi, h0, w_hh, b_opt);
 #endif
   Tensor a = b_opt.has_value() ? (gi + *b_opt).contiguous() : gi.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
@@ -468,7 +471,8 @@ Tensor rnn_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_op
 std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w_hh, bool has_bias,
                                  bool bfloat16_operands) {
 #if GRU_LM_HAVE_AVX2
-  if (use_avx2(out, out.size(2), bfloat16_operands)) return avx2::rnn_backward(d_out, d_hT, out, w_hh, has_bias);
+  if (const TeamIsa isa = team_isa(out, out.size(2), bfloat16_operands); isa != TeamIsa::none)
+    return team::rnn_backward(isa, d_out, d_hT, out, w_hh, has_bias);
 #endif
   d_out = d_out.contiguous();
   const int64_t T = out.size(0) - 1, B = out.size(1), H = out.size(2);
@@ -496,7 +500,8 @@ std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w
 std::vector<Tensor> lstm_forward(Tensor gi, Tensor h0, Tensor c0, Tensor w_hh, c10::optional<Tensor> b_opt,
                                  bool bfloat16_operands) {
 #if GRU_LM_HAVE_AVX2
-  if (use_avx2(gi, h0.size(1), bfloat16_operands)) return avx2::lstm_forward(gi, h0, c0, w_hh, b_opt);
+  if (const TeamIsa isa = team_isa(gi, h0.size(1), bfloat16_operands); isa != TeamIsa::none)
+    return team::lstm_forward(isa, gi, h0, c0, w_hh, b_opt);
 #endif
   gi = gi.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
@@ -533,8 +538,8 @@ std::vector<Tensor> lstm_forward(Tensor gi, Tensor h0, Tensor c0, Tensor w_hh, c
 std::vector<Tensor> lstm_backward(Tensor d_out, Tensor d_hT, Tensor d_cT, Tensor out, Tensor C, Tensor G, Tensor w_hh,
                                   bool has_bias, bool bfloat16_operands) {
 #if GRU_LM_HAVE_AVX2
-  if (use_avx2(G, out.size(2), bfloat16_operands))
-    return avx2::lstm_backward(d_out, d_hT, d_cT, out, C, G, w_hh, has_bias);
+  if (const TeamIsa isa = team_isa(G, out.size(2), bfloat16_operands); isa != TeamIsa::none)
+    return team::lstm_backward(isa, d_out, d_hT, d_cT, out, C, G, w_hh, has_bias);
 #endif
   d_out = d_out.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = out.size(2);

@@ -1,9 +1,10 @@
-// Whole-window recurrences for CPUs with AVX2 and FMA: the same equations, buffers and results layout as
-// the BLAS path of window_kernels.cpp, with the time loop run by a team of threads (team.h) that each own
-// a slice of the hidden units.
+// Whole-window recurrences for CPUs with AVX2 and FMA or AVX-512: the same equations, buffers and results
+// layout as the BLAS path of window_kernels.cpp, with the time loop run by a team of threads (team.h)
+// that each own a slice of the hidden units. Each recurrence is a template over the vector traits of
+// vec.h; the entry points at the end run it at the width dispatch.h chose.
 //
 // A part of the team owns units [j0, j1). It packs, once per window, the columns of the recurrent
-// weight that produce its units' gates (gemm_avx2.h), so each thread reads only its own slice of the
+// weight that produce its units' gates (packed_gemm.h), so each thread reads only its own slice of the
 // weight at every step, from its own cache. Per step it computes its units' gates for all B rows, the
 // element-wise pass for those units, and waits at a barrier: the next step's product needs the whole
 // new state. The backward owns units the same way: its element-wise pass gives the gate gradients of
@@ -12,7 +13,7 @@
 // that the part's next element-wise pass reads; so the product opens the next step instead of closing
 // this one, and a step of the backward needs one barrier (the GRU with reset before the product, two),
 // over T + 1 steps: the last one is the product for the initial state alone.
-#include "recurrent_avx2.h"
+#include "recurrent_team.h"
 
 #include <torch/extension.h>
 
@@ -24,10 +25,10 @@
 #include "elementwise.h"
 
 #if GRU_LM_HAVE_AVX2
-#include "gemm_avx2.h"
+#include "packed_gemm.h"
 #include "team.h"
 
-namespace gru_lm::avx2 {
+namespace gru_lm::team {
 namespace {
 
 constexpr int64_t kMinUnitsPerPart = 32;  // fewer units than this per thread are not worth a barrier per step
@@ -40,13 +41,15 @@ std::vector<std::pair<int64_t, int64_t>> gate_columns(int64_t j0, int64_t j1, in
 }
 
 // Pack part p's columns of the forward product h · W[rows]ᵀ, for W (N×H) rows `row0`.. (S[k][n] = W[row0 + n][k]).
-void pack_forward(PackedColumns& packed, const float* W, int64_t H, int64_t row0, int64_t j0, int64_t j1, int gates) {
+template <class V>
+void pack_forward(PackedColumns<V>& packed, const float* W, int64_t H, int64_t row0, int64_t j0, int64_t j1, int gates) {
   packed.pack(H, gate_columns(j0, j1, H, gates), [&](int64_t k, int64_t n) { return W[(row0 + n) * H + k]; });
 }
 
 // Pack part p's columns of the backward product dG · W[rows] (S[k][n] = W[row0 + k][n]): the state
 // gradient of its units from the gate gradients of all units (K = rows).
-void pack_backward(PackedColumns& packed, const float* W, int64_t H, int64_t row0, int64_t rows, int64_t j0,
+template <class V>
+void pack_backward(PackedColumns<V>& packed, const float* W, int64_t H, int64_t row0, int64_t rows, int64_t j0,
                    int64_t j1) {
   packed.pack(rows, {{j0, j1 - j0}}, [&](int64_t k, int64_t n) { return W[(row0 + k) * H + n]; });
 }
@@ -70,7 +73,8 @@ Tensor weight_gradient(const Tensor& dA, const Tensor& prev, int64_t H) {
 
 // ---- GRU, reset after the product ------------------------------------------------------------------
 
-std::vector<Tensor> gru_after_forward(const Tensor& gi_in, const Tensor& h0, const Tensor& w_hh,
+template <class V>
+std::vector<Tensor> gru_after_forward_on(const Tensor& gi_in, const Tensor& h0, const Tensor& w_hh,
                                       const c10::optional<Tensor>& b_hh) {
   const Tensor gi = gi_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
@@ -82,7 +86,7 @@ std::vector<Tensor> gru_after_forward(const Tensor& gi_in, const Tensor& h0, con
   float *o = out.data_ptr<float>(), *g = G.data_ptr<float>(), *n = N.data_ptr<float>();
   const float *x = gi.data_ptr<float>(), *W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns> packed(parts);
+  std::vector<PackedColumns<V>> packed(parts);
   run_team(
       parts, T, 1,
       [&](int p) {
@@ -93,7 +97,7 @@ std::vector<Tensor> gru_after_forward(const Tensor& gi_in, const Tensor& h0, con
         auto [j0, j1] = slice_of(p, parts, H);
         float* gt = g + t * B * 3 * H;
         const float* hp = o + t * B * H;
-        packed[p].multiply<false>(B, hp, H, gt, 3 * H);
+        packed[p].template multiply<false>(B, hp, H, gt, 3 * H);
         for (int64_t b = 0; b < B; ++b)
           gru_after_fwd_row(H, j0, j1, x + (t * B + b) * 3 * H, bias, gt + b * 3 * H, hp + b * H,
                             n + (t * B + b) * H, o + ((t + 1) * B + b) * H);
@@ -101,7 +105,8 @@ std::vector<Tensor> gru_after_forward(const Tensor& gi_in, const Tensor& h0, con
   return {out, G, N};
 }
 
-std::vector<Tensor> gru_after_backward(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out, const Tensor& G,
+template <class V>
+std::vector<Tensor> gru_after_backward_on(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out, const Tensor& G,
                                        const Tensor& N, const Tensor& w_hh, bool has_bias) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = N.size(2);
@@ -111,7 +116,7 @@ std::vector<Tensor> gru_after_backward(const Tensor& d_out_in, const Tensor& d_h
   const float *g = G.data_ptr<float>(), *n = N.data_ptr<float>(), *o = out.data_ptr<float>();
   const float *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns> packed(parts);
+  std::vector<PackedColumns<V>> packed(parts);
   run_team(
       parts, T + 1, 1,
       [&](int p) {
@@ -122,7 +127,7 @@ std::vector<Tensor> gru_after_backward(const Tensor& d_out_in, const Tensor& d_h
         const int64_t t = T - 1 - s;
         auto [j0, j1] = slice_of(p, parts, H);
         // dh += dG[t + 1] W_hh for this part's units (all gates of all units feed each of them)
-        if (s > 0) packed[p].multiply<true>(B, dg + (t + 1) * B * 3 * H, 3 * H, dhp, H);
+        if (s > 0) packed[p].template multiply<true>(B, dg + (t + 1) * B * 3 * H, 3 * H, dhp, H);
         if (s == T) return;
         for (int64_t b = 0; b < B; ++b) {  // the gate gradients of this part's units; dh becomes dh ⊙ z
           const int64_t o1 = (t * B + b) * H, o3 = (t * B + b) * 3 * H;
@@ -137,7 +142,8 @@ std::vector<Tensor> gru_after_backward(const Tensor& d_out_in, const Tensor& d_h
 
 // ---- GRU, reset before the product -----------------------------------------------------------------
 
-std::vector<Tensor> gru_before_forward(const Tensor& gi_in, const Tensor& h0, const Tensor& w_hh,
+template <class V>
+std::vector<Tensor> gru_before_forward_on(const Tensor& gi_in, const Tensor& h0, const Tensor& w_hh,
                                        const c10::optional<Tensor>& b_hh) {
   const Tensor gi = gi_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
@@ -149,7 +155,7 @@ std::vector<Tensor> gru_before_forward(const Tensor& gi_in, const Tensor& h0, co
   float *o = out.data_ptr<float>(), *rz = RZ.data_ptr<float>(), *q = Q.data_ptr<float>(), *n = N.data_ptr<float>();
   const float *x = gi.data_ptr<float>(), *W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns> packed_rz(parts), packed_n(parts);
+  std::vector<PackedColumns<V>> packed_rz(parts), packed_n(parts);
   run_team(
       parts, T, 2,
       [&](int p) {
@@ -162,13 +168,13 @@ std::vector<Tensor> gru_before_forward(const Tensor& gi_in, const Tensor& h0, co
         const float* hp = o + t * B * H;
         if (phase == 0) {  // r and z of this part's units, and q = r ⊙ h
           float* rzt = rz + t * B * 2 * H;
-          packed_rz[p].multiply<false>(B, hp, H, rzt, 2 * H);
+          packed_rz[p].template multiply<false>(B, hp, H, rzt, 2 * H);
           for (int64_t b = 0; b < B; ++b)
             gru_before_gates_row(H, j0, j1, x + (t * B + b) * 3 * H, bias, rzt + b * 2 * H, hp + b * H,
                                  q + (t * B + b) * H);
         } else {  // the candidate from q of all units, and the new state of this part's units
           float* nt = n + t * B * H;
-          packed_n[p].multiply<false>(B, q + t * B * H, H, nt, H);
+          packed_n[p].template multiply<false>(B, q + t * B * H, H, nt, H);
           for (int64_t b = 0; b < B; ++b)
             gru_before_state_row(H, j0, j1, x + (t * B + b) * 3 * H + 2 * H, bias + 2 * H,
                                  rz + (t * B + b) * 2 * H + H, nt + b * H, hp + b * H, o + ((t + 1) * B + b) * H);
@@ -177,7 +183,8 @@ std::vector<Tensor> gru_before_forward(const Tensor& gi_in, const Tensor& h0, co
   return {out, RZ, Q, N};
 }
 
-std::vector<Tensor> gru_before_backward(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out,
+template <class V>
+std::vector<Tensor> gru_before_backward_on(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out,
                                         const Tensor& RZ, const Tensor& Q, const Tensor& N, const Tensor& w_hh,
                                         bool has_bias) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
@@ -194,7 +201,7 @@ std::vector<Tensor> gru_before_backward(const Tensor& d_out_in, const Tensor& d_
   float* const drz0 = darz.data_ptr<float>();
   auto drz = [&](int64_t s) { return drz0 + (s % 2) * B * 2 * H; };
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns> packed_n(parts), packed_rz(parts);
+  std::vector<PackedColumns<V>> packed_n(parts), packed_rz(parts);
   run_team(
       parts, T + 1, 2,
       [&](int p) {
@@ -207,7 +214,7 @@ std::vector<Tensor> gru_before_backward(const Tensor& d_out_in, const Tensor& d_
         auto [j0, j1] = slice_of(p, parts, H);
         if (phase == 0) {
           // dh += [da_r, da_z] W_rz of step t + 1 for this part's units
-          if (s > 0) packed_rz[p].multiply<true>(B, drz(s - 1), 2 * H, dhp, H);
+          if (s > 0) packed_rz[p].template multiply<true>(B, drz(s - 1), 2 * H, dhp, H);
           if (s == T) return;
           for (int64_t b = 0; b < B; ++b) {  // da_n, da_z of this part's units; dh becomes dh ⊙ z
             const int64_t o1 = (t * B + b) * H;
@@ -215,7 +222,7 @@ std::vector<Tensor> gru_before_backward(const Tensor& d_out_in, const Tensor& d_
                                 dn + b * H, drz(s) + b * 2 * H, dhp + b * H);
           }
         } else if (s < T) {  // dq = da_n W_hn for this part's units, then da_r and dh += dq ⊙ r
-          packed_n[p].multiply<false>(B, dn, H, dqp, H);
+          packed_n[p].template multiply<false>(B, dn, H, dqp, H);
           for (int64_t b = 0; b < B; ++b) {
             const int64_t o1 = (t * B + b) * H;
             gru_before_bwd_row2(H, j0, j1, dqp + b * H, rz + 2 * o1, o + o1, da + 3 * o1, drz(s) + b * 2 * H,
@@ -232,7 +239,8 @@ std::vector<Tensor> gru_before_backward(const Tensor& d_out_in, const Tensor& d_
 
 // ---- LSTM ---------------------------------------------------------------------------------------------
 
-std::vector<Tensor> lstm_forward(const Tensor& gi_in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+template <class V>
+std::vector<Tensor> lstm_forward_on(const Tensor& gi_in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
                                  const c10::optional<Tensor>& b_hh) {
   const Tensor gi = gi_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
@@ -245,7 +253,7 @@ std::vector<Tensor> lstm_forward(const Tensor& gi_in, const Tensor& h0, const Te
   float *o = out.data_ptr<float>(), *c = C.data_ptr<float>(), *g = G.data_ptr<float>();
   const float *x = gi.data_ptr<float>(), *W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns> packed(parts);
+  std::vector<PackedColumns<V>> packed(parts);
   run_team(
       parts, T, 1,
       [&](int p) {
@@ -255,7 +263,7 @@ std::vector<Tensor> lstm_forward(const Tensor& gi_in, const Tensor& h0, const Te
       [&](int p, int64_t t, int) {
         auto [j0, j1] = slice_of(p, parts, H);
         float* gt = g + t * B * 4 * H;
-        packed[p].multiply<false>(B, o + t * B * H, H, gt, 4 * H);
+        packed[p].template multiply<false>(B, o + t * B * H, H, gt, 4 * H);
         for (int64_t b = 0; b < B; ++b) {
           const int64_t o1 = (t * B + b) * H;
           lstm_fwd_row(H, j0, j1, x + (t * B + b) * 4 * H, bias, gt + b * 4 * H, c + o1, c + o1 + B * H,
@@ -265,7 +273,8 @@ std::vector<Tensor> lstm_forward(const Tensor& gi_in, const Tensor& h0, const Te
   return {out, C, G};
 }
 
-std::vector<Tensor> lstm_backward(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& d_cT, const Tensor& out,
+template <class V>
+std::vector<Tensor> lstm_backward_on(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& d_cT, const Tensor& out,
                                   const Tensor& C, const Tensor& G, const Tensor& w_hh, bool has_bias) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = out.size(2);
@@ -275,7 +284,7 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out_in, const Tensor& d_hT, co
   const float *g = G.data_ptr<float>(), *c = C.data_ptr<float>(), *dout = d_out.data_ptr<float>();
   const float* W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns> packed(parts);
+  std::vector<PackedColumns<V>> packed(parts);
   run_team(
       parts, T + 1, 1,
       [&](int p) {
@@ -285,7 +294,7 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out_in, const Tensor& d_hT, co
       [&](int p, int64_t s, int) {
         const int64_t t = T - 1 - s;
         auto [j0, j1] = slice_of(p, parts, H);
-        if (s > 0) packed[p].multiply<false>(B, dg + (t + 1) * B * 4 * H, 4 * H, dhp, H);  // dh = dG[t + 1] W_hh
+        if (s > 0) packed[p].template multiply<false>(B, dg + (t + 1) * B * 4 * H, 4 * H, dhp, H);  // dh = dG[t + 1] W_hh
         if (s == T) return;
         for (int64_t b = 0; b < B; ++b) {  // the gate gradients of this part's units, and dc carried to t - 1
           const int64_t o1 = (t * B + b) * H;
@@ -300,7 +309,8 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out_in, const Tensor& d_hT, co
 
 // ---- plain RNN ------------------------------------------------------------------------------------
 
-Tensor rnn_forward(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, const c10::optional<Tensor>& b_hh) {
+template <class V>
+Tensor rnn_forward_on(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, const c10::optional<Tensor>& b_hh) {
   const Tensor a = (b_hh.has_value() ? gi + *b_hh : gi).contiguous(), w = w_hh.contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
   Tensor out = at::empty({T + 1, B, H}, gi.options());
@@ -308,7 +318,7 @@ Tensor rnn_forward(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, const
   float* o = out.data_ptr<float>();
   const float *ap = a.data_ptr<float>(), *W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns> packed(parts);
+  std::vector<PackedColumns<V>> packed(parts);
   run_team(
       parts, T, 1,
       [&](int p) {
@@ -318,13 +328,14 @@ Tensor rnn_forward(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, const
       [&](int p, int64_t t, int) {
         auto [j0, j1] = slice_of(p, parts, H);
         float* next = o + (t + 1) * B * H;
-        packed[p].multiply<false>(B, o + t * B * H, H, next, H);
+        packed[p].template multiply<false>(B, o + t * B * H, H, next, H);
         for (int64_t b = 0; b < B; ++b) rnn_fwd_row(j0, j1, ap + (t * B + b) * H, next + b * H);
       });
   return out;
 }
 
-std::vector<Tensor> rnn_backward(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out, const Tensor& w_hh,
+template <class V>
+std::vector<Tensor> rnn_backward_on(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out, const Tensor& w_hh,
                                  bool has_bias) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = out.size(0) - 1, B = out.size(1), H = out.size(2);
@@ -332,7 +343,7 @@ std::vector<Tensor> rnn_backward(const Tensor& d_out_in, const Tensor& d_hT, con
   float *da = dA.data_ptr<float>(), *dhp = dh.data_ptr<float>();
   const float *o = out.data_ptr<float>(), *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns> packed(parts);
+  std::vector<PackedColumns<V>> packed(parts);
   run_team(
       parts, T + 1, 1,
       [&](int p) {
@@ -342,7 +353,7 @@ std::vector<Tensor> rnn_backward(const Tensor& d_out_in, const Tensor& d_hT, con
       [&](int p, int64_t s, int) {
         const int64_t t = T - 1 - s;
         auto [j0, j1] = slice_of(p, parts, H);
-        if (s > 0) packed[p].multiply<false>(B, da + (t + 1) * B * H, H, dhp, H);  // dh = dA[t + 1] W_hh
+        if (s > 0) packed[p].template multiply<false>(B, da + (t + 1) * B * H, H, dhp, H);  // dh = dA[t + 1] W_hh
         if (s == T) return;
         for (int64_t b = 0; b < B; ++b)
           rnn_bwd_row(j0, j1, dout + (t * B + b) * H, dhp + b * H, o + ((t + 1) * B + b) * H, da + (t * B + b) * H);
@@ -352,5 +363,69 @@ std::vector<Tensor> rnn_backward(const Tensor& d_out_in, const Tensor& d_hT, con
   return {dA, dh, dW, db};
 }
 
-}  // namespace gru_lm::avx2
+// ---- the entry points: each recurrence at the width `isa` names ------------------------------------
+
+namespace {
+
+// f(V{}) for the vector traits V of `isa`.
+template <typename F>
+decltype(auto) at_width(TeamIsa isa, const F& f) {
+#if GRU_LM_HAVE_AVX512
+  if (isa == TeamIsa::avx512) return f(Avx512{});
+#endif
+  (void)isa;
+  return f(Avx2{});
+}
+
+}  // namespace
+
+std::vector<Tensor> gru_after_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
+                                      const c10::optional<Tensor>& b_hh) {
+  return at_width(isa, [&](auto v) { return gru_after_forward_on<decltype(v)>(gi, h0, w_hh, b_hh); });
+}
+
+std::vector<Tensor> gru_after_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
+                                       const Tensor& G, const Tensor& N, const Tensor& w_hh, bool has_bias) {
+  return at_width(isa, [&](auto v) {
+    return gru_after_backward_on<decltype(v)>(d_out, d_hT, out, G, N, w_hh, has_bias);
+  });
+}
+
+std::vector<Tensor> gru_before_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
+                                       const c10::optional<Tensor>& b_hh) {
+  return at_width(isa, [&](auto v) { return gru_before_forward_on<decltype(v)>(gi, h0, w_hh, b_hh); });
+}
+
+std::vector<Tensor> gru_before_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
+                                        const Tensor& RZ, const Tensor& Q, const Tensor& N, const Tensor& w_hh,
+                                        bool has_bias) {
+  return at_width(isa, [&](auto v) {
+    return gru_before_backward_on<decltype(v)>(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias);
+  });
+}
+
+std::vector<Tensor> lstm_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& c0,
+                                 const Tensor& w_hh, const c10::optional<Tensor>& b_hh) {
+  return at_width(isa, [&](auto v) { return lstm_forward_on<decltype(v)>(gi, h0, c0, w_hh, b_hh); });
+}
+
+std::vector<Tensor> lstm_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& d_cT,
+                                  const Tensor& out, const Tensor& C, const Tensor& G, const Tensor& w_hh,
+                                  bool has_bias) {
+  return at_width(isa, [&](auto v) {
+    return lstm_backward_on<decltype(v)>(d_out, d_hT, d_cT, out, C, G, w_hh, has_bias);
+  });
+}
+
+Tensor rnn_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
+                   const c10::optional<Tensor>& b_hh) {
+  return at_width(isa, [&](auto v) { return rnn_forward_on<decltype(v)>(gi, h0, w_hh, b_hh); });
+}
+
+std::vector<Tensor> rnn_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
+                                 const Tensor& w_hh, bool has_bias) {
+  return at_width(isa, [&](auto v) { return rnn_backward_on<decltype(v)>(d_out, d_hT, out, w_hh, has_bias); });
+}
+
+}  // namespace gru_lm::team
 #endif  // GRU_LM_HAVE_AVX2

@@ -1,0 +1,38 @@
+// The team path of the window kernels (recurrent_team.cpp): the same arguments, in the same order, and
+// the same results as the BLAS path's entry points in window_kernels.cpp, which call these when
+// team_isa (dispatch.h) names a vector width, passed first. Float32 only, hidden size a multiple of
+// 8, exact products (no bfloat16 operands), hence no bfloat16_operands argument.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <vector>
+
+#include "dispatch.h"
+
+#if GRU_LM_HAVE_AVX2
+namespace gru_lm::team {
+
+using at::Tensor;
+
+std::vector<Tensor> gru_after_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
+                                      const c10::optional<Tensor>& b_hh);
+std::vector<Tensor> gru_after_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
+                                       const Tensor& G, const Tensor& N, const Tensor& w_hh, bool has_bias);
+std::vector<Tensor> gru_before_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
+                                       const c10::optional<Tensor>& b_hh);
+std::vector<Tensor> gru_before_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
+                                        const Tensor& RZ, const Tensor& Q, const Tensor& N, const Tensor& w_hh,
+                                        bool has_bias);
+std::vector<Tensor> lstm_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& c0,
+                                 const Tensor& w_hh, const c10::optional<Tensor>& b_hh);
+std::vector<Tensor> lstm_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& d_cT,
+                                  const Tensor& out, const Tensor& C, const Tensor& G, const Tensor& w_hh,
+                                  bool has_bias);
+Tensor rnn_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
+                   const c10::optional<Tensor>& b_hh);
+std::vector<Tensor> rnn_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
+                                 const Tensor& w_hh, bool has_bias);
+
+}  // namespace gru_lm::team
+#endif  // GRU_LM_HAVE_AVX2
