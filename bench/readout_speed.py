@@ -13,8 +13,10 @@ alike; the table gives each one's best round. For every variant it also gives th
 (resource.getrusage), and the fraction of the machine's arithmetic ceiling: the rate of a 2048³ float32
 matrix product (torch.mm, measured before and after the variants, the faster of the two) divided by the
 6·(3·H·(E + H) + H·V) floating-point operations a character costs (forward, input gradient and weight
-gradient of every product, the read-out's H·V included). A second table splits a step of each V = 6,000
-variant into its phases: where the time goes, recurrent layer against read-out.
+gradient of every product, the read-out's H·V included). Every variant runs on each compiled path of the
+recurrent window this CPU has (avx512, avx2, blas: GRU_LM_KERNELS set before each step), side by side, or
+on the one GRU_LM_KERNELS names. A second table splits a step of each V = 6,000 variant, on the default
+path, into its phases: where the time goes, recurrent layer against read-out.
 
 To see a CPU with AVX2 alone on one with AVX-512, set before starting (the header records them):
 
@@ -49,7 +51,7 @@ from bench.rnn_speed import header, matmul_rate
 from gru_lm.machine import cpu
 from gru_lm.machine.memory import keep_freed_memory
 from gru_lm.model.char_model import CharModel, ModelConfig
-from gru_lm.model.kernels import compiled
+from gru_lm.model.kernels import available, backend, compiled
 from gru_lm.model.readout import chunk_rows, linear_cross_entropy
 
 H, E, B, T = 256, 64, 32, 64
@@ -66,8 +68,9 @@ def flops_per_char(V: int) -> float:
 class Step:
     """One training step of GRU 256 × 1 on V characters with the plain or the fused read-out, state carried."""
 
-    def __init__(self, V: int, readout: str, autocast_dtype: torch.dtype | None, seed: int = 0) -> None:
+    def __init__(self, V: int, readout: str, autocast_dtype: torch.dtype | None, kernels: str, seed: int = 0) -> None:
         torch.manual_seed(seed)
+        self.kernels = kernels
         self.model = CharModel(ModelConfig(V, "gru", H, 1, E)).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, betas=(0.9, 0.99))
         self.x, self.y = torch.randint(0, V, (T, B)), torch.randint(0, V, (T, B))
@@ -79,6 +82,7 @@ class Step:
         return torch.autocast("cpu", dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
     def __call__(self) -> None:
+        os.environ["GRU_LM_KERNELS"] = self.kernels
         with self.autocast():
             if self.fused:
                 loss, h = self.model.loss(self.x, self.y, self.h)
@@ -93,6 +97,7 @@ class Step:
 
     def phases(self) -> dict[str, float]:
         """The same step cut into its phases (seconds each), the read-out's backward apart from the recurrent one."""
+        os.environ["GRU_LM_KERNELS"] = self.kernels
         m, t = self.model, [time.perf_counter()]
         with self.autocast():
             out, h = m.rnn(m.embed(self.x), self.h)
@@ -126,12 +131,15 @@ def timed(step: Step, seconds: float) -> tuple[float, float]:
     return n * B * T / elapsed, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / n
 
 
-def measure(steps: dict[tuple[int, str], Step], seconds: float, rounds: int) -> dict[tuple[int, str], dict]:
+Key = tuple[int, str, str]  # (V, read-out, kernels)
+
+
+def measure(steps: dict[Key, Step], seconds: float, rounds: int) -> dict[Key, dict]:
     """Each step's best round (chars/s) and its page faults per step in that round, rounds interleaved."""
     for s in steps.values():
         s()
         s()
-    best: dict[tuple[int, str], dict] = {k: {"chars_per_s": 0.0, "faults": 0.0} for k in steps}
+    best: dict[Key, dict] = {k: {"chars_per_s": 0.0, "faults": 0.0} for k in steps}
     for _ in range(rounds):
         for key, s in steps.items():
             rate, faults = timed(s, seconds / rounds)
@@ -164,13 +172,16 @@ def result_path(emulation: dict[str, str]) -> Path:
 
 
 def cpu_tag() -> str:
-    """AMD's generation from /proc/cpuinfo's family and model (a hypervisor may hide the model name): "" elsewhere."""
+    """AMD's generation from /proc/cpuinfo's family and model (a hypervisor may hide the model name), "xeon" for
+    an Intel Xeon (whose model number a hypervisor may change): "" elsewhere."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()[:30]
         info = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in lines)}
         family, model = int(info.get("cpu family", "0")), int(info.get("model", "0"))
     except (OSError, ValueError):
         return ""
+    if info.get("vendor_id") == "GenuineIntel" and "Xeon" in info.get("model name", ""):
+        return "xeon"
     if info.get("vendor_id") != "AuthenticAMD":
         return ""
     if family == 0x19:
@@ -178,16 +189,17 @@ def cpu_tag() -> str:
     return {0x17: "zen2", 0x1A: "zen5"}.get(family, "")
 
 
-def table(results: dict[tuple[int, str], dict], rate: float) -> list[str]:
-    columns = ["V", "read-out", "chunk rows", "chars/s", "ms/step", "ceiling chars/s", "of ceiling"]
-    lines = ["| " + " | ".join([*columns, "minor faults/step", "vs plain"]) + " |", "|---" * 9 + "|"]
-    for (V, readout), r in results.items():
+def table(results: dict[Key, dict], rate: float) -> list[str]:
+    columns = ["V", "read-out", "kernels", "chunk rows", "chars/s", "ms/step", "ceiling chars/s", "of ceiling"]
+    lines = ["| " + " | ".join([*columns, "minor faults/step", "vs plain"]) + " |", "|---" * 10 + "|"]
+    for (V, readout, kernels), r in results.items():
         ceiling = rate / flops_per_char(V)
-        ratio = r["chars_per_s"] / results[(V, "plain")]["chars_per_s"]
+        ratio = r["chars_per_s"] / results[(V, "plain", kernels)]["chars_per_s"]
         rows = str(chunk_rows(B * T, V)) if readout == "fused" else "–"
         lines.append(
-            f"| {V:,} | {readout} | {rows} | {r['chars_per_s']:,.0f} | {B * T / r['chars_per_s'] * 1e3:.1f} | "
-            f"{ceiling:,.0f} | {r['chars_per_s'] / ceiling:.0%} | {r['faults']:,.0f} | {ratio:.2f}× |"
+            f"| {V:,} | {readout} | {kernels} | {rows} | {r['chars_per_s']:,.0f} | "
+            f"{B * T / r['chars_per_s'] * 1e3:.1f} | {ceiling:,.0f} | {r['chars_per_s'] / ceiling:.0%} | "
+            f"{r['faults']:,.0f} | {ratio:.2f}× |"
         )
     return lines
 
@@ -226,10 +238,11 @@ def main() -> None:
     )
     print("\n".join(lines), flush=True)
     rate = matmul_rate()
-    steps = {(V, r): Step(V, r, dtype) for V in VOCABS for r in READOUTS}
+    paths = [emulation["GRU_LM_KERNELS"]] if "GRU_LM_KERNELS" in emulation else available()[:-1] or [backend()]
+    steps = {(V, r, k): Step(V, r, dtype, k) for V in VOCABS for r in READOUTS for k in paths}
     results = measure(steps, args.seconds, args.rounds)
     rate = max(rate, matmul_rate())
-    phases = {r: breakdown(steps[(VOCABS[0], r)]) for r in READOUTS}
+    phases = {r: breakdown(steps[(VOCABS[0], r, paths[0])]) for r in READOUTS}
     lines += ["", f"2048³ float32 product: {rate / 1e9:.1f} GFLOP/s (the ceiling's numerator)", ""]
     lines += [*table(results, rate), "", *phase_table(phases)]
     print("\n".join(lines[lines.index("") :]))

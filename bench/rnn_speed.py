@@ -7,6 +7,8 @@
     python bench/rnn_speed.py --end-to-end    # also `gru-lm train` and `gru-lm sample` characters per second
     python bench/rnn_speed.py --repeat 5      # each shape 5 times: median ratio and its range
     python bench/rnn_speed.py --bfloat16          # also the cells under bfloat16 autocast (train --dtype bfloat16)
+    python bench/rnn_speed.py --kernels blas  # our cells on these window kernels only (default: every compiled
+                                              # path this CPU has, side by side: avx512, avx2, blas)
 
 Each measurement is a char-LM training step (embedding 64 -> recurrent stack -> linear read-out over 65
 characters -> cross-entropy -> backward -> Adam), timed over --seconds after a warm-up, cells
@@ -16,7 +18,9 @@ machine's arithmetic ceiling it reached: a char-LM step costs 6·(G·H·(I+H) pe
 operations per character (G = 3 gates for a GRU, 4 for an LSTM, 1 for an RNN; I the layer's input width,
 V the vocabulary), and the ceiling is the rate of a 2048³ float32 matrix product (torch.mm), measured
 before and after the shapes in the same run (the faster of the two), divided by that cost. The header
-names the CPU, its ISA level, the dtype and the kernels that ran.
+names the CPU, its ISA level, the dtype and the kernels our cells run by default; with more than one
+kernel path, each of our float32 cells appears once per path, its name ending in [path] (the Step sets
+GRU_LM_KERNELS before each of its steps, which the compiled kernels read at every window).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -39,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from gru_lm.machine.cpu import cpu_model, isa_level
 from gru_lm.machine.memory import keep_freed_memory
 from gru_lm.model.cells import GRU, LSTM, RNN
-from gru_lm.model.kernels import backend
+from gru_lm.model.kernels import available, backend
 
 V, E = 65, 64
 CELLS = {
@@ -62,11 +67,31 @@ GRIDS = {
 }
 
 
+def on_kernels(name: str) -> tuple[str, str | None]:
+    """A cell's name without its [kernels] ending, and those kernels (None: the default choice)."""
+    if name.endswith("]"):
+        base, _, kernels = name[:-1].rpartition(" [")
+        return base, kernels
+    return name, None
+
+
+def with_kernels(names: list[str], kernels: list[str]) -> list[str]:
+    """Each of our float32 cells once per kernel path (when there is more than one); the rest as they are."""
+    if len(kernels) < 2:
+        return names
+    return [variant for n in names for variant in ([f"{n} [{k}]" for k in kernels] if ours_float32(n) else [n])]
+
+
+def ours_float32(name: str) -> bool:
+    return name.startswith("ours") and "reference" not in name and not name.endswith(BF16)
+
+
 class Step:
     """One training step of a char LM around a recurrent module, with its state carried (TBPTT)."""
 
     def __init__(self, name: str, H: int, L: int, B: int, T: int, seed: int = 0) -> None:
         torch.manual_seed(seed)
+        name, self.kernels = on_kernels(name)
         self.rnn = CELLS[name](H, L)
         self.amp = name.endswith(BF16)
         self.lstm = isinstance(self.rnn, (nn.LSTM, LSTM))
@@ -79,6 +104,8 @@ class Step:
         self.chars = T * B
 
     def __call__(self) -> None:
+        if self.kernels:
+            os.environ["GRU_LM_KERNELS"] = self.kernels
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
             out, h = self.rnn(self.emb(self.x), self.h)
             logits = self.head(out)
@@ -248,6 +275,12 @@ def parse_args() -> argparse.Namespace:
         metavar="CKPT",
         help="only time sampling from this checkpoint against torch.nn.GRU",
     )
+    ap.add_argument(
+        "--kernels",
+        nargs="*",
+        default=None,
+        help="window kernels to run our float32 cells on, side by side (default: every compiled path here)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc settings as they are")
     ap.add_argument("--json", type=Path, default=None, help="write the results here too")
@@ -319,6 +352,7 @@ def main() -> None:
     names = args.cells or [n for n in CELLS if "reference" not in n and (args.bfloat16 or not n.endswith(BF16))]
     if "torch.nn.GRU" not in names:
         names.insert(0, "torch.nn.GRU")
+    names = with_kernels(names, args.kernels or [k for k in available() if k != "python"])
     head = header()
     print("# " + ", ".join(f"{k} {v}" for k, v in head.items()))
     rate = matmul_rate()

@@ -7,13 +7,16 @@ One stream: characters per second of sample.generate (what `gru-lm sample` runs)
 the same size, stepped one character at a time with the same embedding, read-out and draw (sample.pick),
 side by side in one run. N streams: `--num-samples N` generates its streams together; the table gives
 the characters per second of all streams and that rate over N times the one-stream rate. Speed does
-not depend on the weights, so random ones serve unless --ckpt is given.
+not depend on the weights, so random ones serve unless --ckpt is given. Where the compiled sampler has
+more than one vector width here (AVX-512 and AVX2), the one-stream rate is measured at each, side by
+side (GRU_LM_KERNELS set before each generate, which makes its sampler); the streams use the default.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,13 +31,16 @@ from bench.rnn_speed import header
 from gru_lm.generation.sample import Streams, generate, pick
 from gru_lm.model import checkpoint
 from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.model.kernels import available
 from gru_lm.text.vocab import Vocab
 
 VOCAB = "".join(chr(c) for c in range(32, 97))  # 65 characters, as Tiny Shakespeare's
 
 
-def ours(model, vocab: Vocab, n: int) -> float:
-    """Characters per second of sample.generate, one stream."""
+def ours(model, vocab: Vocab, n: int, kernels: str | None = None) -> float:
+    """Characters per second of sample.generate, one stream (its sampler at `kernels`' width if given)."""
+    if kernels:
+        os.environ["GRU_LM_KERNELS"] = kernels
     g = torch.Generator().manual_seed(0)
     for _ in generate(model, vocab, vocab.chars[:6], 64, generator=g):
         pass
@@ -93,14 +99,22 @@ def main() -> None:
     head = header()
     print("# " + ", ".join(f"{k} {v}" for k, v in head.items()))
     rows: list[dict] = []
+    widths = [k for k in available() if k in ("avx512", "avx2")]
     for model, vocab in models(args.ckpt):
         size = f"{model.cfg.cell.upper()} {model.cfg.hidden_size}×{model.cfg.layers}"
-        one, ref = ours(model, vocab, args.chars), torch_gru(model, max(200, args.chars // 10))
+        ref = torch_gru(model, max(200, args.chars // 10))
+        by_width = {k: ours(model, vocab, args.chars, k) for k in widths}
+        os.environ.pop("GRU_LM_KERNELS", None)
+        one = ours(model, vocab, args.chars)
+        widths_text = "".join(f"; [{k}] {r:,.0f} ({r / ref:.1f}×)" for k, r in by_width.items())
         print(
-            f"\n{size}, one stream: gru-lm sample {one:,.0f} chars/s, torch.nn.GRU stepped {ref:,.0f} "
+            f"\n{size}, one stream: gru-lm sample {one:,.0f} chars/s{widths_text}, torch.nn.GRU stepped {ref:,.0f} "
             f"({one / ref:.1f}×)\n\n| streams | chars/s, all streams | over N × one stream |\n|---|---|---|"
         )
-        rows.append({"model": size, "one_stream": one, "torch_gru": ref, "ratio": one / ref, "streams": []})
+        rows.append(
+            {"model": size, "one_stream": one, "torch_gru": ref, "ratio": one / ref, "by_kernels": by_width}
+            | {"streams": []}
+        )
         for n in args.streams:
             rate = streams_rate(model, n, args.chars)
             print(f"| {n} | {rate:,.0f} | {rate / (n * one):.2f} |", flush=True)

@@ -4,6 +4,7 @@ and the fast window path (compiled AVX2 and BLAS kernels, and its Python fallbac
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -488,3 +489,20 @@ def test_dropout_keeps_the_expected_fraction_and_scales():
     assert torch.equal(x.grad != 0, kept)  # the gradient flows through the kept values only
     assert dropout(x, 0.3, training=False) is x
     assert (dropout(x, 1.0, training=True) == 0).all()
+
+
+def test_the_paths_said_available_are_the_ones_dispatch_takes(monkeypatch):
+    """kernels.available() names each compiled path that GRU_LM_KERNELS can select here, the default among
+    them, and leaves the environment as it found it."""
+    from gru_lm.model.kernels import available, backend
+
+    monkeypatch.delenv("GRU_LM_KERNELS", raising=False)
+    paths = available()
+    assert paths[-1] == "python" and "GRU_LM_KERNELS" not in os.environ
+    if compiled() is None:
+        assert paths == ["python"]
+        return
+    assert backend() in paths and "blas" in paths
+    for path in paths[:-1]:
+        monkeypatch.setenv("GRU_LM_KERNELS", path)
+        assert compiled().preferred_kernels() == path

@@ -63,3 +63,24 @@ def backend() -> str:
     """What runs a float32 window here: "avx512", "avx2" or "blas" (compiled), or "python"."""
     k = compiled()
     return k.preferred_kernels() if k is not None else "python"
+
+
+def available() -> list[str]:
+    """Every path a float32 window can take here, widest first: those of "avx512", "avx2" and "blas"
+    that the compiled module has on this CPU, then "python". Benchmarks set GRU_LM_KERNELS to each."""
+    k = compiled()
+    if k is None:
+        return ["python"]
+    before = os.environ.get("GRU_LM_KERNELS")
+    found = []
+    try:
+        for name in ("avx512", "avx2", "blas"):
+            os.environ["GRU_LM_KERNELS"] = name
+            if k.preferred_kernels() == name:
+                found.append(name)
+    finally:
+        if before is None:
+            os.environ.pop("GRU_LM_KERNELS", None)
+        else:
+            os.environ["GRU_LM_KERNELS"] = before
+    return [*found, "python"]
