@@ -123,10 +123,12 @@ class PackedColumns {
       float* out = buffer_.p + run.offset;
       for (int64_t c0 = 0; c0 < run.width; c0 += kPanel) {
         const int64_t nr = std::min<int64_t>(kPanel, run.width - c0), stride = padded(nr);
-        // column by column: get(k, n) walks along a stored row of the weight as k grows (S = Wᵀ), and
-        // the panel being written, K × stride floats, stays in cache
-        for (int64_t c = 0; c < stride; ++c)
-          for (int64_t k = 0; k < K; ++k) out[k * stride + c] = c < nr ? get(k, run.first + c0 + c) : 0.0f;
+        // in blocks of 16 values of k, column by column within a block: the weight's values a block
+        // reads stay in cache whether the stored weight runs along k (S = Wᵀ) or along the columns (S = W)
+        for (int64_t k0 = 0; k0 < K; k0 += 16)
+          for (int64_t c = 0; c < stride; ++c)
+            for (int64_t k = k0; k < std::min<int64_t>(K, k0 + 16); ++k)
+              out[k * stride + c] = c < nr ? get(k, run.first + c0 + c) : 0.0f;
         out += K * stride;
       }
     }
