@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -79,6 +80,32 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class Score:
+    """How well a model predicts a text: mean loss in nats per character, its perplexity (e^loss) and bits per
+    character (loss / ln 2), over `chars` predicted characters."""
+
+    loss: float
+    perplexity: float
+    bits_per_char: float
+    chars: int
+
+    def __str__(self) -> str:
+        return (
+            f"loss {self.loss:.4f} nats/char, perplexity {self.perplexity:.3f}, "
+            f"{self.bits_per_char:.4f} bits/char over {self.chars:,} characters"
+        )
+
+
+def score(model, ids: Tensor, bounds: list[int] | None = None, label: str = "the text", device="cpu") -> Score:
+    """The exact score of ids (each block of `bounds` from a fresh state, every character given all before it)."""
+    total, n = nll(model, ids, num_streams=1, device=device, bounds=bounds)
+    if n == 0:
+        raise UserError(f"{label}: needs at least two characters of the model's vocabulary to score")
+    loss = total / n
+    return Score(loss, math.exp(loss), loss / math.log(2), n)
+
+
 def measure_all(ckpts: list[Path], file: str | Path | None) -> list[dict]:
     """measure() for each checkpoint, with a note on stderr for the characters each one's vocabulary lacks."""
     rows = []
@@ -104,19 +131,16 @@ def measure(ckpt_path: str | Path, file: str | Path | None = None, device: str =
         label, bounds = str(file), [len(ids)]
     else:
         label, ids, bounds, unknown, unknown_chars = validation_ids(state.get("data") or {}, vocab)
-    total, n = nll(model, ids, num_streams=1, device=device, bounds=bounds)
-    if n == 0:
-        raise UserError(f"{label}: needs at least two characters of the model's vocabulary to score")
-    loss = total / n
+    result = score(model, ids, bounds, label, device)
     return {
         "checkpoint": str(ckpt_path),
         "file": label,
         "cell": model.cfg.label(),
         "params": model.num_params(),
-        "chars": n,
-        "loss": loss,
-        "perplexity": math.exp(loss),
-        "bpc": loss / math.log(2),
+        "chars": result.chars,
+        "loss": result.loss,
+        "perplexity": result.perplexity,
+        "bpc": result.bits_per_char,
         "unknown": unknown,
         "unknown_chars": unknown_chars,
     }

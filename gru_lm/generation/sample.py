@@ -276,3 +276,24 @@ def write_samples(req: SampleRequest, seed: int, write: Callable[[str], None]) -
     for text in rest:
         write("\n\n" + req.prime + text)
     write("\n")
+
+
+def sample_text(
+    model,
+    vocab: Vocab,
+    prime: str | None = None,
+    length: int = 500,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+) -> str:
+    """One sample as `gru-lm sample` writes it, prime first, as a string (without the command's last newline):
+    the same options, the same checks and, for the same seed, the same text."""
+    check_options(temperature, top_k, top_p, length)
+    check_seed(seed)
+    prime = prime or default_prime(vocab)
+    check_prime(vocab, prime)
+    parts: list[str] = []
+    write_samples(SampleRequest(model, vocab, prime, length, temperature, top_k, top_p, 1), seed, parts.append)
+    return "".join(parts).removesuffix("\n")
