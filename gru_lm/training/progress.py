@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 
@@ -12,6 +13,21 @@ from gru_lm.training.schedule import budget_progress, time_left
 from gru_lm.training.settings import Settings
 
 
+def bar_type() -> type[tqdm]:
+    """tqdm's notebook bar (a widget) inside a Jupyter kernel that has ipywidgets, else the terminal bar, which a
+    notebook without ipywidgets shows as text."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return tqdm
+    shell = get_ipython()
+    if shell is None or "IPKernelApp" not in shell.config or importlib.util.find_spec("ipywidgets") is None:
+        return tqdm
+    from tqdm.notebook import tqdm as notebook_tqdm
+
+    return notebook_tqdm
+
+
 class Progress:
     """A bar (step, losses, characters per second, time left) and lines said above it.
 
@@ -20,7 +36,7 @@ class Progress:
 
     def __init__(self, settings: Settings, show_bar: bool, speak: bool) -> None:
         self.settings, self.speak = settings, speak
-        self.bar = tqdm(
+        self.bar = bar_type()(
             total=1.0,
             disable=not show_bar,
             file=sys.stderr,
