@@ -101,7 +101,8 @@ def train(
     """Train on the text file (or prepared folder) at `path`, as `gru-lm train` does: settings from the built-in
     defaults, then `config` (a TOML file), then the keyword arguments, named as the settings of
     `gru-lm train --help` are (hidden_size=256, max_time=60, cell="lstm", ...). A setting given here keeps its
-    value. The run folder is `out` (default runs/<file name>_<cell>); resume continues its last.pt."""
+    value, even one equal to its default (dropout=0.0). The run folder is `out` (default
+    runs/<file name>_<cell>); resume continues its last.pt."""
     from gru_lm.training.resume import run_settings
     from gru_lm.training.run_folder import default_out_dir
     from gru_lm.training.settings import FIELD_TYPES
@@ -121,6 +122,7 @@ def train(
         progress=progress,
         resume_point=point,
         start_point=start,
+        given={k for k, v in settings.items() if v is not None},
     )
     return Run(
         folder,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gru_lm.training import fit_to_machine as fitting
+from gru_lm.training import settings as settings_module
 from gru_lm.training.fit_to_machine import Candidate, choose, curve_chars, dropout_for, embed_size_for, worth
 from gru_lm.training.settings import DEFAULTS, resolve
 from gru_lm.training.train import train
@@ -131,6 +132,23 @@ def test_a_fit_on_the_built_in_settings_fits_the_text_and_keeps_what_the_user_se
     given = resolve(None, {"max_time": 60.0, "batch_size": 4, "seq_len": 8, "dropout": 0.05, "lr": 0.001})
     kept, _ = fitting.fit_to_machine(given, 3000, train_ids, torch.device("cpu"), None, table)
     assert (kept.dropout, kept.lr, kept.weight_drop) == (0.05, 0.001, 0.1)
+
+
+def test_a_setting_given_keeps_its_value_even_when_it_equals_the_default(tmp_path, monkeypatch):
+    table = _table(tmp_path)
+    monkeypatch.setattr(settings_module, "FIT_CANDIDATES_FILE", table)
+    train_ids = torch.randint(0, 3000, (4000,))  # thousands of passes: the fit would pick dropout 0.3, embed 96
+    flags = {"max_time": 60.0, "batch_size": 4, "seq_len": 8, "dropout": 0.0, "weight_drop": 0.0, "embed_size": 64}
+    s = resolve(None, flags)
+    kept, _ = fitting.fit_to_machine(s, 3000, train_ids, torch.device("cpu"), None, table, given=set(flags))
+    assert (kept.dropout, kept.weight_drop, kept.embed_size) == (0.0, 0.0, 64)
+    assert kept.hidden_size == 24  # the size is still the fit's
+    # a config that names its candidates takes their recipes, but not over a setting given on top of it
+    s = resolve(None, {"max_time": 60.0, "batch_size": 4, "seq_len": 8, "lr": 0.001, "fit_candidates": "small"})
+    named, _ = fitting.fit_to_machine(s, 3000, train_ids, torch.device("cpu"), None, table)
+    assert named.lr == 0.02
+    given, _ = fitting.fit_to_machine(s, 3000, train_ids, torch.device("cpu"), None, table, given={"lr"})
+    assert given.lr == 0.001 and given.hidden_size == 24
 
 
 def test_a_large_text_trains_the_whole_budget_without_dropout(tmp_path):

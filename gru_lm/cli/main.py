@@ -103,6 +103,7 @@ def train(
             progress=not quiet,
             resume_point=point,
             start_point=start,
+            given={k for k, v in flags.items() if v is not None},
         )
     if not from_env().main:
         raise typer.Exit(130 if result.interrupted else 0)

@@ -16,11 +16,13 @@ The candidates' loss curves, L = a + b·(C / 10⁶)^(−α) against the characte
 of Tiny Shakespeare (bench/fit_sizes.py, from bench/results/sweep.jsonl), a text of about a million training
 characters that its runs passed over many times. They rank the candidates, never predict this text's loss:
 each candidate is placed on them at the characters of Tiny Shakespeare worth as much as what it would see
-of this text. The recipe then follows the passes: no dropout under one pass (nothing is seen twice),
-more dropout and weight drop the more often each character comes back; and the evaluations are spaced so
-that they take a small share of the budget.
+of this text. The recipe then follows the passes: no dropout under four passes (a character seen a few
+times is not yet learnt by heart), more dropout and weight drop the more often each character comes back;
+and the evaluations are spaced so that they take a small share of the budget.
 
-A config that names its candidates (the Tiny Shakespeare configs) keeps their recipes as they are.
+A config that names its candidates (the Tiny Shakespeare configs) keeps their recipes as they are. A setting
+the user gave (a flag, or a keyword of gru_lm.train) keeps its value over any recipe, even where it equals
+the built-in default.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,9 +75,11 @@ def load_table(path: Path | None = None, names: str = "") -> tuple[float, list[C
     return table["alpha"], [c for c in found if not wanted or c.name in wanted]
 
 
-def candidate_settings(base: Settings, candidate: Candidate) -> Settings:
-    """The run's settings with the candidate's size and recipe, no longer to be fitted."""
-    return resolve(None, {**candidate.settings, "fit_to_machine": False}, base.to_dict())
+def candidate_settings(base: Settings, candidate: Candidate, given: Collection[str] = ()) -> Settings:
+    """The run's settings with the candidate's size and recipe, less the settings the user gave, no longer to
+    be fitted."""
+    recipe = {k: v for k, v in candidate.settings.items() if k not in given}
+    return resolve(None, {**recipe, "fit_to_machine": False}, base.to_dict())
 
 
 def measure_rate(
@@ -210,18 +215,21 @@ def _size(candidate: Candidate) -> dict:
     return {"hidden_size": candidate.settings["hidden_size"], "layers": candidate.settings["layers"]}
 
 
-def text_recipe(settings: Settings, seconds: float, rate: float, passes: float, vocab_size: int) -> dict:
-    """What the text decides of the recipe for a run of `seconds` making `passes` passes, less what the user set:
-    a setting that differs from its built-in default is the user's and stays."""
+def text_recipe(
+    settings: Settings, seconds: float, rate: float, passes: float, vocab_size: int, given: Collection[str] = ()
+) -> dict:
+    """What the text decides of the recipe for a run of `seconds` making `passes` passes, less what the user set
+    (unset_by_user)."""
     dropout, weight_drop = dropout_for(passes)
     recipe = {"dropout": dropout, "weight_drop": weight_drop, "embed_size": embed_size_for(vocab_size)}
     recipe.update(evaluation_for(settings, seconds, rate, passes))
-    return {**unset_by_user(settings, recipe), "max_time": float(math.ceil(seconds))}
+    return {**unset_by_user(settings, recipe, given), "max_time": float(math.ceil(seconds))}
 
 
-def unset_by_user(settings: Settings, values: dict) -> dict:
-    """The values whose settings are still at their built-in defaults (one that differs is the user's and stays)."""
-    return {k: v for k, v in values.items() if getattr(settings, k) == DEFAULTS[k]}
+def unset_by_user(settings: Settings, values: dict, given: Collection[str] = ()) -> dict:
+    """The values whose settings the user left alone: not given (as a flag or keyword), and still at their
+    built-in defaults (one that a config file changed is the user's too, and stays)."""
+    return {k: v for k, v in values.items() if k not in given and getattr(settings, k) == DEFAULTS[k]}
 
 
 def _measure(
@@ -246,9 +254,11 @@ def fit_to_machine(
     device: torch.device,
     autocast_dtype: torch.dtype | None,
     table: Path | None = None,
+    given: Collection[str] = (),
 ) -> tuple[Settings, str]:
     """The candidate predicted best for the characters this machine affords in settings.max_time on this text,
-    its recipe fitted to the text, and one line that says what was picked and why."""
+    its recipe fitted to the text, and one line that says what was picked and why. `given` names the settings
+    the user gave (flags, keywords), which keep their values."""
     alpha, named = load_table(table, settings.fit_candidates)
     candidates = [c for c in named if c.fitted()]
     if not candidates:
@@ -258,7 +268,7 @@ def fit_to_machine(
         )
     own_recipes = bool(settings.fit_candidates)  # a config's candidates: its recipes as they stand
     base = settings
-    if not own_recipes and settings.embed_size == DEFAULTS["embed_size"]:  # measured at the embedding it will have
+    if not own_recipes and unset_by_user(settings, {"embed_size": None}, given):  # measured at the embedding it gets
         base = resolve(None, {"embed_size": embed_size_for(vocab_size)}, settings.to_dict())
     rates = _measure(base, candidates, vocab_size, train_ids, device, autocast_dtype)
     max_passes = math.inf if own_recipes else MAX_PASSES
@@ -266,12 +276,12 @@ def fit_to_machine(
     affordable = seen_in(rate, settings.max_time, len(train_ids), math.inf)
     seen = min(affordable, max_passes * len(train_ids))
     if own_recipes:
-        chosen = candidate_settings(base, best)
+        chosen = candidate_settings(base, best, given)
     else:  # the candidate's recipe, then the text's, where the user set nothing else
-        recipe = unset_by_user(settings, best.settings)
+        recipe = unset_by_user(settings, best.settings, given)
         passes_limit = seen < affordable  # not the budget
         seconds = seen / (rate * TRAINING_SHARE) if passes_limit else settings.max_time
-        recipe.update(text_recipe(settings, seconds, rate, seen / len(train_ids), vocab_size))
+        recipe.update(text_recipe(settings, seconds, rate, seen / len(train_ids), vocab_size, given))
         if (passes_limit or vocab_size > LARGE_ALPHABET) and "lr" in recipe:
             recipe["lr"] = min(recipe["lr"], GENTLE_LR)
         chosen = resolve(None, {**recipe, **_size(best), "fit_to_machine": False}, base.to_dict())

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,13 +94,15 @@ def train(
     progress: bool = True,
     resume_point: resuming.ResumePoint | None = None,
     start_point: init_from.StartPoint | None = None,
+    given: Collection[str] = (),
 ) -> TrainResult:
     """Train (or continue) a character model on file into out_dir; returns where it stopped.
 
     resume_point is last.pt and start_point the checkpoint of settings.init_from, as the caller
     already loaded them (else they are loaded here; a resumed run never reads init_from again: its
     last.pt holds everything). should_stop(step) is checked after every step: tests use it to
-    interrupt a run exactly as Ctrl-C does.
+    interrupt a run exactly as Ctrl-C does. `given` names the settings the user gave (flags,
+    keywords): fitting the run to the machine keeps their values.
     """
     out_dir = Path(out_dir)
     start = None if resume else _start_point(settings, start_point)
@@ -119,7 +121,7 @@ def train(
             distributed.agree(job, claim)
             point = (resume_point or resuming.load(out_dir)) if resume else None
             stop = stack.enter_context(catch_stop_signals())
-            run = _build_run(file, settings, out_dir, point, start, job, device)
+            run = _build_run(file, settings, out_dir, point, start, job, device, given)
             return _loop(
                 run,
                 lambda step: stop["stop"] or bool(should_stop and should_stop(step)),
@@ -343,6 +345,7 @@ def _build_run(
     start: init_from.StartPoint | None,
     job: distributed.Dist,
     device: torch.device,
+    given: Collection[str] = (),
 ) -> Run:
     """The data, model, optimiser and state of a run: fresh, from --init-from's weights, or restored from last.pt.
 
@@ -363,7 +366,7 @@ def _build_run(
         extend_vocab=settings.extend_vocab and start is not None,
     )
     if settings.fit_to_machine and settings.max_time and not settings.max_steps and not point and not start:
-        settings = _fit_to_machine(settings, corpus, job, device, autocast_dtype)
+        settings = _fit_to_machine(settings, corpus, job, device, autocast_dtype, given)
     model, net = build_model(settings, len(corpus.vocab), job, device, start.state["model"] if start else None)
     if start and job.main:
         print(init_from.describe(start, corpus.vocab), file=sys.stderr)
@@ -401,13 +404,19 @@ def _build_run(
 
 
 def _fit_to_machine(
-    settings: Settings, corpus: Corpus, job: distributed.Dist, device: torch.device, autocast_dtype: torch.dtype | None
+    settings: Settings,
+    corpus: Corpus,
+    job: distributed.Dist,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    given: Collection[str],
 ) -> Settings:
     """The size predicted best for this machine and budget (fit_to_machine.py): rank 0 measures, every process
     takes it."""
     chosen = settings
     if job.main:
-        chosen, line = fit_to_machine(settings, len(corpus.vocab), corpus.train_ids, device, autocast_dtype)
+        vocab_size, train_ids = len(corpus.vocab), corpus.train_ids
+        chosen, line = fit_to_machine(settings, vocab_size, train_ids, device, autocast_dtype, given=given)
         print(line, file=sys.stderr)
     return distributed.from_main_object(job, chosen)
 
