@@ -87,7 +87,7 @@ def main() -> None:
         f"threads {h['threads']}, date {h['date']}"
     )
     print(
-        f"# GRU {args.hidden_size} × {args.layers}, dropout {args.dropout}, weight drop {args.weight_drop}, "
+        f"# GRU {args.layers} × {args.hidden_size}, dropout {args.dropout}, weight drop {args.weight_drop}, "
         f"batch 32, window 64; {args.rounds} rounds of {args.seconds} s each"
     )
     print("| masks | chars/s (median) |\n|---|---|")

@@ -148,7 +148,7 @@ def main() -> None:
     weights = from_model(model, vocab.chars)
     graph = graph_bytes(weights)
     head = header()
-    size = f"{model.cfg.label().upper()} {model.cfg.hidden_size} × {model.cfg.layers}"
+    size = f"{model.cfg.label().upper()} {model.cfg.layers} × {model.cfg.hidden_size}"
     print("# " + ", ".join(f"{k} {v}" for k, v in head.items()))
     print(f"# {size}, {len(vocab)} characters, one stream, {args.chars:,} characters, best of {args.rounds}")
     best: dict[str, float] = {}

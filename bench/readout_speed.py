@@ -1,7 +1,7 @@
 """Training speed with a large alphabet: the plain read-out (logits, then cross-entropy) against the fused one
 (gru_lm/model/readout.py), side by side in one run.
 
-    python bench/readout_speed.py                      # float32, GRU 256 × 1, embedding 64, V = 6,000 and 65
+    python bench/readout_speed.py                      # float32, GRU 1 × 256, embedding 64, V = 6,000 and 65
     python bench/readout_speed.py --dtype bfloat16     # under autocast to bfloat16 (train --dtype bfloat16)
     python bench/readout_speed.py --seconds 8          # a longer timing budget per variant
 
@@ -66,7 +66,7 @@ def flops_per_char(V: int) -> float:
 
 
 class Step:
-    """One training step of GRU 256 × 1 on V characters with the plain or the fused read-out, state carried."""
+    """One training step of GRU 1 × 256 on V characters with the plain or the fused read-out, state carried."""
 
     def __init__(self, V: int, readout: str, autocast_dtype: torch.dtype | None, kernels: str, seed: int = 0) -> None:
         torch.manual_seed(seed)

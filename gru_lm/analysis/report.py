@@ -71,12 +71,12 @@ def summarize(run_dir: Path) -> dict:
 def markdown_table(summaries: list[dict], names: list[str] | None = None) -> str:
     """One row per run: names (default: the run folders' names), cell, size, budget spent, losses."""
     head = (
-        "| run | cell | hidden × layers | parameters | steps | characters | wall time | train loss | "
+        "| run | cell | layers × hidden | parameters | steps | characters | wall time | train loss | "
         "best val loss | val perplexity | val bpc | chars/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     names = names or [Path(s["run"]).name for s in summaries]
     body = "".join(
-        f"| {name} | {s['cell']} | {s['hidden']} × {s['layers']} | {s['params']:,} | {s['steps']:,} | "
+        f"| {name} | {s['cell']} | {s['layers']} × {s['hidden']} | {s['params']:,} | {s['steps']:,} | "
         f"{s['chars']:,} | {s['wall_s']:.0f} s | {s['train_loss']:.3f} | {s['val_loss']:.4f} | {s['perplexity']:.3f} | "
         f"{s['bpc']:.3f} | {s['chars_per_s']:,.0f} |\n"
         for name, s in zip(names, summaries)

@@ -375,7 +375,7 @@ def export(
     m = weights.description()
     opening = f"; open {out / 'index.html'}, or serve the folder" if web_dir is not None else ""
     print(
-        f"wrote {out}: {str(m['cell']).upper()} {m['hidden_size']} × {m['layers']}, {m['vocab_size']} characters"
+        f"wrote {out}: {str(m['cell']).upper()} {m['layers']} × {m['hidden_size']}, {m['vocab_size']} characters"
         + opening,
         file=sys.stderr,
     )
