@@ -164,3 +164,24 @@ def test_a_large_alphabet_takes_the_gentler_learning_rate(tmp_path):
     train_ids = torch.randint(0, 2000, (2_000_000,))
     chosen, _ = fitting.fit_to_machine(s, 2000, train_ids, torch.device("cpu"), None, _table(tmp_path))
     assert chosen.max_time == 2.0 and chosen.lr == fitting.GENTLE_LR and chosen.embed_size == 96
+
+
+def test_the_command_and_the_api_name_the_settings_the_user_gave(corpus, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import gru_lm
+    from gru_lm.cli.main import app
+    from gru_lm.training import train as training
+
+    seen = []
+
+    def fake_train(*args, given=(), **kwargs):
+        seen.append(set(given))
+        raise gru_lm.UserError("stop here")
+
+    monkeypatch.setattr(training, "train", fake_train)
+    out = tmp_path / "run"
+    CliRunner().invoke(app, ["train", str(corpus), "-c", str(SMOKE), "--dropout", "0", "--out", str(out)])
+    with pytest.raises(gru_lm.UserError):
+        gru_lm.train(corpus, config=SMOKE, out=out, dropout=0.0, lr=None)
+    assert seen == [{"dropout"}, {"dropout"}]  # a flag at its default counts; a keyword of None does not

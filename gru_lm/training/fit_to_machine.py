@@ -27,6 +27,7 @@ the built-in default.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -42,7 +43,7 @@ from gru_lm.machine.memory import keep_freed_memory
 from gru_lm.model.char_model import CharModel, ModelConfig
 from gru_lm.model.kernels import compiled
 from gru_lm.text.batches import StreamBatcher
-from gru_lm.training.settings import DEFAULTS, FIT_CANDIDATES_FILE, Settings, resolve
+from gru_lm.training.settings import DEFAULTS, FIT_CANDIDATES_FILE, Settings, updated
 
 #: The share of a time budget that goes to training steps rather than evaluations and checkpoints.
 TRAINING_SHARE = 0.93
@@ -79,7 +80,7 @@ def candidate_settings(base: Settings, candidate: Candidate, given: Collection[s
     """The run's settings with the candidate's size and recipe, less the settings the user gave, no longer to
     be fitted."""
     recipe = {k: v for k, v in candidate.settings.items() if k not in given}
-    return resolve(None, {**recipe, "fit_to_machine": False}, base.to_dict())
+    return updated(base, {**recipe, "fit_to_machine": False}, FIT_CANDIDATES_FILE.name)
 
 
 def measure_rate(
@@ -269,7 +270,7 @@ def fit_to_machine(
     own_recipes = bool(settings.fit_candidates)  # a config's candidates: its recipes as they stand
     base = settings
     if not own_recipes and unset_by_user(settings, {"embed_size": None}, given):  # measured at the embedding it gets
-        base = resolve(None, {"embed_size": embed_size_for(vocab_size)}, settings.to_dict())
+        base = dataclasses.replace(settings, embed_size=embed_size_for(vocab_size))
     rates = _measure(base, candidates, vocab_size, train_ids, device, autocast_dtype)
     max_passes = math.inf if own_recipes else MAX_PASSES
     (_, best, rate), *rest = choose(candidates, rates, settings.max_time, alpha, len(train_ids), max_passes)
@@ -284,7 +285,7 @@ def fit_to_machine(
         recipe.update(text_recipe(settings, seconds, rate, seen / len(train_ids), vocab_size, given))
         if (passes_limit or vocab_size > LARGE_ALPHABET) and "lr" in recipe:
             recipe["lr"] = min(recipe["lr"], GENTLE_LR)
-        chosen = resolve(None, {**recipe, **_size(best), "fit_to_machine": False}, base.to_dict())
+        chosen = updated(base, {**recipe, **_size(best), "fit_to_machine": False}, FIT_CANDIDATES_FILE.name)
     return chosen, _fit_line(chosen, best, rate, seen, affordable, rest, len(train_ids), vocab_size, autocast_dtype)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ class Settings:
         "this machine's speed for the candidate sizes of gru_lm/training/fit_candidates.json on this text's "
         "alphabet, train the one predicted best for the characters it will see, and fit dropout, embedding "
         "and evaluations to the text's size and alphabet (a setting you give keeps its value). "
-        "--hidden-size or --layers switch it off; so does --no-fit-to-machine (a GRU of 256 × 1).",
+        "--hidden-size or --layers switch it off; so does --no-fit-to-machine (a GRU of 1 × 256).",
     )
     fit_candidates: str = setting(
         "",
@@ -223,6 +223,12 @@ def resolve(config_file: str | Path | None, flags: dict[str, Any], base: dict[st
     if flags.get("hidden_size") is not None or flags.get("layers") is not None:
         values["fit_to_machine"] = False  # a size given on the command line is the size to train
     return validate(Settings(**values))
+
+
+def updated(settings: Settings, values: dict[str, Any], source: str) -> Settings:
+    """The settings with `values` (named by `source` in an error) in place of theirs, checked as resolve checks."""
+    checked = {k: _check_type(k, v, source) for k, v in values.items()}
+    return validate(replace(settings, **checked))
 
 
 def to_toml(values: dict[str, Any]) -> str:
