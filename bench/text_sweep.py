@@ -7,7 +7,7 @@
     python bench/text_sweep.py --table                        # the results as markdown tables, per corpus
 
 A point is one run of `--budget` seconds (default 300) on the corpus:
-- `builtin`: `gru-lm train FILE --no-fit-to-machine`, the built-in settings (a GRU of 256 × 1) with no fitting;
+- `builtin`: `gru-lm train FILE --no-fit-to-machine`, the built-in settings (a GRU of 1 × 256) with no fitting;
 - `fit`: `gru-lm train FILE`, the default, which fits the model to the text and the machine;
 - `torch_lstm`: torch.nn.LSTM (1 × 512, embedding 64, no dropout, AdamW 2e-3, clipping 1, batch 32 × 64) with
   a plain training loop, the baseline anyone would write first;
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -156,38 +157,72 @@ def table() -> None:
 
 
 def _cell(row: dict | None) -> str:
-    return f"{row['loss']:.4f} ({row['size']}, {row['chars_per_s'] / 1000:.1f}k/s)" if row else "–"
+    if not row:
+        return "–"
+    return f"{row['loss']:.4f} ({row['size'].replace(' x ', ' × ')}, {row['chars_per_s'] / 1000:.1f}k/s)"
 
 
+SUMMARY_FILE = RESULTS.with_suffix(".md")
 SUMMARY_HEADER = (
-    "| text | characters (distinct) | built-in: 1 x 256 | default: fitted | best of the sweep | torch.nn.LSTM |"
+    "| text | training characters | built-in: 1 × 256 | default: fitted | best of the sweep | torch.nn.LSTM |\n"
+    "|---|---|---|---|---|---|"
 )
 
 
-def summary() -> None:
+def summary() -> str:
     """One table per CPU and ISA level, one row per corpus: the built-in settings, the fitted default, the best
-    run of the sweep on that CPU, torch.nn.LSTM."""
+    run of the sweep on that CPU, torch.nn.LSTM (its latest row of each)."""
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
-    manifest = json.loads((CORPORA / "manifest.json").read_text())["corpora"]
+    parts = [
+        "# Five minutes on other texts",
+        "",
+        f"Written by `python bench/text_sweep.py --summary` from {RESULTS.name}. Validation loss in nats per "
+        "character on each text's spread validation split; sizes are layers × hidden; chars/s is the training "
+        "speed of the run. A corpus is built from the machine's own files (bench/corpora.py), so the same name "
+        "can hold a slightly different text on another machine: each table gives its own character counts.",
+    ]
     for cpu, isa in dict.fromkeys((r["cpu"], r["isa"]) for r in rows):
         here = [r for r in rows if (r["cpu"], r["isa"]) == (cpu, isa)]
         dtypes = ", ".join(sorted({r.get("dtype", "float32") for r in here}))  # torch_lstm rows: float32
         budgets = ", ".join(f"{b:.0f}" for b in sorted({r["budget_s"] for r in here}))
-        print(f"\n{cpu}, {isa}, {dtypes}, {budgets} s a run\n")
-        print(SUMMARY_HEADER)
-        print("|---|---|---|---|---|---|")
-        for name in dict.fromkeys(r["corpus"] for r in here):
-            print(_summary_row(name, [r for r in here if r["corpus"] == name], manifest[name]))
+        dates = " to ".join(dict.fromkeys([min(r["date"] for r in here), max(r["date"] for r in here)]))
+        parts += ["", f"## {cpu}, {isa}, {dtypes}, {budgets} s a run ({dates})", "", SUMMARY_HEADER]
+        parts += [_summary_row(name, [r for r in here if r["corpus"] == name]) for name in _corpora(here)]
+    return "\n".join(parts) + "\n"
 
 
-def _summary_row(name: str, mine: list[dict], m: dict) -> str:
+def _corpora(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["corpus"] for r in rows))
+
+
+def training_chars(rows: list[dict]) -> str:
+    """The training characters, as a gru-lm run of this text reported them in its last line."""
+    for r in rows:
+        found = re.search(r"passes over the ([\d,]+) training characters", " ".join(r.get("stderr_tail", [])))
+        if found:
+            return found.group(1)
+    return "–"
+
+
+def _summary_row(name: str, mine: list[dict]) -> str:
     cell = {p: next((r for r in reversed(mine) if r["point"] == p), None) for p in ("builtin", "fit", "torch_lstm")}
     best = min(mine, key=lambda r: r["loss"])
     shown = [_cell(r) for r in cell.values()]
     return (
-        f"| {name} | {m['chars']:,} ({m['distinct']:,}) | {shown[0]} | {shown[1]} | "
-        f"{best['loss']:.4f} ({best['point']}) | {shown[2]} |"
+        f"| {name} | {training_chars(mine)} | {shown[0]} | **{shown[1]}** | "
+        f"{best['loss']:.4f} ({_point_label(best)}) | {shown[2]} |"
     )
+
+
+def _point_label(row: dict) -> str:
+    """The point's name, or for a point of settings (key=value,...) its size."""
+    return f"settings of {row['size'].replace(' x ', ' × ')}" if "=" in row["point"] else row["point"]
+
+
+def write_summary() -> str:
+    text = summary()
+    SUMMARY_FILE.write_text(text)
+    return text
 
 
 def main() -> None:
@@ -196,12 +231,13 @@ def main() -> None:
     ap.add_argument("--point", action="append", default=[], help="builtin, fit, torch_lstm or key=value,...")
     ap.add_argument("--budget", type=float, default=300.0)
     ap.add_argument("--table", action="store_true", help="print the recorded results")
-    ap.add_argument("--summary", action="store_true", help="print one row per corpus")
+    ap.add_argument("--summary", action="store_true", help=f"write (and print) {SUMMARY_FILE.name}")
     args = ap.parse_args()
     if args.table:
         return table()
     if args.summary:
-        return summary()
+        print(write_summary(), end="")
+        return None
     path, corpus = corpus_of(args.corpus)
     for point in args.point:
         out = RUNS / args.corpus / point.replace(",", "_")
@@ -215,6 +251,7 @@ def main() -> None:
         with RESULTS.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{args.corpus} {point}: {row['loss']:.4f} ({row['size']}, {row['chars_per_s']:,} chars/s)", flush=True)
+        write_summary()
 
 
 if __name__ == "__main__":
