@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.rnn_speed import header
+from bench.summary import ResultFile, export_speed
 from gru_lm.export import web
 from gru_lm.export.onnx_graph import graph_bytes
 from gru_lm.export.weights import from_model
@@ -162,12 +163,10 @@ def main() -> None:
                 rates["browser page (headless Chromium)"] = browser_sample(weights, args.chars, Path(tmp))
             for k, v in rates.items():
                 best[k] = max(best.get(k, 0.0), v)
-    base = best["gru-lm sample"]
-    print("\n| runtime | chars/s | over gru-lm sample |\n|---|---|---|")
-    for k, v in best.items():
-        print(f"| {k} | {v:,.0f} | {v / base:.2f}× |")
+    figures = {"machine": head, "model": size, "chars": args.chars, "rates": best}
+    print("\n" + export_speed([ResultFile("this run", figures)]))
     if args.json:
-        args.json.write_text(json.dumps({"machine": head, "model": size, "chars": args.chars, "rates": best}, indent=1))
+        args.json.write_text(json.dumps(figures, indent=1, ensure_ascii=False))
 
 
 if __name__ == "__main__":

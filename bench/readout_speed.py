@@ -26,13 +26,14 @@ To see a CPU with AVX2 alone on one with AVX-512, set before starting (the heade
     GRU_LM_KERNELS=avx2             the recurrent window on gru_lm's AVX2 micro-kernels (csrc/)
 
 The result goes to bench/results/readout_speed_<cpu>_<isa>.md (--out to change), <isa> being avx2 when
-emulated so.
+emulated so, and its figures to a .json of the same name, which bench/summary.py renders into the docs.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import re
 import resource
@@ -204,6 +205,22 @@ def table(results: dict[Key, dict], rate: float) -> list[str]:
     return lines
 
 
+def json_rows(results: dict[Key, dict], rate: float) -> list[dict]:
+    """The table's figures, one dict per variant, as the .json beside the .md records them."""
+    return [
+        {
+            "V": V,
+            "readout": readout,
+            "kernels": kernels,
+            "chars_per_s": r["chars_per_s"],
+            "faults": r["faults"],
+            "of_ceiling": r["chars_per_s"] * flops_per_char(V) / rate,
+            "vs_plain": r["chars_per_s"] / results[(V, "plain", kernels)]["chars_per_s"],
+        }
+        for (V, readout, kernels), r in results.items()
+    ]
+
+
 def phase_table(phases: dict[str, dict[str, float]]) -> list[str]:
     names = list(next(iter(phases.values())))
     lines = ["| phase (V = 6,000) | " + " | ".join(f"{k} ms" for k in phases) + " |", "|---" * (len(phases) + 1) + "|"]
@@ -248,7 +265,9 @@ def main() -> None:
     print("\n".join(lines[lines.index("") :]))
     out = args.out or result_path(emulation)
     out.write_text("\n".join(lines) + "\n")
-    print(f"\nwritten to {out}")
+    figures = {"machine": head, "emulating": emulation, "matmul_flops": rate, "rows": json_rows(results, rate)}
+    out.with_suffix(".json").write_text(json.dumps(figures | {"phases_s": phases}, indent=1))
+    print(f"\nwritten to {out} and its .json")
 
 
 if __name__ == "__main__":

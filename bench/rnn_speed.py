@@ -41,7 +41,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gru_lm.machine.cpu import cpu_model, isa_level
+from bench.summary import ResultFile
+from bench.summary import rnn_speed as rnn_speed_summary
+from gru_lm.machine.cpu import cpu_family_model, cpu_model, isa_level
 from gru_lm.machine.memory import keep_freed_memory
 from gru_lm.model.cells import GRU, LSTM, RNN
 from gru_lm.model.kernels import available, backend
@@ -143,6 +145,7 @@ def matmul_rate(seconds: float = 1.0) -> float:
 def header(dtype: str = "float32") -> dict:
     return {
         "cpu": cpu_model(),
+        "cpuid": cpu_family_model(),
         "isa": isa_level(),
         "dtype": dtype,
         "kernels": backend(),
@@ -364,8 +367,10 @@ def main() -> None:
         for name, speed in end_to_end(max(args.seconds * 10, 20), args.bfloat16):
             print(f"| {name} | {speed:,.0f} |", flush=True)
             results.append({"command": name, "chars_per_s": speed})
+    figures = {"machine": head, "matmul_flops": rate, "rows": results}
+    print("\n" + rnn_speed_summary([ResultFile("this run", figures)]))
     if args.json:
-        args.json.write_text(json.dumps({"machine": head, "matmul_flops": rate, "rows": results}, indent=1))
+        args.json.write_text(json.dumps(figures, indent=1))
     print(f"# peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -1,6 +1,6 @@
 """Generation speed: `gru-lm sample`'s sampler against torch.nn.GRU stepped one character at a time.
 
-    python bench/sample_speed.py                  # GRU 256×1 and 512×2, one stream and 1..32 streams together
+    python bench/sample_speed.py                  # GRU 1 × 256 and 2 × 512, one stream and 1..32 streams together
     python bench/sample_speed.py --ckpt runs/gru/best.pt   # a trained model instead of random weights
 
 One stream: characters per second of sample.generate (what `gru-lm sample` runs) against a torch.nn.GRU of
@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.rnn_speed import header
+from bench.summary import ResultFile, sample_speed
 from gru_lm.generation.sample import Streams, generate, pick
 from gru_lm.model import checkpoint
 from gru_lm.model.char_model import CharModel, ModelConfig
@@ -101,7 +102,7 @@ def main() -> None:
     rows: list[dict] = []
     widths = [k for k in available() if k in ("avx512", "avx2")]
     for model, vocab in models(args.ckpt):
-        size = f"{model.cfg.cell.upper()} {model.cfg.hidden_size}×{model.cfg.layers}"
+        size = f"{model.cfg.cell.upper()} {model.cfg.layers} × {model.cfg.hidden_size}"
         ref = torch_gru(model, max(200, args.chars // 10))
         by_width = {k: ours(model, vocab, args.chars, k) for k in widths}
         os.environ.pop("GRU_LM_KERNELS", None)
@@ -119,8 +120,10 @@ def main() -> None:
             rate = streams_rate(model, n, args.chars)
             print(f"| {n} | {rate:,.0f} | {rate / (n * one):.2f} |", flush=True)
             rows[-1]["streams"].append({"n": n, "chars_per_s": rate, "over_n_one": rate / (n * one)})
+    results = {"machine": head, "rows": rows}
+    print("\n" + sample_speed([ResultFile("this run", results)]))
     if args.json:
-        args.json.write_text(json.dumps({"machine": head, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from urllib.parse import urlencode, urlsplit
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.summary import ResultFile, serve_load
 from gru_lm.machine.cpu import cpu_summary
 
 
@@ -249,8 +250,11 @@ def main() -> None:
                         print(f"{name}, {c} clients: {r['chars_per_s']:,.0f} chars/s", file=sys.stderr, flush=True)
     print(f"{cpu_summary()}; {args.length} characters per request, {args.requests} requests per client\n")
     print(table(rows))
+    figures = {"cpu": cpu_summary(), "rows": rows}
+    if {32, 128} <= set(levels) and not args.url:
+        print("\n" + serve_load([ResultFile("this run", figures)]))
     if args.out:
-        args.out.write_text(json.dumps({"cpu": cpu_summary(), "rows": rows}, indent=1))
+        args.out.write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,15 @@ def cpu_model() -> str:
     return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
+def cpu_family_model() -> str:
+    """The CPU's generation as /proc/cpuinfo numbers it ("family 6 model 207"; "" if unknown), which a
+    hypervisor shows even where it hides the model name."""
+    info = _cpuinfo()
+    if "cpu family" not in info or "model" not in info:
+        return ""
+    return f"family {info['cpu family']} model {info['model']}"
+
+
 def isa_level() -> str:
     """The widest vector or matrix units this CPU has, as figures name them: AMX, AVX-512, AVX2 or baseline."""
     flags = cpu_flags()
