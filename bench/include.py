@@ -41,9 +41,12 @@ class Block:
         return render(self.kind, self.files) + "\n"
 
 
+def block(doc: Path, m: re.Match) -> Block:
+    return Block(doc, m.group(2), m.group(3).split(), m.group(4))
+
+
 def blocks(doc: Path) -> list[Block]:
-    text = doc.read_text(encoding="utf-8")
-    return [Block(doc, m.group(2), m.group(3).split(), m.group(4)) for m in BLOCK.finditer(text)]
+    return [block(doc, m) for m in BLOCK.finditer(doc.read_text(encoding="utf-8"))]
 
 
 def docs() -> list[Path]:
@@ -61,12 +64,13 @@ def rewrite(doc: Path) -> int:
 
     def fresh(m: re.Match) -> str:
         nonlocal changed
-        table = render(m.group(2), m.group(3).split()) + "\n"
+        table = block(doc, m).current()
         changed += table != m.group(4)
         return m.group(1) + table + m.group(5)
 
-    text = doc.read_text(encoding="utf-8")
-    doc.write_text(BLOCK.sub(fresh, text), encoding="utf-8")
+    text = BLOCK.sub(fresh, doc.read_text(encoding="utf-8"))
+    if changed:
+        doc.write_text(text, encoding="utf-8")
     return changed
 
 

@@ -190,23 +190,9 @@ def cpu_tag() -> str:
     return {0x17: "zen2", 0x1A: "zen5"}.get(family, "")
 
 
-def table(results: dict[Key, dict], rate: float) -> list[str]:
-    columns = ["V", "read-out", "kernels", "chunk rows", "chars/s", "ms/step", "ceiling chars/s", "of ceiling"]
-    lines = ["| " + " | ".join([*columns, "minor faults/step", "vs plain"]) + " |", "|---" * 10 + "|"]
-    for (V, readout, kernels), r in results.items():
-        ceiling = rate / flops_per_char(V)
-        ratio = r["chars_per_s"] / results[(V, "plain", kernels)]["chars_per_s"]
-        rows = str(chunk_rows(B * T, V)) if readout == "fused" else "–"
-        lines.append(
-            f"| {V:,} | {readout} | {kernels} | {rows} | {r['chars_per_s']:,.0f} | "
-            f"{B * T / r['chars_per_s'] * 1e3:.1f} | {ceiling:,.0f} | {r['chars_per_s'] / ceiling:.0%} | "
-            f"{r['faults']:,.0f} | {ratio:.2f}× |"
-        )
-    return lines
-
-
-def json_rows(results: dict[Key, dict], rate: float) -> list[dict]:
-    """The table's figures, one dict per variant, as the .json beside the .md records them."""
+def figures_of(results: dict[Key, dict], rate: float) -> list[dict]:
+    """One dict per variant, with its share of the ceiling and its speed over the plain read-out on its path:
+    what the .json records and the table shows."""
     return [
         {
             "V": V,
@@ -219,6 +205,19 @@ def json_rows(results: dict[Key, dict], rate: float) -> list[dict]:
         }
         for (V, readout, kernels), r in results.items()
     ]
+
+
+def table(figures: list[dict], rate: float) -> list[str]:
+    columns = ["V", "read-out", "kernels", "chunk rows", "chars/s", "ms/step", "ceiling chars/s", "of ceiling"]
+    lines = ["| " + " | ".join([*columns, "minor faults/step", "vs plain"]) + " |", "|---" * 10 + "|"]
+    for f in figures:
+        rows = str(chunk_rows(B * T, f["V"])) if f["readout"] == "fused" else "–"
+        lines.append(
+            f"| {f['V']:,} | {f['readout']} | {f['kernels']} | {rows} | {f['chars_per_s']:,.0f} | "
+            f"{B * T / f['chars_per_s'] * 1e3:.1f} | {rate / flops_per_char(f['V']):,.0f} | {f['of_ceiling']:.0%} | "
+            f"{f['faults']:,.0f} | {f['vs_plain']:.2f}× |"
+        )
+    return lines
 
 
 def phase_table(phases: dict[str, dict[str, float]]) -> list[str]:
@@ -261,11 +260,12 @@ def main() -> None:
     rate = max(rate, matmul_rate())
     phases = {r: breakdown(steps[(VOCABS[0], r, paths[0])]) for r in READOUTS}
     lines += ["", f"2048³ float32 product: {rate / 1e9:.1f} GFLOP/s (the ceiling's numerator)", ""]
-    lines += [*table(results, rate), "", *phase_table(phases)]
+    rows = figures_of(results, rate)
+    lines += [*table(rows, rate), "", *phase_table(phases)]
     print("\n".join(lines[lines.index("") :]))
     out = args.out or result_path(emulation)
     out.write_text("\n".join(lines) + "\n")
-    figures = {"machine": head, "emulating": emulation, "matmul_flops": rate, "rows": json_rows(results, rate)}
+    figures = {"machine": head, "emulating": emulation, "matmul_flops": rate, "rows": rows}
     out.with_suffix(".json").write_text(json.dumps(figures | {"phases_s": phases}, indent=1))
     print(f"\nwritten to {out} and its .json")
 

@@ -41,7 +41,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.summary import ResultFile
+from bench.summary import BF16, ResultFile, on_kernels
 from bench.summary import rnn_speed as rnn_speed_summary
 from gru_lm.machine.cpu import cpu_family_model, cpu_model, isa_level
 from gru_lm.machine.memory import keep_freed_memory
@@ -59,22 +59,13 @@ CELLS = {
     "torch.nn.LSTM": lambda H, L: nn.LSTM(E, H, L),
     "ours LSTM": lambda H, L: LSTM(E, H, L),
 }
-# the same cells under CPU autocast to bfloat16, as `gru-lm train --dtype bfloat16` runs them
-BF16 = " (bfloat16)"
+# the same cells under CPU autocast to bfloat16, as `gru-lm train --dtype bfloat16` runs them (BF16 ending)
 for _name in ("torch.nn.GRU", "ours GRU reset-after", "ours GRU reset-before"):
     CELLS[_name + BF16] = CELLS[_name]
 GRIDS = {
     "default": [(H, L, 32, 64) for H in (256, 512) for L in (1, 2)],
     "full": list(itertools.product((128, 256, 512, 1024), (1, 2), (1, 32, 128), (64, 256))),
 }
-
-
-def on_kernels(name: str) -> tuple[str, str | None]:
-    """A cell's name without its [kernels] ending, and those kernels (None: the default choice)."""
-    if name.endswith("]"):
-        base, _, kernels = name[:-1].rpartition(" [")
-        return base, kernels
-    return name, None
 
 
 def with_kernels(names: list[str], kernels: list[str]) -> list[str]:

@@ -248,9 +248,9 @@ def main() -> None:
                         r = level("127.0.0.1", srv.port, c, args.requests, args.length, args.max_seconds)
                         rows.append({"server": name, **r})
                         print(f"{name}, {c} clients: {r['chars_per_s']:,.0f} chars/s", file=sys.stderr, flush=True)
-    print(f"{cpu_summary()}; {args.length} characters per request, {args.requests} requests per client\n")
-    print(table(rows))
     figures = {"cpu": cpu_summary(), "rows": rows}
+    print(f"{figures['cpu']}; {args.length} characters per request, {args.requests} requests per client\n")
+    print(table(rows))
     if {32, 128} <= set(levels) and not args.url:
         print("\n" + serve_load([ResultFile("this run", figures)]))
     if args.out:

@@ -45,7 +45,7 @@ def cpu_line(machine: dict) -> str:
 
 
 def thousands(rate: float) -> str:
-    """12.3k below a million characters per second, 1,234.5k never: one short form for every table."""
+    """One short form of a rate for every table: 12.3k below a hundred thousand, 123k from there."""
     return f"{rate / 1e3:.1f}k" if rate < 1e5 else f"{rate / 1e3:.0f}k"
 
 
@@ -62,15 +62,24 @@ def only(files: list[ResultFile]) -> ResultFile:
 # training: bench/rnn_speed.py
 
 
+#: the ending of a cell's name that rnn_speed runs under bfloat16 autocast
+BF16 = " (bfloat16)"
+
+
+def on_kernels(name: str) -> tuple[str, str | None]:
+    """A cell's name without its [kernels] ending, and those kernels (None: the default choice)."""
+    if name.endswith("]"):
+        base, _, kernels = name[:-1].rpartition(" [")
+        return base, kernels
+    return name, None
+
+
 def cell_family(cell: str) -> tuple[str, str]:
     """("GRU reset-after", "ours [avx512]") from "ours GRU reset-after [avx512]"; torch.nn.GRU is the
     reset-after GRU (torch's own form), and a name's (bfloat16) ending goes to the column."""
-    bf16 = " (bfloat16)" if cell.endswith(" (bfloat16)") else ""
-    base = cell.removesuffix(" (bfloat16)")
-    path = ""
-    if base.endswith("]"):
-        base, _, kernels = base[:-1].rpartition(" [")
-        path = f" [{kernels}]"
+    bf16 = BF16 if cell.endswith(BF16) else ""
+    base, kernels = on_kernels(cell.removesuffix(BF16))
+    path = f" [{kernels}]" if kernels else ""
     if base.startswith("torch.nn."):
         name = base.removeprefix("torch.nn.")
         return ("GRU reset-after" if name == "GRU" else name), "torch.nn" + bf16
