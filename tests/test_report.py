@@ -35,6 +35,11 @@ def test_report_compares_gru_and_rnn(corpus, smoke, trained_run, tmp_path):
     text = report.read_text()
     assert "| gru |" in text and "| rnn |" in text and "Best GRU against best RNN" in text
     assert f"Trained on: {cpu_model()} ({isa_level()}), float32, torch {torch.__version__}." in text  # both runs here
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [r["cell"] for r in data["runs"]] == ["gru", "rnn"] and data["pairs"][0]["low"] is None
+    best = data["gru_against_rnn"]
+    assert f"{best['gru_loss']:.4f} against {best['rnn_loss']:.4f}" in text
+    assert best["perplexity_ratio"] == pytest.approx(math.exp(best["gru_loss"] - best["rnn_loss"]))
     png = (tmp_path / "report" / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -57,6 +62,10 @@ def test_compare_with_seeds_reports_means_spreads_and_an_interval(corpus, tmp_pa
     text = write_report(groups, tmp_path / "cmp", "seeds").read_text()
     assert "smoke (seed 1)" in text and "smoke (seed 2)" in text and "± " in text and "95% interval" in text
     assert ("is better" in text) != ("cannot tell them apart" in text)
+    data = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    (pair,) = data["pairs"]
+    assert [g["runs"] for g in data["groups"]] == [2, 2] and pair["low"] < pair["diff"] < pair["high"]
+    assert f"{pair['diff']:+.4f} | [{pair['low']:+.4f}, {pair['high']:+.4f}]" in text
     before = (groups[0].runs[0] / "last.pt").stat().st_mtime_ns
     train_configs(corpus, configs, tmp_path / "cmp", None, False, False, seeds=2)
     assert (groups[0].runs[0] / "last.pt").stat().st_mtime_ns == before  # reused, not trained again

@@ -64,6 +64,7 @@ def summarize(run_dir: Path) -> dict:
         "perplexity": math.exp(val),
         "bpc": val / math.log(2),
         "chars_per_s": last["chars"] / max(last["elapsed_s"], 1e-9),
+        "budget_s": state["settings"]["max_time"],
         "machine": state["machine"],
     }
 
@@ -84,54 +85,97 @@ def markdown_table(summaries: list[dict], names: list[str] | None = None) -> str
     return head + body
 
 
-def groups_table(groups: list[RunGroup], rows: dict[str, list[dict]]) -> str:
+def spread_of(values: list[float]) -> dict:
+    """A group's mean, sample standard deviation and range, as report.json records them (no NaN: None)."""
+    s = spread(values)
+    return {"n": s.n, "mean": s.mean, "std": None if math.isnan(s.std) else s.std, "low": s.low, "high": s.high}
+
+
+def group_stats(group: RunGroup, rows: list[dict]) -> dict:
+    """One group's summary: its cell, size and runs, and the spread of its losses and speed."""
+    first = rows[0]
+    stats = {key: spread_of([r[key] for r in rows]) for key in ("val_loss", "perplexity", "bpc", "chars_per_s")}
+    size = {"layers": first["layers"], "hidden": first["hidden"], "params": first["params"]}
+    return {"name": group.name, "cell": first["cell"], **size, "runs": len(rows), **stats}
+
+
+def pair_stats(a: dict, b: dict, rows: dict[str, list[dict]]) -> dict:
+    """Two groups' difference of mean validation loss, with its 95% Welch interval where both have seeds."""
+    d = difference([r["val_loss"] for r in rows[a["name"]]], [r["val_loss"] for r in rows[b["name"]]])
+    interval = {} if math.isnan(d.low) else {"low": d.low, "high": d.high, "decided": d.decided}
+    return {"a": a["name"], "b": b["name"], "diff": d.diff, "low": None, "high": None, "decided": False} | interval
+
+
+def gru_against_rnn(groups: list[dict]) -> dict | None:
+    """The best GRU group against the best RNN group, by mean validation loss (where both are there)."""
+    grus = [g for g in groups if g["cell"].startswith("gru")]
+    rnns = [g for g in groups if g["cell"] == "rnn"]
+    if not grus or not rnns:
+        return None
+    g = min(grus, key=lambda x: x["val_loss"]["mean"])
+    r = min(rnns, key=lambda x: x["val_loss"]["mean"])
+    gp, rp = g["perplexity"]["mean"], r["perplexity"]["mean"]
+    return {
+        "gru": g["name"],
+        "rnn": r["name"],
+        "gru_loss": g["val_loss"]["mean"],
+        "rnn_loss": r["val_loss"]["mean"],
+        "gru_perplexity": gp,
+        "rnn_perplexity": rp,
+        "perplexity_ratio": gp / rp,
+    }
+
+
+def report_data(title: str, groups: list[RunGroup], rows: dict[str, list[dict]]) -> dict:
+    """What report.md shows, as report.json records it for other tools (bench/summary.py renders the docs'
+    tables from it): every run, each group's spread, each pair's difference, the GRU against the RNN."""
+    stats = [group_stats(g, rows[g.name]) for g in groups]
+    runs = [
+        {"name": g.name if len(g.runs) == 1 else f"{g.name} (seed {r['seed']})", "group": g.name, **r}
+        for g in groups
+        for r in rows[g.name]
+    ]
+    pairs = [pair_stats(a, b, rows) for i, a in enumerate(stats) for b in stats[i + 1 :]]
+    return {"title": title, "runs": runs, "groups": stats, "pairs": pairs, "gru_against_rnn": gru_against_rnn(stats)}
+
+
+def groups_table(groups: list[dict]) -> str:
     """Per group: runs, and the mean ± standard deviation [range] of validation loss, perplexity and bpc."""
     out = "| config | cell | runs | val loss, mean ± sd [range] | perplexity | bits/char |\n|---|---|---|---|---|---|\n"
     for g in groups:
-        rs = rows[g.name]
         cells = []
         for key, fmt in (("val_loss", ".4f"), ("perplexity", ".3f"), ("bpc", ".4f")):
-            s = spread([r[key] for r in rs])
-            sd = f" ± {s.std:{fmt}}" if s.n > 1 else ""
-            rng = f" [{s.low:{fmt}}–{s.high:{fmt}}]" if s.n > 1 else ""
-            cells.append(f"{s.mean:{fmt}}{sd}{rng}")
-        out += f"| {g.name} | {rs[0]['cell']} | {len(rs)} | " + " | ".join(cells) + " |\n"
+            s = g[key]
+            several = s["n"] > 1
+            sd = f" ± {s['std']:{fmt}}" if several else ""
+            rng = f" [{s['low']:{fmt}}–{s['high']:{fmt}}]" if several else ""
+            cells.append(f"{s['mean']:{fmt}}{sd}{rng}")
+        out += f"| {g['name']} | {g['cell']} | {g['runs']} | " + " | ".join(cells) + " |\n"
     return out
 
 
-def pairs_table(groups: list[RunGroup], rows: dict[str, list[dict]]) -> str:
+def pairs_table(pairs: list[dict]) -> str:
     """Each pair of groups: the difference of mean validation losses, its 95% interval, and the verdict."""
     out = "| A | B | A − B (val loss) | 95% interval (Welch) | verdict |\n|---|---|---|---|---|\n"
-    for i, a in enumerate(groups):
-        for b in groups[i + 1 :]:
-            d = difference([r["val_loss"] for r in rows[a.name]], [r["val_loss"] for r in rows[b.name]])
-            if math.isnan(d.low):
-                interval, verdict = "-", "one run on a side: no interval"
-            else:
-                interval = f"[{d.low:+.4f}, {d.high:+.4f}]"
-                verdict = (
-                    f"{a.name if d.diff < 0 else b.name} is better" if d.decided else "the runs cannot tell them apart"
-                )
-            out += f"| {a.name} | {b.name} | {d.diff:+.4f} | {interval} | {verdict} |\n"
+    for p in pairs:
+        if p["low"] is None:
+            interval, verdict = "-", "one run on a side: no interval"
+        else:
+            interval = f"[{p['low']:+.4f}, {p['high']:+.4f}]"
+            better = p["a"] if p["diff"] < 0 else p["b"]
+            verdict = f"{better} is better" if p["decided"] else "the runs cannot tell them apart"
+        out += f"| {p['a']} | {p['b']} | {p['diff']:+.4f} | {interval} | {verdict} |\n"
     return out
 
 
-def _gru_against_rnn(groups: list[RunGroup], rows: dict[str, list[dict]]) -> str:
-    """The best GRU group against the best RNN group, by mean validation loss (where both are there)."""
-
-    def mean(g: RunGroup, key: str) -> float:
-        return spread([r[key] for r in rows[g.name]]).mean
-
-    grus = [g for g in groups if rows[g.name][0]["cell"].startswith("gru")]
-    rnns = [g for g in groups if rows[g.name][0]["cell"] == "rnn"]
-    if not grus or not rnns:
+def gru_against_rnn_line(best: dict | None) -> str:
+    if best is None:
         return ""
-    g, r = min(grus, key=lambda x: mean(x, "val_loss")), min(rnns, key=lambda x: mean(x, "val_loss"))
-    gl, rl, gp, rp = mean(g, "val_loss"), mean(r, "val_loss"), mean(g, "perplexity"), mean(r, "perplexity")
+    gl, rl = best["gru_loss"], best["rnn_loss"]
     return (
         f"\nBest GRU against best RNN: validation loss {gl:.4f} against {rl:.4f} nats/char "
-        f"(RNN minus GRU: {rl - gl:+.4f}); perplexity {gp:.3f} against {rp:.3f} (the GRU's is {gp / rp:.3f}× "
-        "the RNN's).\n"
+        f"(RNN minus GRU: {rl - gl:+.4f}); perplexity {best['gru_perplexity']:.3f} against "
+        f"{best['rnn_perplexity']:.3f} (the GRU's is {best['perplexity_ratio']:.3f}× the RNN's).\n"
     )
 
 
@@ -207,26 +251,31 @@ def _as_groups(items: list[RunGroup] | list[Path]) -> list[RunGroup]:
 
 def write_report(groups: list[RunGroup] | list[Path], out_dir: Path, title: str) -> Path:
     """report.md (every run; with several runs per group their spread and the pairwise differences;
-    the GRU against the RNN where both are there) and loss.png."""
+    the GRU against the RNN where both are there), the same as report.json, and loss.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = _as_groups(groups)
     rows = {g.name: [summarize(r) for r in g.runs] for g in groups}
     plot_runs(groups, out_dir / "loss.png", title)
-    names = [g.name if len(g.runs) == 1 else f"{g.name} (seed {r['seed']})" for g in groups for r in rows[g.name]]
-    text = f"# {title}\n\n" + markdown_table([r for g in groups for r in rows[g.name]], names)
-    if any(len(g.runs) > 1 for g in groups):
-        text += "\n" + groups_table(groups, rows) + "\n" + pairs_table(groups, rows)
-    text += _gru_against_rnn(groups, rows)
-    text += _machines([r for g in groups for r in rows[g.name]], names)
-    text += (
+    data = report_data(title, groups, rows)
+    (out_dir / "report.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out_dir / "report.md").write_text(report_markdown(data, several=any(len(g.runs) > 1 for g in groups)))
+    return out_dir / "report.md"
+
+
+def report_markdown(data: dict, several: bool) -> str:
+    runs = data["runs"]
+    text = f"# {data['title']}\n\n" + markdown_table(runs, [r["name"] for r in runs])
+    if several:
+        text += "\n" + groups_table(data["groups"]) + "\n" + pairs_table(data["pairs"])
+    text += gru_against_rnn_line(data["gru_against_rnn"])
+    text += _machines(runs, [r["name"] for r in runs])
+    return text + (
         "\nLosses in nats per character; validation as during training (the validation split's blocks, at most "
         "eval_chars characters taken from the start of every block, in at least eval_streams contiguous streams, "
         "each from a zero state); `gru-lm perplexity` gives the exact single-stream figure. Intervals are "
         "Welch's t intervals for the difference of the mean best validation losses.\n"
         "\n![validation loss against wall time and characters seen](loss.png)\n"
     )
-    (out_dir / "report.md").write_text(text)
-    return out_dir / "report.md"
 
 
 def _machines(summaries: list[dict], names: list[str]) -> str:
