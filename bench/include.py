@@ -6,10 +6,10 @@
 A block is two comment lines with the table between them, which Markdown does not show:
 
     <!-- table rnn_speed bench/results/rnn_speed_xeon_amx.json -->
-    ...the table bench/summary.py renders from that file...
+    ...the table bench/tables.py renders from that file...
     <!-- end table -->
 
-The first line names the table (a renderer of bench/summary.py) and the results files it reads. So after a
+The first line names the table (a renderer named in bench/tables.py) and the results files it reads. So after a
 benchmark writes new results, one command brings the docs up to date, and an edit by hand inside a block, or
 a results file changed without the docs, fails the tests.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.summary import render
+from bench.tables import render
 
 BLOCK = re.compile(r"(<!-- table (\w+) ([^>]+?) -->\n)(.*?)(<!-- end table -->)", re.S)
 

@@ -1,8 +1,9 @@
-"""The summary tables of the benchmarks, rendered from the JSON files they write to bench/results/.
+"""The speed tables of the benchmarks, rendered from the JSON files they write to bench/results/.
 
 Each benchmark prints its summary at the end of a run through these functions, and docs/performance.md
 includes the same tables (bench/include.py writes them between marker comments there; a test checks that
 they are current), so a figure in the docs is the one a benchmark wrote, never a copy made by hand.
+bench/quality.py does the same for the tables of docs/results.md; bench/tables.py names them all.
 
 Every renderer takes the results files of one block, in the order the block names them: one file for the
 per-CPU tables (training, sampling), one file per CPU for the tables that set CPUs side by side (serving,
@@ -32,7 +33,11 @@ class ResultFile:
 
     @classmethod
     def read(cls, name: str) -> ResultFile:
-        return cls(name, json.loads((ROOT / name).read_text(encoding="utf-8")))
+        """A .json file as it is; a .jsonl file (one run a line, as the sweeps append them) as {"rows": [...]}."""
+        text = (ROOT / name).read_text(encoding="utf-8")
+        if name.endswith(".jsonl"):
+            return cls(name, {"rows": [json.loads(line) for line in text.splitlines() if line.strip()]})
+        return cls(name, json.loads(text))
 
 
 def cpu_line(machine: dict) -> str:
@@ -211,13 +216,7 @@ def export_speed(files: list[ResultFile]) -> str:
     return "\n".join(lines)
 
 
-def caption(files: list[ResultFile]) -> str:
-    """The line under a table: the CPU of each file that names one, and the file."""
-    parts = [f"{cpu_line(f.data['machine'])}: `{f.name}`" for f in files if "machine" in f.data]
-    return "CPU " + "; ".join(parts) if parts else ""
-
-
-RENDERERS: dict[str, Callable[[list[ResultFile]], str]] = {
+SPEED: dict[str, Callable[[list[ResultFile]], str]] = {
     "rnn_speed": rnn_speed,
     "sample_speed": sample_speed,
     "sample_streams": sample_streams,
@@ -226,12 +225,11 @@ RENDERERS: dict[str, Callable[[list[ResultFile]], str]] = {
     "export_speed": export_speed,
 }
 
+#: the tables whose results file names its CPU in a machine header, which their caption repeats
+ONE_CPU = ("rnn_speed", "sample_speed", "sample_streams", "export_speed")
 
-def render(kind: str, names: list[str]) -> str:
-    """The table of this kind over these results files, and under it the caption naming their CPUs and paths."""
-    if kind not in RENDERERS:
-        raise ValueError(f"no table called {kind!r}; there are {', '.join(RENDERERS)}")
-    files = [ResultFile.read(n) for n in names]
-    text = RENDERERS[kind](files)
-    cap = caption(files) if kind in ("rnn_speed", "sample_speed", "sample_streams", "export_speed") else ""
-    return text + (f"\n\n{cap}" if cap else "")
+
+def caption(files: list[ResultFile]) -> str:
+    """The line under a table: the CPU of each file that names one, and the file."""
+    parts = [f"{cpu_line(f.data['machine'])}: `{f.name}`" for f in files if "machine" in f.data]
+    return "CPU " + "; ".join(parts) if parts else ""

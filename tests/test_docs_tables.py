@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import include, summary
+from bench import include, quality, summary, tables
 
 from .conftest import ROOT
 
@@ -17,15 +17,15 @@ def test_every_table_in_the_docs_is_the_one_its_results_files_render():
     assert not stale, f"run `python bench/include.py`: {stale}"
 
 
-def test_performance_md_has_its_tables_from_the_results_files():
-    kinds = {b.kind for b in include.blocks(ROOT / "docs" / "performance.md")}
-    assert kinds == set(summary.RENDERERS)
+def test_performance_md_and_results_md_have_their_tables_from_the_results_files():
+    assert {b.kind for b in include.blocks(ROOT / "docs" / "performance.md")} == set(summary.SPEED)
+    assert {b.kind for b in include.blocks(ROOT / "docs" / "results.md")} == set(quality.QUALITY)
 
 
 def test_a_table_edited_by_hand_is_found_and_rewritten(tmp_path: Path):
     name = "bench/results/export_speed.json"
     doc = tmp_path / "doc.md"
-    table = summary.render("export_speed", [name])
+    table = tables.render("export_speed", [name])
     edited = table.replace("0.36×", "0.50×")
     assert edited != table
     doc.write_text(f"text\n\n<!-- table export_speed {name} -->\n{edited}\n<!-- end table -->\n\nmore\n")
@@ -74,11 +74,11 @@ def test_the_caption_names_the_cpu_and_the_file(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(summary, "ROOT", tmp_path)
     figures = {"machine": machine(cpuid="family 6 model 1"), "model": "GRU 1 × 8", "rates": {"gru-lm sample": 10.0}}
     (tmp_path / "r.json").write_text(json.dumps(figures))
-    text = summary.render("export_speed", ["r.json"])
+    text = tables.render("export_speed", ["r.json"])
     assert text.endswith(
         "CPU Test CPU (family 6 model 1), AVX-512, float32, kernels avx512, torch 2, 2 threads, 2026-01-01: `r.json`"
     )
     with pytest.raises(ValueError, match="no table called"):
-        summary.render("nope", ["r.json"])
+        tables.render("nope", ["r.json"])
     with pytest.raises(ValueError, match="one results file"):
-        summary.render("export_speed", ["r.json", "r.json"])
+        tables.render("export_speed", ["r.json", "r.json"])
