@@ -47,32 +47,35 @@ def loss_of(group: dict, bold: bool = False) -> str:
     return mean + (f" ± {loss['std']:.4f}" if loss["n"] > 1 else "")
 
 
-def best_of(groups: list[dict], cell: str) -> dict | None:
-    of_cell = [g for g in groups if g["cell"].split(" ")[0] == cell]
-    return min(of_cell, key=lambda g: g["val_loss"]["mean"]) if of_cell else None
-
-
 def sized(group: dict) -> str:
     seeds = f", {group['runs']} seeds" if group["runs"] > 1 else ""
     return f"({size_of(group['layers'], group['hidden'])}{seeds})"
 
 
 def gru_rnn(files: list[ResultFile]) -> str:
-    """A row per report: its budget and CPU, the best GRU, the best plain RNN, and their perplexities' ratio."""
+    """A row per report: its budget and CPU, the best GRU, the best plain RNN (as the report chose them),
+    and their perplexities' ratio."""
     lines = ["| budget | CPU, dtype | GRU | plain RNN | GRU's perplexity / RNN's | report |", "|---" * 6 + "|"]
     for f in files:
-        groups = f.data["groups"]
-        gru, rnn = best_of(groups, "gru"), best_of(groups, "rnn")
-        if gru is None:
-            raise ValueError(f"{f.name} has no GRU run")
+        groups = {g["name"]: g for g in f.data["groups"]}
         against = f.data["gru_against_rnn"]
-        rnn_cell = f"{loss_of(rnn)} {sized(rnn)}" if rnn else "not measured"
+        gru = groups[against["gru"]] if against else best_gru(f)
+        rnn_cell = f"{loss_of(groups[against['rnn']])} {sized(groups[against['rnn']])}" if against else "not measured"
         ratio = f"{against['perplexity_ratio']:.3f}×" if against else ""
+        spent = next(r["budget_s"] for r in f.data["runs"] if r["group"] == gru["name"])
         lines.append(
-            f"| {budget(f.data['runs'][0]['budget_s'])} | {machine_of(f)} | {loss_of(gru, bold=True)} {sized(gru)} "
+            f"| {budget(spent) if spent else 'steps'} | {machine_of(f)} | {loss_of(gru, bold=True)} {sized(gru)} "
             f"| {rnn_cell} | {ratio} | {report_link(f)} |"
         )
     return "\n".join(lines)
+
+
+def best_gru(report: ResultFile) -> dict:
+    """The GRU group of lowest mean validation loss, in a report that trained no RNN to set it against."""
+    grus = [g for g in report.data["groups"] if g["cell"].startswith("gru")]
+    if not grus:
+        raise ValueError(f"{report.name} has no GRU run")
+    return min(grus, key=lambda g: g["val_loss"]["mean"])
 
 
 def spread_text(s: dict, fmt: str) -> str:
@@ -90,9 +93,10 @@ def report_groups(files: list[ResultFile]) -> str:
         loss = g["val_loss"]
         mean = spread_text(loss, ".4f")
         shown = f"**{mean}**" if loss["mean"] == best else mean
+        seeds = f" [{loss['low']:.4f}–{loss['high']:.4f}]" if loss["n"] > 1 else ""
         lines.append(
             f"| {g['name']} | {cell_name(g['cell'])} | {size_of(g['layers'], g['hidden'])} | {g['params']:,} "
-            f"| {thousands(g['chars_per_s']['mean'])} | {shown} [{loss['low']:.4f}–{loss['high']:.4f}] "
+            f"| {thousands(g['chars_per_s']['mean'])} | {shown}{seeds} "
             f"| {spread_text(g['perplexity'], '.3f')} | {spread_text(g['bpc'], '.3f')} |"
         )
     return "\n".join(lines)
@@ -206,8 +210,9 @@ def quick_start(files: list[ResultFile]) -> str:
     merged: dict[tuple, dict] = {}
     for r in only(files).data["rows"]:
         key = (r["cpu"], r.get("cpuid"), r["isa"], r["dtype"], r["size"])
-        m = merged.setdefault(key, {"runs": 0, "chars_per_s": [], "best_val_loss": []})
+        m = merged.setdefault(key, {"runs": 0, "timed": 0, "chars_per_s": [], "best_val_loss": []})
         m["runs"] += r["runs"]
+        m["timed"] += r["runs"] if r["chars_per_s"] else 0
         m["chars_per_s"] += r["chars_per_s"] or []
         m["best_val_loss"] += r["best_val_loss"]
     head = "| CPU (2-core VM) | ISA level | dtype (`auto`) | size the fit picked | chars/s | best val loss | runs |"
@@ -215,6 +220,7 @@ def quick_start(files: list[ResultFile]) -> str:
     for (cpu, cpuid, isa, dtype, size), m in merged.items():
         name = f"{cpu} ({cpuid})" if cpuid else cpu
         rate = span(m["chars_per_s"], thousands) if m["chars_per_s"] else "–"
+        rate += f" ({m['timed']} of the runs)" if 0 < m["timed"] < m["runs"] else ""
         loss = span(m["best_val_loss"], lambda x: f"{x:.4f}")
         lines.append(f"| {name} | {isa} | {dtype} | {size} | {rate} | {loss} | {m['runs']} |")
     return "\n".join(lines)

@@ -32,6 +32,9 @@ RESULTS = "bench/results/quick_start.jsonl"
 def row_of(run: Path) -> dict:
     """One run's row: this machine's CPU and the run's dtype, size, speed and best validation loss."""
     s = summarize(run)
+    here = f"{cpu_model()} ({isa_level()})"
+    if not s["machine"].startswith(here):
+        raise SystemExit(f"{run} trained on {s['machine']}, not on this {here}: record it where it trained")
     dtype = s["machine"].rsplit(", torch ", 1)[0].rsplit(", ", 1)[1]
     return {
         "cpu": cpu_model(),

@@ -9,8 +9,10 @@ import pytest
 
 from bench import quality, quick_start
 from bench.summary import ResultFile
-from gru_lm.analysis.report import write_report
+from gru_lm.analysis.report import groups_table, report_markdown, spread_of, write_report
 from gru_lm.training.train import train
+
+from .conftest import ROOT
 
 
 def spread(mean: float, n: int = 1, std: float | None = None) -> dict:
@@ -24,21 +26,42 @@ def group(name: str, cell: str, loss: float, n: int = 1) -> dict:
 
 
 def report(groups: list[dict], budget_s: float = 300.0, against: dict | None = None) -> ResultFile:
-    runs = [{"machine": "Test CPU (AVX2), float32, torch 2", "budget_s": budget_s}]
+    runs = [{"machine": "Test CPU (AVX2), float32, torch 2", "budget_s": budget_s, "group": g["name"]} for g in groups]
     data = {"runs": runs, "groups": groups, "pairs": [], "gru_against_rnn": against}
     return ResultFile("reports/x/report.json", data)
 
 
-def test_gru_against_rnn_takes_the_best_of_each_cell_and_says_when_no_rnn_was_trained():
-    against = {"perplexity_ratio": 0.9}
+def test_gru_against_rnn_shows_the_pair_the_report_chose_and_says_when_no_rnn_was_trained():
+    against = {"gru": "b", "rnn": "c", "perplexity_ratio": 0.9}
     two = report([group("a", "gru", 1.50), group("b", "gru", 1.45, n=3), group("c", "rnn", 1.6)], 100, against)
-    lone = report([group("a", "gru", 1.40)], 1800)
+    lone = report([group("a", "gru", 1.40), group("b", "gru", 1.30)], 1800)
     lines = quality.gru_rnn([two, lone]).splitlines()
     assert lines[2].startswith("| 100 s | Test CPU (AVX2), float32 | **1.4500** ± 0.0050 (1 × 8, 3 seeds) |")
     assert "| 1.6000 (1 × 8) | 0.900× | [reports/x](../reports/x/report.md) |" in lines[2]
-    assert lines[3].startswith("| 30 min |") and "| not measured |  |" in lines[3]
+    assert lines[3].startswith("| 30 min |") and "**1.3000** (1 × 8) | not measured |  |" in lines[3]
     with pytest.raises(ValueError, match="no GRU"):
         quality.gru_rnn([report([group("c", "rnn", 1.6)])])
+
+
+def test_the_groups_table_gives_a_range_only_where_a_config_has_seeds():
+    lines = quality.report_groups([report([group("x", "gru", 1.4, 3), group("y", "lstm", 1.5)])]).splitlines()
+    assert "| **1.4000 ± 0.0050** [1.3900–1.4100] | 1.400 ± 0.005 |" in lines[2]
+    assert lines[3] == "| y | LSTM | 1 × 8 | 1,000 | 5.0k | 1.5000 | 1.500 | 1.500 |"
+
+
+def test_a_run_without_evaluations_makes_its_group_nan_in_report_md_not_a_crash():
+    stats = {key: spread_of([float("nan"), 1.5]) for key in ("val_loss", "perplexity", "bpc")}
+    line = groups_table([{"name": "g", "cell": "gru", "runs": 2, **stats}]).splitlines()[2]
+    assert line.startswith("| g | gru | 2 | nan ± nan")
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in (ROOT / "reports").glob("*/report.json")))
+def test_a_committed_report_json_gives_the_tables_of_its_report_md(folder: str):
+    def tables(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith(("|", "Best GRU"))]
+
+    data = json.loads((ROOT / "reports" / folder / "report.json").read_text(encoding="utf-8"))
+    assert tables(report_markdown(data)) == tables((ROOT / "reports" / folder / "report.md").read_text())
 
 
 def test_pairs_are_named_by_their_cells_where_those_tell_them_apart():
@@ -84,8 +107,10 @@ def test_quick_start_rows_of_one_cpu_and_size_merge_into_their_range():
     rows = [row(1.41, 20000.0), row(1.43, None), row(1.40, 25000.0, runs=3)]
     text = quality.quick_start([ResultFile("q.jsonl", {"rows": rows})])
     assert text.splitlines()[2] == (
-        "| Test CPU (family 1 model 2) | AVX2 | float32 | 1 × 8 | 20.0k–25.0k | 1.4000–1.4300 | 5 |"
+        "| Test CPU (family 1 model 2) | AVX2 | float32 | 1 × 8 | 20.0k–25.0k (4 of the runs) | 1.4000–1.4300 | 5 |"
     )
+    timed = quality.quick_start([ResultFile("q.jsonl", {"rows": rows[:1]})])
+    assert timed.splitlines()[2].endswith("| 20.0k | 1.4100 | 1 |")
 
 
 def test_a_quick_start_row_is_the_run_as_its_report_summarises_it(trained_run: Path):

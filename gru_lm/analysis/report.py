@@ -86,9 +86,10 @@ def markdown_table(summaries: list[dict], names: list[str] | None = None) -> str
 
 
 def spread_of(values: list[float]) -> dict:
-    """A group's mean, sample standard deviation and range, as report.json records them (no NaN: None)."""
+    """A group's mean, sample standard deviation and range, as report.json records them: a single value
+    has no standard deviation (None); a run without evaluations makes its group's figures NaN, as in report.md."""
     s = spread(values)
-    return {"n": s.n, "mean": s.mean, "std": None if math.isnan(s.std) else s.std, "low": s.low, "high": s.high}
+    return {"n": s.n, "mean": s.mean, "std": s.std if s.n > 1 else None, "low": s.low, "high": s.high}
 
 
 def group_stats(group: RunGroup, rows: list[dict]) -> dict:
@@ -122,12 +123,13 @@ def gru_against_rnn(groups: list[dict]) -> dict | None:
         "rnn_loss": r["val_loss"]["mean"],
         "gru_perplexity": gp,
         "rnn_perplexity": rp,
+        "rnn_minus_gru": r["val_loss"]["mean"] - g["val_loss"]["mean"],
         "perplexity_ratio": gp / rp,
     }
 
 
 def report_data(title: str, groups: list[RunGroup], rows: dict[str, list[dict]]) -> dict:
-    """What report.md shows, as report.json records it for other tools (bench/summary.py renders the docs'
+    """What report.md shows, as report.json records it for other tools (bench/quality.py renders the docs'
     tables from it): every run, each group's spread, each pair's difference, the GRU against the RNN."""
     stats = [group_stats(g, rows[g.name]) for g in groups]
     runs = [
@@ -169,12 +171,12 @@ def pairs_table(pairs: list[dict]) -> str:
 
 
 def gru_against_rnn_line(best: dict | None) -> str:
+    """The sentence under the tables that sets the best GRU against the best RNN, where both were trained."""
     if best is None:
         return ""
-    gl, rl = best["gru_loss"], best["rnn_loss"]
     return (
-        f"\nBest GRU against best RNN: validation loss {gl:.4f} against {rl:.4f} nats/char "
-        f"(RNN minus GRU: {rl - gl:+.4f}); perplexity {best['gru_perplexity']:.3f} against "
+        f"\nBest GRU against best RNN: validation loss {best['gru_loss']:.4f} against {best['rnn_loss']:.4f} "
+        f"nats/char (RNN minus GRU: {best['rnn_minus_gru']:+.4f}); perplexity {best['gru_perplexity']:.3f} against "
         f"{best['rnn_perplexity']:.3f} (the GRU's is {best['perplexity_ratio']:.3f}× the RNN's).\n"
     )
 
@@ -258,14 +260,16 @@ def write_report(groups: list[RunGroup] | list[Path], out_dir: Path, title: str)
     plot_runs(groups, out_dir / "loss.png", title)
     data = report_data(title, groups, rows)
     (out_dir / "report.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out_dir / "report.md").write_text(report_markdown(data, several=any(len(g.runs) > 1 for g in groups)))
+    (out_dir / "report.md").write_text(report_markdown(data))
     return out_dir / "report.md"
 
 
-def report_markdown(data: dict, several: bool) -> str:
+def report_markdown(data: dict) -> str:
+    """report.md from report.json's data: the runs; the groups and pairs where a group has several seeds;
+    the GRU against the RNN; the machines; how the figures were measured."""
     runs = data["runs"]
     text = f"# {data['title']}\n\n" + markdown_table(runs, [r["name"] for r in runs])
-    if several:
+    if any(g["runs"] > 1 for g in data["groups"]):
         text += "\n" + groups_table(data["groups"]) + "\n" + pairs_table(data["pairs"])
     text += gru_against_rnn_line(data["gru_against_rnn"])
     text += _machines(runs, [r["name"] for r in runs])
