@@ -249,7 +249,7 @@ def main() -> None:
     if emulation:
         lines.append("# emulating: " + ", ".join(f"{k}={v}" for k, v in emulation.items()))
     lines.append(
-        f"# GRU {H} × 1, embedding {E}, {B} streams × window {T}; full training steps (clip 1.0, AdamW); "
+        f"# GRU 1 × {H}, embedding {E}, {B} streams × window {T}; full training steps (clip 1.0, AdamW); "
         f"best of {args.rounds} interleaved rounds of {args.seconds / args.rounds:.1f} s"
     )
     print("\n".join(lines), flush=True)
