@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.summary import ResultFile, serve_load
-from gru_lm.machine.cpu import cpu_summary
+from gru_lm.machine.cpu import cpu_family_model, cpu_summary
 
 
 @dataclass
@@ -248,7 +248,7 @@ def main() -> None:
                         r = level("127.0.0.1", srv.port, c, args.requests, args.length, args.max_seconds)
                         rows.append({"server": name, **r})
                         print(f"{name}, {c} clients: {r['chars_per_s']:,.0f} chars/s", file=sys.stderr, flush=True)
-    figures = {"cpu": cpu_summary(), "rows": rows}
+    figures = {"cpu": cpu_summary(), "cpuid": cpu_family_model(), "rows": rows}
     print(f"{figures['cpu']}; {args.length} characters per request, {args.requests} requests per client\n")
     print(table(rows))
     if {32, 128} <= set(levels) and not args.url:

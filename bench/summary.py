@@ -174,8 +174,9 @@ def serve_load(files: list[ResultFile]) -> str:
         if now is None or crowd is None:
             raise ValueError(f"{f.name} has no 32- and 128-writer levels of this checkout")
         before = f"{old['chars_per_s']:,.0f}" if old else "–"
+        cpu = f"{f.data['cpu']}, {f.data['cpuid']}" if f.data.get("cpuid") else f.data["cpu"]
         lines.append(
-            f"| {f.data['cpu']} | {now['chars_per_s']:,.0f} | {now['first_p99']:.2f} s | {crowd['chars_per_s']:,.0f} "
+            f"| {cpu} | {now['chars_per_s']:,.0f} | {now['first_p99']:.2f} s | {crowd['chars_per_s']:,.0f} "
             f"| {crowd['whole_p99']:.2f} s | {before} | `{f.name}` |"
         )
     return "\n".join(lines)
