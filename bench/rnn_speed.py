@@ -60,7 +60,15 @@ CELLS = {
     "ours LSTM": lambda H, L: LSTM(E, H, L),
 }
 # the same cells under CPU autocast to bfloat16, as `gru-lm train --dtype bfloat16` runs them (BF16 ending)
-for _name in ("torch.nn.GRU", "ours GRU reset-after", "ours GRU reset-before"):
+for _name in (
+    "torch.nn.GRU",
+    "ours GRU reset-after",
+    "ours GRU reset-before",
+    "torch.nn.LSTM",
+    "ours LSTM",
+    "torch.nn.RNN",
+    "ours RNN",
+):
     CELLS[_name + BF16] = CELLS[_name]
 GRIDS = {
     "default": [(H, L, 32, 64) for H in (256, 512) for L in (1, 2)],
@@ -68,15 +76,23 @@ GRIDS = {
 }
 
 
+#: the paths a window with bfloat16 operands can take: the AVX-512 team path (where the CPU has AVX-512 BF16)
+#: and the BLAS path; GRU_LM_KERNELS=avx2 sends it to the BLAS path too, so it is not measured twice
+BF16_PATHS = ("avx512", "blas")
+
+
 def with_kernels(names: list[str], kernels: list[str]) -> list[str]:
-    """Each of our float32 cells once per kernel path (when there is more than one); the rest as they are."""
-    if len(kernels) < 2:
-        return names
-    return [variant for n in names for variant in ([f"{n} [{k}]" for k in kernels] if ours_float32(n) else [n])]
+    """Each of our cells once per kernel path it can take (when there is more than one); the rest as they are."""
+
+    def variants(name: str) -> list[str]:
+        paths = [k for k in kernels if k in BF16_PATHS] if name.endswith(BF16) else kernels
+        return [f"{name} [{k}]" for k in paths] if ours(name) and len(paths) > 1 else [name]
+
+    return [variant for n in names for variant in variants(n)]
 
 
-def ours_float32(name: str) -> bool:
-    return name.startswith("ours") and "reference" not in name and not name.endswith(BF16)
+def ours(name: str) -> bool:
+    return name.startswith("ours") and "reference" not in name
 
 
 class Step:
@@ -99,6 +115,8 @@ class Step:
     def __call__(self) -> None:
         if self.kernels:
             os.environ["GRU_LM_KERNELS"] = self.kernels
+        else:  # the default path, whatever the cell measured before this one forced
+            os.environ.pop("GRU_LM_KERNELS", None)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
             out, h = self.rnn(self.emb(self.x), self.h)
             logits = self.head(out)
@@ -260,7 +278,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--bfloat16",
         action="store_true",
-        help="also the GRUs under CPU autocast to bfloat16 (mixed precision; not the same arithmetic)",
+        help="also the cells under CPU autocast to bfloat16 (mixed precision; not the same arithmetic)",
     )
     ap.add_argument(
         "--sample-only",

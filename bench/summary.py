@@ -81,9 +81,11 @@ def on_kernels(name: str) -> tuple[str, str | None]:
 
 def cell_family(cell: str) -> tuple[str, str]:
     """("GRU reset-after", "ours [avx512]") from "ours GRU reset-after [avx512]"; torch.nn.GRU is the
-    reset-after GRU (torch's own form), and a name's (bfloat16) ending goes to the column."""
-    bf16 = BF16 if cell.endswith(BF16) else ""
-    base, kernels = on_kernels(cell.removesuffix(BF16))
+    reset-after GRU (torch's own form), and a name's (bfloat16) goes to the column, after its path:
+    "ours GRU reset-after (bfloat16) [blas]" is ("GRU reset-after", "ours [blas] (bfloat16)")."""
+    base, kernels = on_kernels(cell)
+    bf16 = BF16 if base.endswith(BF16) else ""
+    base = base.removesuffix(BF16)
     path = f" [{kernels}]" if kernels else ""
     if base.startswith("torch.nn."):
         name = base.removeprefix("torch.nn.")
@@ -119,10 +121,11 @@ def rnn_speed(files: list[ResultFile]) -> str:
     return "\n".join(lines)
 
 
-def column_order(column: str) -> tuple[int, int, str]:
+def column_order(column: str) -> tuple[int, int, int, str]:
+    """torch.nn's columns first, then ours: float32 before bfloat16, and each on its paths fastest first."""
     kernels = re.search(r"\[(\w+)\]", column)
     rank = PATHS.index(kernels.group(1)) if kernels and kernels.group(1) in PATHS else len(PATHS)
-    return (0 if column.startswith("torch.nn") else 1, rank, column)
+    return (0 if column.startswith("torch.nn") else 1, 1 if column.endswith(BF16) else 0, rank, column)
 
 
 def rnn_entry(row: dict | None, torch_nn: dict | None) -> str:

@@ -477,6 +477,37 @@ def test_bfloat16_autocast_rounds_only_the_products(make, backend, monkeypatch):
         assert 0 < rel < 3e-2, f"gradient of {name}: relative difference {rel:.2e}"
 
 
+@pytest.mark.parametrize("shape", [s for s in _SHAPES.values() if s[2] % 8 == 0], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kind", list(_MAKERS))
+def test_bfloat16_team_path_agrees_with_the_blas_path(kind, shape, monkeypatch):
+    """On a CPU with AVX-512 BF16 a window with bfloat16 operands runs the team kernels with bfloat16 products
+    (packed_gemm_bf16.h) instead of the BLAS path: the same rounding of the same operands, summed in another
+    order, so the two agree to bfloat16's rounding, outputs and gradients, and both stay that close to float32.
+    The shapes leave half vectors and rows after blocks of 8, and split the units over the threads."""
+    if compiled() is None or compiled().preferred_bfloat16_kernels() != "avx512_bf16":
+        pytest.skip("this CPU or build has no bfloat16 team kernels")
+    T, B, H = shape
+    torch.manual_seed(7)
+    models = [_MAKERS[kind](True, H) for _ in range(3)]
+    for m in models[1:]:
+        m.load_state_dict(models[0].state_dict())
+    x, h0, w = torch.randn(T, B, 6), _state(models[0], B, H), torch.randn(T, B, H)
+    outs = []
+    for m, (path, amp) in zip(models, (("avx512", False), ("avx512", True), ("blas", True))):
+        monkeypatch.setenv("GRU_LM_KERNELS", path)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out, hn = m(x, h0)
+        hn = torch.cat(hn) if isinstance(hn, tuple) else hn
+        ((out.float() * w).sum() + (hn * hn).sum()).backward()
+        outs.append(out.float())
+    exact, team, blas = outs
+    assert 0 < (team - blas).abs().max() < 3e-2 and (team - exact).abs().max() < 3e-2
+    for (name, a), b, c in zip(models[0].named_parameters(), models[1].parameters(), models[2].parameters()):
+        for mixed in (b, c):
+            rel = (a.grad - mixed.grad).norm() / a.grad.norm()
+            assert rel < 3e-2, f"gradient of {name}: relative difference {rel:.2e}"
+
+
 def test_dropout_keeps_the_expected_fraction_and_scales():
     from gru_lm.model.cells import dropout
 

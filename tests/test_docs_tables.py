@@ -64,6 +64,20 @@ def test_training_table_sets_each_cell_against_torch_nn_of_its_kind():
     assert lstm.endswith("| 1.0k, 1.25×, 50% | – |")
 
 
+def test_bfloat16_cells_on_each_path_get_columns_after_the_float32_ones():
+    rows = [
+        row("torch.nn.GRU", 1.0),
+        row("ours GRU reset-after [avx512]", 2.0),
+        row("ours GRU reset-after (bfloat16) [blas]", 2.5),
+        row("ours GRU reset-after (bfloat16) [avx512]", 3.0),
+        row("ours GRU reset-after [blas]", 1.5),
+    ]
+    text = summary.rnn_speed([summary.ResultFile("x.json", {"machine": machine(), "rows": rows})])
+    columns = "torch.nn | ours [avx512] | ours [blas] | ours [avx512] (bfloat16) | ours [blas] (bfloat16)"
+    assert text.splitlines()[0] == f"| layers × hidden | cell | {columns} |"
+    assert text.splitlines()[2].endswith("| 1.0k, 3.00×, 50% | 1.0k, 2.50×, 50% |")
+
+
 def test_a_cell_without_a_kernels_ending_runs_the_default_path():
     rows = [row("torch.nn.GRU", 1.0), row("ours GRU reset-after", 1.8)]
     result = {"machine": machine(kernels="avx2"), "rows": rows}

@@ -26,6 +26,7 @@
 
 #if GRU_LM_HAVE_AVX2
 #include "packed_gemm.h"
+#include "packed_gemm_bf16.h"
 #include "team.h"
 
 namespace gru_lm::team {
@@ -41,33 +42,47 @@ std::vector<std::pair<int64_t, int64_t>> gate_columns(int64_t j0, int64_t j1, in
 }
 
 // Pack part p's columns of the forward product h · W[rows]ᵀ, for W (N×H) rows `row0`.. (S[k][n] = W[row0 + n][k]).
-template <class V>
-void pack_forward(PackedColumns<V>& packed, const float* W, int64_t H, int64_t row0, int64_t j0, int64_t j1, int gates) {
+template <class P>
+void pack_forward(P& packed, const float* W, int64_t H, int64_t row0, int64_t j0, int64_t j1, int gates) {
   packed.pack(H, gate_columns(j0, j1, H, gates), [&](int64_t k, int64_t n) { return W[(row0 + n) * H + k]; });
 }
 
 // Pack part p's columns of the backward product dG · W[rows] (S[k][n] = W[row0 + k][n]): the state
 // gradient of its units from the gate gradients of all units (K = rows).
-template <class V>
-void pack_backward(PackedColumns<V>& packed, const float* W, int64_t H, int64_t row0, int64_t rows, int64_t j0,
+template <class P>
+void pack_backward(P& packed, const float* W, int64_t H, int64_t row0, int64_t rows, int64_t j0,
                    int64_t j1) {
   packed.pack(rows, {{j0, j1 - j0}}, [&](int64_t k, int64_t n) { return W[(row0 + k) * H + n]; });
 }
 
 // Rows row0.. of dW (rows of them) = Σ over the window's T·B rows of dA[:, col0:col0+rows]ᵀ · prev, for
 // dA (T×B×width) and prev (T·B × H, its first T·B rows): the recurrent weight gradient of a window, one
-// large product that the BLAS does well (it is not on the step-by-step path).
-void weight_gradient_into(Tensor& dW, int64_t row0, const Tensor& dA, int64_t col0, int64_t rows, const Tensor& prev) {
+// large product that the BLAS does well (it is not on the step-by-step path). With bfloat16 operands its
+// operands are rounded to bfloat16 too, as the BLAS path's are.
+void weight_gradient_into(Tensor& dW, int64_t row0, const Tensor& dA, int64_t col0, int64_t rows, const Tensor& prev,
+                          bool bfloat16_operands) {
   const int64_t TB = dA.size(0) * dA.size(1), H = dW.size(1);
   Tensor into = dW.narrow(0, row0, rows);
-  at::mm_out(into, dA.view({TB, -1}).narrow(1, col0, rows).t(), prev.view({-1, H}).narrow(0, 0, TB));
+  const Tensor a = dA.view({TB, -1}).narrow(1, col0, rows).t(), b = prev.view({-1, H}).narrow(0, 0, TB);
+  if (bfloat16_operands)
+    into.copy_(at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)));
+  else
+    at::mm_out(into, a, b);
 }
 
-Tensor weight_gradient(const Tensor& dA, const Tensor& prev, int64_t H) {
+Tensor weight_gradient(const Tensor& dA, const Tensor& prev, int64_t H, bool bfloat16_operands) {
   Tensor dW = at::empty({dA.size(2), H}, dA.options());
-  weight_gradient_into(dW, 0, dA, 0, dA.size(2), prev);
+  weight_gradient_into(dW, 0, dA, 0, dA.size(2), prev, bfloat16_operands);
   return dW;
 }
+
+// Whether the vector traits V multiply bfloat16 operands (packed_gemm_bf16.h).
+template <class V>
+constexpr bool bf16_products = false;
+#if GRU_LM_HAVE_AVX512
+template <>
+constexpr bool bf16_products<Avx512Bf16> = true;
+#endif
 
 }  // namespace
 
@@ -86,7 +101,7 @@ std::vector<Tensor> gru_after_forward_on(const Tensor& gi_in, const Tensor& h0, 
   float *o = out.data_ptr<float>(), *g = G.data_ptr<float>(), *n = N.data_ptr<float>();
   const float *x = gi.data_ptr<float>(), *W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns<V>> packed(parts);
+  std::vector<Packed<V>> packed(parts);
   run_team(
       parts, T, 1,
       [&](int p) {
@@ -116,7 +131,7 @@ std::vector<Tensor> gru_after_backward_on(const Tensor& d_out_in, const Tensor& 
   const float *g = G.data_ptr<float>(), *n = N.data_ptr<float>(), *o = out.data_ptr<float>();
   const float *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns<V>> packed(parts);
+  std::vector<Packed<V>> packed(parts);
   run_team(
       parts, T + 1, 1,
       [&](int p) {
@@ -134,7 +149,7 @@ std::vector<Tensor> gru_after_backward_on(const Tensor& d_out_in, const Tensor& 
           gru_after_bwd_row(H, j0, j1, dout + o1, dhp + b * H, g + o3, n + o1, o + o1, dg + o3, dan + o1, dhp + b * H);
         }
       });
-  Tensor dW = weight_gradient(dG, out, H);
+  Tensor dW = weight_gradient(dG, out, H, bf16_products<V>);
   Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
   dG.narrow(2, 2 * H, H).copy_(dAN);  // now d_gi = [da_r, da_z, da_n]
   return {dG, dh, dW, db};
@@ -155,7 +170,7 @@ std::vector<Tensor> gru_before_forward_on(const Tensor& gi_in, const Tensor& h0,
   float *o = out.data_ptr<float>(), *rz = RZ.data_ptr<float>(), *q = Q.data_ptr<float>(), *n = N.data_ptr<float>();
   const float *x = gi.data_ptr<float>(), *W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns<V>> packed_rz(parts), packed_n(parts);
+  std::vector<Packed<V>> packed_rz(parts), packed_n(parts);
   run_team(
       parts, T, 2,
       [&](int p) {
@@ -201,7 +216,7 @@ std::vector<Tensor> gru_before_backward_on(const Tensor& d_out_in, const Tensor&
   float* const drz0 = darz.data_ptr<float>();
   auto drz = [&](int64_t s) { return drz0 + (s % 2) * B * 2 * H; };
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns<V>> packed_n(parts), packed_rz(parts);
+  std::vector<Packed<V>> packed_n(parts), packed_rz(parts);
   run_team(
       parts, T + 1, 2,
       [&](int p) {
@@ -231,8 +246,8 @@ std::vector<Tensor> gru_before_backward_on(const Tensor& d_out_in, const Tensor&
         }
       });
   Tensor dW = at::empty({3 * H, H}, RZ.options());
-  weight_gradient_into(dW, 0, dA, 0, 2 * H, out);
-  weight_gradient_into(dW, 2 * H, dA, 2 * H, H, Q);
+  weight_gradient_into(dW, 0, dA, 0, 2 * H, out, bf16_products<V>);
+  weight_gradient_into(dW, 2 * H, dA, 2 * H, H, Q, bf16_products<V>);
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
   return {dA, dh, dW, db};
 }
@@ -253,7 +268,7 @@ std::vector<Tensor> lstm_forward_on(const Tensor& gi_in, const Tensor& h0, const
   float *o = out.data_ptr<float>(), *c = C.data_ptr<float>(), *g = G.data_ptr<float>();
   const float *x = gi.data_ptr<float>(), *W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns<V>> packed(parts);
+  std::vector<Packed<V>> packed(parts);
   run_team(
       parts, T, 1,
       [&](int p) {
@@ -284,7 +299,7 @@ std::vector<Tensor> lstm_backward_on(const Tensor& d_out_in, const Tensor& d_hT,
   const float *g = G.data_ptr<float>(), *c = C.data_ptr<float>(), *dout = d_out.data_ptr<float>();
   const float* W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns<V>> packed(parts);
+  std::vector<Packed<V>> packed(parts);
   run_team(
       parts, T + 1, 1,
       [&](int p) {
@@ -302,7 +317,7 @@ std::vector<Tensor> lstm_backward_on(const Tensor& d_out_in, const Tensor& d_hT,
                        c + o1 + B * H, dg + (t * B + b) * 4 * H);
         }
       });
-  Tensor dW = weight_gradient(dG, out, H);
+  Tensor dW = weight_gradient(dG, out, H, bf16_products<V>);
   Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
   return {dG, dh, dc, dW, db};
 }
@@ -318,7 +333,7 @@ Tensor rnn_forward_on(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, co
   float* o = out.data_ptr<float>();
   const float *ap = a.data_ptr<float>(), *W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns<V>> packed(parts);
+  std::vector<Packed<V>> packed(parts);
   run_team(
       parts, T, 1,
       [&](int p) {
@@ -343,7 +358,7 @@ std::vector<Tensor> rnn_backward_on(const Tensor& d_out_in, const Tensor& d_hT, 
   float *da = dA.data_ptr<float>(), *dhp = dh.data_ptr<float>();
   const float *o = out.data_ptr<float>(), *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
-  std::vector<PackedColumns<V>> packed(parts);
+  std::vector<Packed<V>> packed(parts);
   run_team(
       parts, T + 1, 1,
       [&](int p) {
@@ -358,7 +373,7 @@ std::vector<Tensor> rnn_backward_on(const Tensor& d_out_in, const Tensor& d_hT, 
         for (int64_t b = 0; b < B; ++b)
           rnn_bwd_row(j0, j1, dout + (t * B + b) * H, dhp + b * H, o + ((t + 1) * B + b) * H, da + (t * B + b) * H);
       });
-  Tensor dW = weight_gradient(dA, out, H);
+  Tensor dW = weight_gradient(dA, out, H, bf16_products<V>);
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
   return {dA, dh, dW, db};
 }
@@ -367,11 +382,12 @@ std::vector<Tensor> rnn_backward_on(const Tensor& d_out_in, const Tensor& d_hT, 
 
 namespace {
 
-// f(V{}) for the vector traits V of `isa`.
+// f(V{}) for the vector traits V of `isa` (Avx512Bf16: the bfloat16 products of packed_gemm_bf16.h).
 template <typename F>
 decltype(auto) at_width(TeamIsa isa, const F& f) {
 #if GRU_LM_HAVE_AVX512
   if (isa == TeamIsa::avx512) return f(Avx512{});
+  if (isa == TeamIsa::avx512_bf16) return f(Avx512Bf16{});
 #endif
   (void)isa;
   return f(Avx2{});

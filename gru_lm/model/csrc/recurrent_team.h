@@ -1,7 +1,7 @@
 // The team path of the window kernels (recurrent_team.cpp): the same arguments, in the same order, and
 // the same results as the BLAS path's entry points in window_kernels.cpp, which call these when
-// team_isa (dispatch.h) names a vector width, passed first. Float32 only, hidden size a multiple of
-// 8, exact products (no bfloat16 operands), hence no bfloat16_operands argument.
+// team_isa (dispatch.h) names a vector width, passed first. Float32 tensors, hidden size a multiple of
+// 8; the width avx512_bf16 stands for bfloat16 operands in the products, so no bfloat16_operands argument.
 #pragma once
 
 #include <torch/extension.h>

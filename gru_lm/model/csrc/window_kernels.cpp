@@ -575,6 +575,7 @@ std::vector<Tensor> lstm_backward(Tensor d_out, Tensor d_hT, Tensor d_cT, Tensor
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("preferred_kernels", &gru_lm::preferred_kernels);
+  m.def("preferred_bfloat16_kernels", &gru_lm::preferred_bfloat16_kernels);
   gru_lm::bind_sampler(m);
   gru_lm::bind_dropout(m);
   m.def("gru_after_forward", &gru_lm::gru_after_forward);
