@@ -46,7 +46,7 @@ from bench.summary import rnn_speed as rnn_speed_summary
 from gru_lm.machine.cpu import cpu_family_model, cpu_model, isa_level
 from gru_lm.machine.memory import keep_freed_memory
 from gru_lm.model.cells import GRU, LSTM, RNN
-from gru_lm.model.kernels import available, backend
+from gru_lm.model.kernels import available, available_bfloat16, backend
 
 V, E = 65, 64
 CELLS = {
@@ -76,16 +76,14 @@ GRIDS = {
 }
 
 
-#: the paths a window with bfloat16 operands can take: the AVX-512 team path (where the CPU has AVX-512 BF16)
-#: and the BLAS path; GRU_LM_KERNELS=avx2 sends it to the BLAS path too, so it is not measured twice
-BF16_PATHS = ("avx512", "blas")
-
-
 def with_kernels(names: list[str], kernels: list[str]) -> list[str]:
-    """Each of our cells once per kernel path it can take (when there is more than one); the rest as they are."""
+    """Each of our cells once per kernel path it can take (when there is more than one); the rest as they are.
+    A cell under bfloat16 can take the bfloat16 team path ("avx512", where the CPU has AVX-512 BF16) and the
+    BLAS path; GRU_LM_KERNELS=avx2 sends it to the BLAS path too, so that is not measured twice."""
+    bf16_paths = [k for k in kernels if k in available_bfloat16()]
 
     def variants(name: str) -> list[str]:
-        paths = [k for k in kernels if k in BF16_PATHS] if name.endswith(BF16) else kernels
+        paths = bf16_paths if name.endswith(BF16) else kernels
         return [f"{name} [{k}]" for k in paths] if ours(name) and len(paths) > 1 else [name]
 
     return [variant for n in names for variant in variants(n)]

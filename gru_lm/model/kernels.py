@@ -84,3 +84,21 @@ def available() -> list[str]:
         else:
             os.environ["GRU_LM_KERNELS"] = before
     return [*found, "python"]
+
+
+def available_bfloat16() -> list[str]:
+    """The paths a window with bfloat16 operands can take here, as GRU_LM_KERNELS selects them: "avx512" (the
+    bfloat16 team kernels, where the CPU has AVX-512 BF16) and "blas"; empty without the compiled module."""
+    k = compiled()
+    if k is None:
+        return []
+    before = os.environ.get("GRU_LM_KERNELS")
+    try:
+        os.environ["GRU_LM_KERNELS"] = "avx512"
+        team = k.preferred_bfloat16_kernels() == "avx512_bf16"
+    finally:
+        if before is None:
+            os.environ.pop("GRU_LM_KERNELS", None)
+        else:
+            os.environ["GRU_LM_KERNELS"] = before
+    return ["avx512", "blas"] if team else ["blas"]

@@ -1,6 +1,7 @@
 // The recurrent products of a window with bfloat16 operands (train --dtype bfloat16) on CPUs with AVX-512
-// BF16: C (B×N) = A (B×K) · S (K×N), A and S rounded to bfloat16 and the products summed in float32, the
-// arithmetic of the BLAS path's bfloat16 products, with the same interface as PackedColumns<V>.
+// BF16: C (B×N) = A (B×K) · S (K×N), A and S rounded to bfloat16 and the products summed in float32, with
+// the same interface as PackedColumns<V>. The operands are rounded as the BLAS path rounds them; the sums
+// stay float32 here, where the BLAS path's oneDNN products return bfloat16 results.
 //
 // vdpbf16ps multiplies 16 pairs of bfloat16 values and adds each pair's two products into one float32 lane:
 // acc[n] += a[k]·s[k][n] + a[k+1]·s[k+1][n]. So the panels hold S as pairs along k, (s[k][n], s[k+1][n])
@@ -107,6 +108,10 @@ GRU_LM_BF16_TARGET inline void rows_to_bf16(int64_t B, int64_t K, const float* A
 class PackedColumnsBf16 {
  public:
   static constexpr int kPanel = 48;  // columns of a full panel: three vectors of 16
+
+  PackedColumnsBf16() = default;
+  PackedColumnsBf16(const PackedColumnsBf16&) = delete;  // base_ points into buffer_
+  PackedColumnsBf16& operator=(const PackedColumnsBf16&) = delete;
 
   struct Run {
     int64_t first, width, offset;  // first column of S; columns (a multiple of 8); values into the buffer
