@@ -80,7 +80,8 @@ def with_kernels(names: list[str], kernels: list[str]) -> list[str]:
     """Each of our cells once per kernel path it can take (when there is more than one); the rest as they are.
     A cell under bfloat16 can take the bfloat16 team path ("avx512", where the CPU has AVX-512 BF16) and the
     BLAS path; GRU_LM_KERNELS=avx2 sends it to the BLAS path too, so that is not measured twice."""
-    bf16_paths = [k for k in kernels if k in available_bfloat16()]
+    bf16_here = available_bfloat16()
+    bf16_paths = [k for k in kernels if k in bf16_here]
 
     def variants(name: str) -> list[str]:
         paths = bf16_paths if name.endswith(BF16) else kernels

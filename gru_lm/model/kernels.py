@@ -10,10 +10,12 @@ Python loops. GRU_LM_KERNELS=python forces the Python path.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from gru_lm.machine.cpu import build_target
@@ -71,18 +73,11 @@ def available() -> list[str]:
     k = compiled()
     if k is None:
         return ["python"]
-    before = os.environ.get("GRU_LM_KERNELS")
     found = []
-    try:
-        for name in ("avx512", "avx2", "blas"):
-            os.environ["GRU_LM_KERNELS"] = name
+    for name in ("avx512", "avx2", "blas"):
+        with forcing(name):
             if k.preferred_kernels() == name:
                 found.append(name)
-    finally:
-        if before is None:
-            os.environ.pop("GRU_LM_KERNELS", None)
-        else:
-            os.environ["GRU_LM_KERNELS"] = before
     return [*found, "python"]
 
 
@@ -92,13 +87,20 @@ def available_bfloat16() -> list[str]:
     k = compiled()
     if k is None:
         return []
-    before = os.environ.get("GRU_LM_KERNELS")
-    try:
-        os.environ["GRU_LM_KERNELS"] = "avx512"
+    with forcing("avx512"):
         team = k.preferred_bfloat16_kernels() == "avx512_bf16"
+    return ["avx512", "blas"] if team else ["blas"]
+
+
+@contextlib.contextmanager
+def forcing(name: str) -> Iterator[None]:
+    """GRU_LM_KERNELS set to `name` inside the block, and as it was (or unset) after it."""
+    before = os.environ.get("GRU_LM_KERNELS")
+    os.environ["GRU_LM_KERNELS"] = name
+    try:
+        yield
     finally:
         if before is None:
             os.environ.pop("GRU_LM_KERNELS", None)
         else:
             os.environ["GRU_LM_KERNELS"] = before
-    return ["avx512", "blas"] if team else ["blas"]

@@ -4,7 +4,8 @@
 //
 // The team path needs a build for x86-64-v3 (AVX2 and FMA) or x86-64-v4 (AVX-512 F, BW, CD, DQ, VL),
 // float32 tensors (float64 takes the BLAS path) and a hidden size that is a multiple of 8; bfloat16
-// operands take it where the processor has AVX-512 BF16 but no AMX (bfloat16_isa), the BLAS path elsewhere. A build for x86-64-v4 has both widths and runs AVX-512 by default; a build for
+// operands take it where the processor has AVX-512 BF16 but no AMX (bfloat16_isa), the BLAS path
+// elsewhere. A build for x86-64-v4 has both widths and runs AVX-512 by default; a build for
 // x86-64-v3 runs AVX2, except on a processor with AVX-512 (a cached v3 build, or one forced with
 // GRU_LM_ASSUME_AVX2), where the BLAS path's AVX-512 kernels are twice the AVX2 width.
 // GRU_LM_KERNELS=avx512, =avx2 or =blas overrides the choice where the build has that path
@@ -42,11 +43,14 @@ inline const char* name_of(TeamIsa isa) {
 // (each entry point asks once, before its time loop), not once per process: the tests and benchmarks
 // switch between the paths by setting GRU_LM_KERNELS in the running process, after the module is
 // loaded. getenv and a few strcmp are nothing beside a window's work, and nothing is allocated.
-inline TeamIsa preferred_isa() {
+inline bool kernels_forced(const char* name) {
   const char* forced = std::getenv("GRU_LM_KERNELS");
-  const auto is = [&](const char* name) { return forced && std::strcmp(forced, name) == 0; };
-  if (!GRU_LM_HAVE_AVX2 || is("blas")) return TeamIsa::none;
-  if (is("avx2")) return TeamIsa::avx2;
+  return forced && std::strcmp(forced, name) == 0;
+}
+
+inline TeamIsa preferred_isa() {
+  if (!GRU_LM_HAVE_AVX2 || kernels_forced("blas")) return TeamIsa::none;
+  if (kernels_forced("avx2")) return TeamIsa::avx2;
   if (GRU_LM_HAVE_AVX512) return TeamIsa::avx512;  // also for GRU_LM_KERNELS=avx512
 #if GRU_LM_HAVE_AVX2
   static const bool avx512_cpu = __builtin_cpu_supports("avx512f");
@@ -83,15 +87,12 @@ inline bool has_amx_bf16() {
 #endif
 }
 
-// The kernels of a window with bfloat16 operands: the bfloat16 team path where the processor has AVX-512
-// BF16 and no AMX, or where GRU_LM_KERNELS=avx512 asks for it; the BLAS path otherwise (and for
-// GRU_LM_KERNELS=blas or =avx2).
+// The kernels of a window with bfloat16 operands: where float32 windows run at AVX-512 width, the bfloat16
+// team path if the processor has AVX-512 BF16 and no AMX, or if GRU_LM_KERNELS=avx512 asks for it; the
+// BLAS path otherwise (so GRU_LM_KERNELS=blas or =avx2 send it there).
 inline TeamIsa bfloat16_isa() {
-  if (!GRU_LM_HAVE_AVX512 || !has_avx512_bf16()) return TeamIsa::none;
-  const char* forced = std::getenv("GRU_LM_KERNELS");
-  const auto is = [&](const char* name) { return forced && std::strcmp(forced, name) == 0; };
-  if (is("blas") || is("avx2")) return TeamIsa::none;
-  return is("avx512") || !has_amx_bf16() ? TeamIsa::avx512_bf16 : TeamIsa::none;
+  if (preferred_isa() != TeamIsa::avx512 || !has_avx512_bf16()) return TeamIsa::none;
+  return kernels_forced("avx512") || !has_amx_bf16() ? TeamIsa::avx512_bf16 : TeamIsa::none;
 }
 
 // "avx512_bf16" or "blas": the path a window with bfloat16 operands takes here (float32 tensors, hidden a

@@ -172,28 +172,25 @@ class PackedColumnsBf16 {
   uint16_t* base_ = nullptr;
 };
 
+}  // namespace gru_lm
+#endif  // GRU_LM_HAVE_AVX512
+
+#if GRU_LM_HAVE_AVX2
+namespace gru_lm {
+
 // The packed-weight type of the team kernels at each vector traits type.
 template <class V>
 struct PackedFor {
   using type = PackedColumns<V>;
 };
+#if GRU_LM_HAVE_AVX512
 template <>
 struct PackedFor<Avx512Bf16> {
   using type = PackedColumnsBf16;
 };
-
-}  // namespace gru_lm
-#endif  // GRU_LM_HAVE_AVX512
-
-namespace gru_lm {
-#if !GRU_LM_HAVE_AVX512 && GRU_LM_HAVE_AVX2
-template <class V>
-struct PackedFor {
-  using type = PackedColumns<V>;
-};
 #endif
-#if GRU_LM_HAVE_AVX2
 template <class V>
 using Packed = typename PackedFor<V>::type;
-#endif
+
 }  // namespace gru_lm
+#endif  // GRU_LM_HAVE_AVX2
