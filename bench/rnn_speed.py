@@ -9,6 +9,8 @@
     python bench/rnn_speed.py --bfloat16          # also the cells under bfloat16 autocast (train --dtype bfloat16)
     python bench/rnn_speed.py --kernels blas  # our cells on these window kernels only (default: every compiled
                                               # path this CPU has, side by side: avx512, avx2, blas)
+    python bench/rnn_speed.py --other-products    # also our cells with their products through the other
+                                                  # library (MKL or oneDNN, GRU_LM_PRODUCTS)
 
 Each measurement is a char-LM training step (embedding 64 -> recurrent stack -> linear read-out over 65
 characters -> cross-entropy -> backward -> Adam), timed over --seconds after a warm-up, cells
@@ -16,8 +18,9 @@ interleaved round by round so that a noisy neighbour hits all of them alike. Rat
 torch.nn.GRU measured in the same run on the same shapes. Each row also gives the fraction of the
 machine's arithmetic ceiling it reached: a char-LM step costs 6·(G·H·(I+H) per layer + H·V) floating-point
 operations per character (G = 3 gates for a GRU, 4 for an LSTM, 1 for an RNN; I the layer's input width,
-V the vocabulary), and the ceiling is the rate of a 2048³ float32 matrix product (torch.mm), measured
-before and after the shapes in the same run (the faster of the two), divided by that cost. The header
+V the vocabulary), and the ceiling is the rate of a 2048³ float32 matrix product, measured before and
+after the shapes in the same run (the faster of the two) through torch.mm (MKL) and oneDNN's matmul (the
+faster library), divided by that cost. The header
 names the CPU, its ISA level, the dtype and the kernels our cells run by default; with more than one
 kernel path, each of our float32 cells appears once per path, its name ending in [path] (the Step sets
 GRU_LM_KERNELS before each of its steps, which the compiled kernels read at every window).
@@ -46,7 +49,7 @@ from bench.summary import rnn_speed as rnn_speed_summary
 from gru_lm.machine.cpu import cpu_family_model, cpu_model, isa_level
 from gru_lm.machine.memory import keep_freed_memory
 from gru_lm.model.cells import GRU, LSTM, RNN
-from gru_lm.model.kernels import available, available_bfloat16, backend
+from gru_lm.model.kernels import available, available_bfloat16, backend, compiled, forcing, products
 
 V, E = 65, 64
 CELLS = {
@@ -90,6 +93,20 @@ def with_kernels(names: list[str], kernels: list[str]) -> list[str]:
     return [variant for n in names for variant in variants(n)]
 
 
+def with_other_products(names: list[str], path: str) -> list[str]:
+    """names, and after each of our float32 cells on `path` the same cell with the other library's products
+    ("[avx512 mkl]": GRU_LM_KERNELS=avx512 GRU_LM_PRODUCTS=mkl)."""
+    other = "mkl" if products() == "onednn" else "onednn"
+
+    def variants(name: str) -> list[str]:
+        base, kernels = on_kernels(name)
+        if not ours(base) or base.endswith(BF16) or kernels not in (None, path):
+            return [name]
+        return [name, f"{base} [{path} {other}]"]
+
+    return [variant for n in names for variant in variants(n)]
+
+
 def ours(name: str) -> bool:
     return name.startswith("ours") and "reference" not in name
 
@@ -112,10 +129,12 @@ class Step:
         self.chars = T * B
 
     def __call__(self) -> None:
-        if self.kernels:
-            os.environ["GRU_LM_KERNELS"] = self.kernels
-        else:  # the default path, whatever the cell measured before this one forced
-            os.environ.pop("GRU_LM_KERNELS", None)
+        path, _, library = (self.kernels or "").partition(" ")
+        for variable, value in (("GRU_LM_KERNELS", path), ("GRU_LM_PRODUCTS", library)):
+            if value:
+                os.environ[variable] = value
+            else:  # the default, whatever the cell measured before this one forced
+                os.environ.pop(variable, None)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
             out, h = self.rnn(self.emb(self.x), self.h)
             logits = self.head(out)
@@ -136,18 +155,39 @@ def flops_per_char(name: str, H: int, L: int) -> float:
     return 6.0 * (sum(G * H * ((E if k == 0 else H) + H) for k in range(L)) + H * V)
 
 
-def matmul_rate(seconds: float = 1.0) -> float:
-    """FLOP/s of a 2048³ float32 product on this machine, now (best of three timings)."""
+def matmul_rates(seconds: float = 1.0) -> dict[str, float]:
+    """FLOP/s of a 2048³ float32 product on this machine, now, through each library here (best of three
+    timings each): "mkl" is torch.mm's, "onednn" oneDNN's matmul where the compiled module has it
+    (gru_lm/model/csrc/products.h). MKL runs its AVX2 kernels on processors that are not Intel's, so
+    on an AMD processor with AVX-512 only oneDNN's rate is the machine's."""
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     c = a @ b
+    k = compiled()
+    products = {"mkl": lambda: torch.mm(a, b, out=c)}
+    if k is not None:
+        products["onednn"] = lambda: k.mm_into(c, a, b)
+    rates = {}
+    for library, product in products.items():
+        with forcing(library, "GRU_LM_PRODUCTS"):
+            rates[library] = best_rate(product, 2 * 2048**3, seconds)
+    return rates
+
+
+def best_rate(product, flops: float, seconds: float) -> float:
+    """FLOP/s of the best of three timings of product(), each over a third of `seconds`."""
     best = 0.0
     for _ in range(3):
         t0, k = time.perf_counter(), 0
         while time.perf_counter() - t0 < seconds / 3:
-            torch.mm(a, b, out=c)
+            product()
             k += 1
-        best = max(best, 2 * 2048**3 * k / (time.perf_counter() - t0))
+        best = max(best, flops * k / (time.perf_counter() - t0))
     return best
+
+
+def matmul_rate(seconds: float = 1.0) -> float:
+    """The ceiling's numerator: the faster library's rate of a 2048³ float32 product (matmul_rates)."""
+    return max(matmul_rates(seconds).values())
 
 
 def header(dtype: str = "float32") -> dict:
@@ -157,6 +197,7 @@ def header(dtype: str = "float32") -> dict:
         "isa": isa_level(),
         "dtype": dtype,
         "kernels": backend(),
+        "products": products(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),
@@ -292,6 +333,12 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="window kernels to run our float32 cells on, side by side (default: every compiled path here)",
     )
+    ap.add_argument(
+        "--other-products",
+        action="store_true",
+        help="also our float32 cells on the first kernel path with their products outside the recurrent loop "
+        "through the other library (GRU_LM_PRODUCTS: MKL where oneDNN is the default, and the reverse)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc settings as they are")
     ap.add_argument("--json", type=Path, default=None, help="write the results here too")
@@ -333,9 +380,11 @@ def measure_shapes(names: list[str], args: argparse.Namespace) -> list[dict]:
     return results
 
 
-def ceiling_table(results: list[dict], rate: float) -> None:
+def ceiling_table(results: list[dict], rates: dict[str, float]) -> None:
     """The fraction of the arithmetic ceiling each row reached, as a second table."""
-    print(f"\n2048³ float32 product: {rate / 1e9:.1f} GFLOP/s (the ceiling's numerator)\n")
+    rate = max(rates.values())
+    by_library = ", ".join(f"{library} {r / 1e9:.1f}" for library, r in rates.items())
+    print(f"\n2048³ float32 product: {rate / 1e9:.1f} GFLOP/s, the ceiling's numerator ({by_library})\n")
     print("| hidden | layers | cell | chars/s | ceiling chars/s | of ceiling |\n|---|---|---|---|---|---|")
     for row in results:
         row["ceiling_chars_per_s"] = rate / row["flops_per_char"]
@@ -363,19 +412,23 @@ def main() -> None:
     names = args.cells or [n for n in CELLS if "reference" not in n and (args.bfloat16 or not n.endswith(BF16))]
     if "torch.nn.GRU" not in names:
         names.insert(0, "torch.nn.GRU")
-    names = with_kernels(names, args.kernels or [k for k in available() if k != "python"])
+    kernels = args.kernels or [k for k in available() if k != "python"]
+    names = with_kernels(names, kernels)
+    if args.other_products:
+        names = with_other_products(names, kernels[0])
     head = header()
     print("# " + ", ".join(f"{k} {v}" for k, v in head.items()))
-    rate = matmul_rate()
+    rates = matmul_rates()
     results = measure_shapes(names, args)
-    rate = max(rate, matmul_rate())
-    ceiling_table(results, rate)
+    rates = {library: max(r, rates[library]) for library, r in matmul_rates().items()}
+    rate = max(rates.values())
+    ceiling_table(results, rates)
     if args.end_to_end:
         print("\n| command | chars/s |\n|---|---|")
         for name, speed in end_to_end(max(args.seconds * 10, 20), args.bfloat16):
             print(f"| {name} | {speed:,.0f} |", flush=True)
             results.append({"command": name, "chars_per_s": speed})
-    figures = {"machine": head, "matmul_flops": rate, "rows": results}
+    figures = {"machine": head, "matmul_flops": rate, "matmul_flops_by_library": rates, "rows": results}
     print("\n" + rnn_speed_summary([ResultFile("this run", figures)]))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gru_lm.model.dropout import keep_mask
+from gru_lm.model.products import linear
 from gru_lm.model.window import gru_window, lstm_window, rnn_window
 
 
@@ -236,7 +237,7 @@ class _Stack(nn.Module):
             # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per window, the
             # same for every step and stream, so the state's own path is what gets regularised
             w_hh = dropout(w_hh, self.weight_drop, training=True)
-        gi = F.linear(x, w_ih, b_ih)  # all T input projections in one matrix product
+        gi = linear(x, w_ih, b_ih)  # all T input projections in one matrix product
         if self.fast:
             device = gi.device.type
             if torch.is_autocast_enabled(device):

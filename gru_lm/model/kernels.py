@@ -21,7 +21,9 @@ from pathlib import Path
 from gru_lm.machine.cpu import build_target
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = [CSRC / "window_kernels.cpp", CSRC / "recurrent_team.cpp", CSRC / "sampler.cpp", CSRC / "dropout.cpp"]
+SOURCES = [
+    CSRC / name for name in ("window_kernels.cpp", "recurrent_team.cpp", "products.cpp", "sampler.cpp", "dropout.cpp")
+]
 
 
 @functools.cache
@@ -92,15 +94,23 @@ def available_bfloat16() -> list[str]:
     return ["avx512", "blas"] if team else ["blas"]
 
 
+def products() -> str:
+    """The library of the float32 products outside the recurrent loop here (csrc/products.h): "onednn" or
+    "mkl" (torch.mm's), or "torch" without the compiled module."""
+    k = compiled()
+    return k.float_products() if k is not None else "torch"
+
+
 @contextlib.contextmanager
-def forcing(name: str) -> Iterator[None]:
-    """GRU_LM_KERNELS set to `name` inside the block, and as it was (or unset) after it."""
-    before = os.environ.get("GRU_LM_KERNELS")
-    os.environ["GRU_LM_KERNELS"] = name
+def forcing(name: str, variable: str = "GRU_LM_KERNELS") -> Iterator[None]:
+    """The variable (GRU_LM_KERNELS, or GRU_LM_PRODUCTS) set to `name` inside the block, and as it was (or
+    unset) after it."""
+    before = os.environ.get(variable)
+    os.environ[variable] = name
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop("GRU_LM_KERNELS", None)
+            os.environ.pop(variable, None)
         else:
-            os.environ["GRU_LM_KERNELS"] = before
+            os.environ[variable] = before

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from gru_lm.model import products
+
 #: Bytes of float32 logits one chunk may hold: a share of the last-level cache, so that the passes over a chunk (the
 #: softmax, the one-hot, the bias gradient, and the two products that read the gradient) find it in cache.
 CHUNK_BYTES = 8 << 20
@@ -160,11 +162,11 @@ def _summed_loss_and_grads(
             zc.mul_(valid_c)
         g = z_lowc.copy_(zc) if low else zc
         if dh is not None:
-            torch.mm(g, ops.w, out=dh[r0:r1])
+            products.mm(g, ops.w, out=dh[r0:r1])
         if dw is not None and dw_part is not None:
-            dw.add_(torch.mm(g.t(), h_c, out=dw_part))
+            dw.add_(products.mm(g.t(), h_c, out=dw_part))
         elif dw is not None:
-            dw.addmm_(g.t(), h_c)
+            products.mm(g.t(), h_c, out=dw, accumulate=True)
         if db is not None:
             db.add_(zc.sum(0))
     return total, (dh.to(torch.float32) if dh is not None else None, dw, db)
@@ -182,9 +184,9 @@ class _Operands:
 def _softmax_of_logits(zc: Tensor, z_low: Tensor, h_c: Tensor, ops: _Operands) -> None:
     """zc = softmax(h_c Wᵀ + b) over each row, in float32, in place (z_low: the low-precision product, or zc)."""
     if ops.b is not None:
-        torch.addmm(ops.b, h_c, ops.w.t(), out=z_low)
+        products.addmm(ops.b, h_c, ops.w.t(), out=z_low)
     else:
-        torch.mm(h_c, ops.w.t(), out=z_low)
+        products.mm(h_c, ops.w.t(), out=z_low)
     if z_low.data_ptr() != zc.data_ptr():
         zc.copy_(z_low)
     torch._softmax(zc, 1, False, out=zc)

@@ -27,6 +27,7 @@
 #if GRU_LM_HAVE_AVX2
 #include "packed_gemm.h"
 #include "packed_gemm_bf16.h"
+#include "products.h"
 #include "team.h"
 
 namespace gru_lm::team {
@@ -67,7 +68,7 @@ void weight_gradient_into(Tensor& dW, int64_t row0, const Tensor& dA, int64_t co
   if (bfloat16_operands)
     into.copy_(at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)));
   else
-    at::mm_out(into, a, b);
+    mm_into(into, a, b);
 }
 
 Tensor weight_gradient(const Tensor& dA, const Tensor& prev, int64_t H, bool bfloat16_operands) {

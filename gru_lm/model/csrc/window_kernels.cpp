@@ -23,6 +23,7 @@
 #include "dispatch.h"
 #include "dropout.h"
 #include "elementwise.h"
+#include "products.h"
 #include "recurrent_team.h"
 #include "sampler.h"
 
@@ -152,7 +153,9 @@ class RecurrentProduct {
       } catch (const c10::Error&) {
       }
     }
-    if (!bfloat16_operands && mkl && pack && w.scalar_type() == at::kFloat && mkl_pack && mkl_linear) {
+    const bool through_mkl = std::strcmp(float_products(), "mkl") == 0;  // else oneDNN's plain matmul
+    if (!bfloat16_operands && mkl && pack && through_mkl && w.scalar_type() == at::kFloat && mkl_pack &&
+        mkl_linear) {
       mode_ = MKL;
       op_ = &*mkl_linear;
       orig_ = w.contiguous();
@@ -171,7 +174,7 @@ class RecurrentProduct {
     } else if (w_.scalar_type() == at::kBFloat16) {  // bfloat16 operands, packed or not
       out.copy_(product(a.to(at::kBFloat16)));
     } else {
-      at::mm_out(out, a, w_);
+      mm_into(out, a, w_);
     }
   }
 
@@ -187,7 +190,8 @@ class RecurrentProduct {
   // out = c + a @ Wᵀ.
   void add_into(Tensor out, const Tensor& c, const Tensor& a) const {
     if (mode_ == PLAIN && a.scalar_type() == w_.scalar_type()) {
-      at::addmm_out(out, c, a, w_);
+      out.copy_(c);
+      mm_into(out, a, w_, /*accumulate=*/true);
       return;
     }
     into(out, a);
@@ -238,7 +242,7 @@ void state_gradient(const RecurrentProduct& w, const Tensor& dh, const Tensor& c
 
 // a @ b with operands in `operand`'s dtype, returned in a's dtype (the window's weight gradients).
 Tensor mm_as(const Tensor& a, const Tensor& b, at::ScalarType operand) {
-  if (a.scalar_type() == operand) return a.mm(b);
+  if (a.scalar_type() == operand) return gru_lm::mm(a, b);
   return a.to(operand).mm(b.to(operand)).to(a.scalar_type());
 }
 
@@ -576,6 +580,9 @@ std::vector<Tensor> lstm_backward(Tensor d_out, Tensor d_hT, Tensor d_cT, Tensor
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("preferred_kernels", &gru_lm::preferred_kernels);
   m.def("preferred_bfloat16_kernels", &gru_lm::preferred_bfloat16_kernels);
+  m.def("float_products", &gru_lm::float_products);
+  m.def("mm_into", &gru_lm::mm_into, "out = a @ b (out += a @ b with accumulate), float32 through float_products()",
+        pybind11::arg("out"), pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("accumulate") = false);
   gru_lm::bind_sampler(m);
   gru_lm::bind_dropout(m);
   m.def("gru_after_forward", &gru_lm::gru_after_forward);
