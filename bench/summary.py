@@ -43,10 +43,21 @@ class ResultFile:
 def cpu_line(machine: dict) -> str:
     """The CPU a run measured, as a table's caption names it: model, ISA level, dtype, default kernels, date."""
     cpuid = f" ({machine['cpuid']})" if machine.get("cpuid") else ""
+    products = f", products {machine['products']}" if machine.get("products") else ""
     return (
-        f"{machine['cpu']}{cpuid}, {machine['isa']}, {machine['dtype']}, kernels {machine['kernels']}, "
+        f"{machine['cpu']}{cpuid}, {machine['isa']}, {machine['dtype']}, kernels {machine['kernels']}{products}, "
         f"torch {machine['torch']}, {machine['threads']} threads, {machine['date']}"
     )
+
+
+def ceiling_note(data: dict) -> str:
+    """The ceiling's numerator where a run recorded it: the 2048³ float32 product's rate, and each library's
+    where the run timed both (runs before that timed torch.mm only)."""
+    if "matmul_flops" not in data:
+        return ""
+    libraries = data.get("matmul_flops_by_library")
+    each = ", ".join(f"{name} {rate / 1e9:.0f}" for name, rate in libraries.items()) if libraries else "torch.mm"
+    return f", ceiling {data['matmul_flops'] / 1e9:.0f} GFLOP/s ({each})"
 
 
 def thousands(rate: float) -> str:
@@ -235,5 +246,5 @@ ONE_CPU = ("rnn_speed", "sample_speed", "sample_streams", "export_speed")
 
 def caption(files: list[ResultFile]) -> str:
     """The line under a table: the CPU of each file that names one, and the file."""
-    parts = [f"{cpu_line(f.data['machine'])}: `{f.name}`" for f in files if "machine" in f.data]
+    parts = [f"{cpu_line(f.data['machine'])}{ceiling_note(f.data)}: `{f.name}`" for f in files if "machine" in f.data]
     return "CPU " + "; ".join(parts) if parts else ""
