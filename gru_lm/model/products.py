@@ -4,8 +4,12 @@ read-out's three products.
 They go through the compiled module's `mm_into` (csrc/products.h), which picks the library: oneDNN's
 matmul on an AMD processor with AVX-512, where MKL (torch.mm's library on the CPU) runs only its AVX2
 kernels, and MKL elsewhere; GRU_LM_PRODUCTS=mkl or =onednn forces one. Both sum in float32 and differ
-only in the order of the additions. Other dtypes, other devices, autocast regions and a machine without
-the compiled module take torch's own products.
+only in the order of the additions. Other dtypes, other devices and a machine without the compiled module
+take torch's own products, and so does `linear` inside an autocast region (the read-out turns autocast off
+around its products and picks their dtype itself).
+
+`mm` and `addmm` are not recorded by autograd: they serve hand-written backward passes. `linear` is an
+autograd Function with its own backward, differentiable once (as the windows of window.py are).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@
 #include <cpuid.h>
 #endif
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -40,26 +41,36 @@ bool intel_cpu() {
 #endif
 }
 
-// The default: oneDNN where MKL would run narrower kernels than the processor has (AVX-512, not Intel).
-bool onednn_by_default() {
+// Whether PyTorch's oneDNN matmul takes float32 here: it needs AVX-512 F, BW, VL and DQ (it refuses
+// other processors), and oneDNN not switched off (torch.backends.mkldnn.enabled = False).
+bool onednn_runs_here() {
 #if defined(__x86_64__) || defined(__i386__)
-  static const bool yes = at::hasMKLDNN() && __builtin_cpu_supports("avx512f") && !intel_cpu();
-  return yes;
+  static const bool cpu = at::hasMKLDNN() && __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512dq");
+  return cpu && at::globalContext().userEnabledMkldnn();
 #else
   return false;
 #endif
 }
 
+// Set when oneDNN refused a float32 product although this processor has what it needs (ONEDNN_MAX_CPU_ISA
+// set below AVX-512, say): it fails before it writes, MKL computes that product and every later one.
+std::atomic<bool> onednn_refused{false};
+
+// oneDNN where it runs and MKL would run narrower kernels than the processor has (not Intel), unless
+// GRU_LM_PRODUCTS asks for one; a forced oneDNN where it cannot run is MKL.
 bool onednn_now() {
   const char* forced = std::getenv("GRU_LM_PRODUCTS");
   if (forced && std::strcmp(forced, "mkl") == 0) return false;
-  if (forced && std::strcmp(forced, "onednn") == 0) return at::hasMKLDNN();
-  return onednn_by_default();
+  if (!onednn_runs_here() || onednn_refused.load(std::memory_order_relaxed)) return false;
+  return (forced && std::strcmp(forced, "onednn") == 0) || !intel_cpu();
 }
 
 bool onednn_can_take(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   return out.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
-         out.is_contiguous() && out.numel() > 0 && a.size(1) > 0 && a.device().is_cpu() && onednn_now();
+         out.is_contiguous() && out.numel() > 0 && a.size(1) > 0 && a.device().is_cpu() && b.device().is_cpu() &&
+         onednn_now();
 }
 
 }  // namespace
@@ -67,9 +78,16 @@ bool onednn_can_take(const at::Tensor& out, const at::Tensor& a, const at::Tenso
 const char* float_products() { return onednn_now() ? "onednn" : "mkl"; }
 
 void mm_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && out.dim() == 2 && a.size(1) == b.size(0) &&
+                  out.size(0) == a.size(0) && out.size(1) == b.size(1),
+              "mm_into: out ", out.sizes(), " cannot hold a ", a.sizes(), " @ b ", b.sizes());
   if (onednn_can_take(out, a, b)) {
-    at::native::mkldnn_matmul(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
-    return;
+    try {
+      at::native::mkldnn_matmul(a, b, out, accumulate ? 1.0f : 0.0f, 1.0f);
+      return;
+    } catch (const c10::Error&) {
+      onednn_refused.store(true, std::memory_order_relaxed);
+    }
   }
   at::Tensor into = out;
   if (accumulate) {

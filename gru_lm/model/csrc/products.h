@@ -5,9 +5,10 @@
 // Why two libraries: MKL runs its AVX2 kernels on processors that are not Intel's, so on an AMD processor
 // with AVX-512 (Zen 4, Zen 5) a float32 product through MKL gets half the vector width that oneDNN's JIT
 // kernels use there. On Intel processors MKL runs AVX-512 (or AMX) itself and stays the choice; so does
-// every processor without AVX-512, where both run AVX2. GRU_LM_PRODUCTS=mkl or =onednn overrides the
-// choice, read at every call (as GRU_LM_KERNELS is), so that a benchmark can compare the two in one run.
-// Both are float32 products with float32 sums; they differ only in the order of the additions.
+// every processor without AVX-512 BW/VL/DQ, where PyTorch's oneDNN matmul refuses float32. GRU_LM_PRODUCTS=mkl
+// or =onednn overrides the choice where that library can run, read at every call (as GRU_LM_KERNELS is), so
+// that a benchmark can compare the two in one run. Both are float32 products with float32 sums; they differ
+// only in the order of the additions.
 #pragma once
 
 #include <torch/extension.h>
@@ -18,7 +19,9 @@ namespace gru_lm {
 const char* float_products();
 
 // out = a @ b, or out += a @ b with accumulate; float32 through float_products(), other dtypes through
-// at::mm. out is a's rows × b's columns; a and b may be transposed or narrowed views.
+// at::mm. out is a's rows × b's columns and must not overlap a or b. a and b may be any strided views:
+// oneDNN reads a contiguous matrix or its transpose in place and copies any other view (a column slice)
+// once before the product, which is small beside the product itself.
 void mm_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate = false);
 
 // a @ b as a new tensor, through mm_into.

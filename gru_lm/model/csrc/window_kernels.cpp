@@ -128,8 +128,10 @@ bool packing_enabled() {
 // One recurrent weight W (N×K, as an nn.Linear weight: the product is a @ Wᵀ), made ready once for
 // the T per-step products of a window. A plain mm repacks its weight operand into the BLAS's own
 // layout on every call; at B = 32 that repacking is much of a step's cost. Here it is packed once:
-// MKL's packed sgemm layout for float32 (the same arithmetic, bit for bit), oneDNN's blocked layout
-// for bfloat16 operands (AMX where present). Where this torch has neither operator (or with
+// MKL's packed sgemm layout for float32 where float32 products go through MKL (the same arithmetic, bit
+// for bit), oneDNN's blocked layout for bfloat16 operands (AMX where present). Where float32 products go
+// through oneDNN (products.h: an AMD processor with AVX-512) a plain oneDNN matmul per step, whose
+// AVX-512 kernels outrun MKL's packed AVX2 ones there. Where this torch has neither operator (or with
 // GRU_LM_PACK=0), a plain mm with Wᵀ stored contiguously.
 //
 // MKL's packed buffer carries a sizeable overhead beyond the weight, whatever its size, and MKL keeps
