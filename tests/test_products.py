@@ -115,7 +115,7 @@ def test_windows_with_each_library_match_the_reference_loop(library, path, kind,
 
 def _cpuinfo() -> tuple[str, set[str]]:
     """The vendor and the flags of the first processor in /proc/cpuinfo."""
-    vendor, flags = "", set()
+    vendor, flags = "", set[str]()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "vendor_id" and not vendor:
