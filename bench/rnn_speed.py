@@ -163,11 +163,11 @@ def matmul_rates(seconds: float = 1.0) -> dict[str, float]:
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     c = a @ b
     k = compiled()
-    products = {"mkl": lambda: torch.mm(a, b, out=c)}
+    timed = {"mkl": lambda: torch.mm(a, b, out=c)}
     if k is not None:
-        products["onednn"] = lambda: k.mm_into(c, a, b)
+        timed["onednn"] = lambda: k.mm_into(c, a, b)
     rates = {}
-    for library, product in products.items():
+    for library, product in timed.items():
         with forcing(library, "GRU_LM_PRODUCTS"):
             if k is None or k.float_products() == library:  # oneDNN takes float32 only on AVX-512 CPUs
                 rates[library] = best_rate(product, 2 * 2048**3, seconds)

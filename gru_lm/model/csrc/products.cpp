@@ -75,6 +75,8 @@ bool onednn_can_take(const at::Tensor& out, const at::Tensor& a, const at::Tenso
 
 }  // namespace
 
+bool float_products_through_onednn() { return onednn_now(); }
+
 const char* float_products() { return onednn_now() ? "onednn" : "mkl"; }
 
 void mm_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {

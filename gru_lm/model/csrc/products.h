@@ -15,7 +15,10 @@
 
 namespace gru_lm {
 
-// "onednn" or "mkl": the library a float32 product takes here now.
+// Whether a float32 product takes oneDNN here now (else MKL).
+bool float_products_through_onednn();
+
+// "onednn" or "mkl": the same, as a name for Python and the benchmarks' headers.
 const char* float_products();
 
 // out = a @ b, or out += a @ b with accumulate; float32 through float_products(), other dtypes through

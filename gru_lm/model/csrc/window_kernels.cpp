@@ -155,9 +155,8 @@ class RecurrentProduct {
       } catch (const c10::Error&) {
       }
     }
-    const bool through_mkl = std::strcmp(float_products(), "mkl") == 0;  // else oneDNN's plain matmul
-    if (!bfloat16_operands && mkl && pack && through_mkl && w.scalar_type() == at::kFloat && mkl_pack &&
-        mkl_linear) {
+    if (!bfloat16_operands && mkl && pack && !float_products_through_onednn() && w.scalar_type() == at::kFloat &&
+        mkl_pack && mkl_linear) {
       mode_ = MKL;
       op_ = &*mkl_linear;
       orig_ = w.contiguous();
