@@ -43,6 +43,7 @@ from gru_lm.machine.memory import keep_freed_memory
 from gru_lm.model.char_model import CharModel, ModelConfig
 from gru_lm.model.kernels import compiled
 from gru_lm.text.batches import StreamBatcher
+from gru_lm.training.optimizer import build_optimizer
 from gru_lm.training.settings import DEFAULTS, FIT_CANDIDATES_FILE, Settings, updated
 
 #: The share of a time budget that goes to training steps rather than evaluations and checkpoints.
@@ -103,7 +104,7 @@ def measure_rate(
         .to(device)
         .train()
     )
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr)
+    opt = build_optimizer(model, s)  # the run's own optimiser, so the rate is the run's
     batcher = StreamBatcher(train_ids, s.batch_size, s.seq_len, s.seed)
     h = model.init_state(s.batch_size, device)
     steps, t0 = 0, 0.0

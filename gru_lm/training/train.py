@@ -35,6 +35,7 @@ from gru_lm.text.vocab import Vocab
 from gru_lm.training import init_from, run_folder
 from gru_lm.training import resume as resuming
 from gru_lm.training.fit_to_machine import fit_to_machine
+from gru_lm.training.optimizer import build_optimizer
 from gru_lm.training.progress import Progress
 from gru_lm.training.run_state import RunState
 from gru_lm.training.schedule import budget_over, learning_rate
@@ -447,18 +448,6 @@ def build_model(
     )
     torch.manual_seed(s.seed + 7919 * (job.rank + 1))  # then each process its own dropout
     return model, net
-
-
-def build_optimizer(model: CharModel, settings: Settings) -> torch.optim.Optimizer:
-    """AdamW with weight decay on the weight matrices only (not the embedding, not the biases)."""
-    params = list(model.named_parameters())
-    decay = [p for n, p in params if p.dim() >= 2 and not n.startswith("embed")]
-    no_decay = [p for n, p in params if p.dim() < 2 or n.startswith("embed")]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=settings.lr,
-        betas=(0.9, 0.99),
-    )
 
 
 def restore(
