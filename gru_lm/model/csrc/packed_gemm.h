@@ -25,6 +25,13 @@
 
 namespace gru_lm {
 
+// How far ahead along k a micro-kernel of few rows asks for its panel (rows of the panel: about 4.6 KB at
+// AVX-512). With one or two rows of A (the sampler's streams) a k costs a cycle or two of arithmetic and
+// three cache lines of weights, which come from L3 for a model larger than L2: the hardware prefetchers
+// alone fall behind that stream, and a software prefetch this far ahead keeps it flowing. With many rows
+// (a training batch) the arithmetic per line hides the fetch and a prefetch would only take load slots.
+constexpr int64_t kPrefetchRows = 24;
+
 // C[MR×·] = (ACC ? C : 0) + A[MR×K] · P[K×NV vectors]; A's rows lda apart, P a packed panel (NV vectors
 // per k); the last vector of each row of C holds only the lanes in `last`.
 template <class V, int MR, int NV, bool ACC>
@@ -41,6 +48,11 @@ inline void micro_kernel(int64_t K, const float* A, int64_t lda, const float* P,
     }
   for (int64_t k = 0; k < K; ++k) {
     typename V::Reg w[NV];
+    if constexpr (MR <= V::rows / 2) {  // few rows: the panel streams faster than the cache fetches it unasked
+#pragma GCC unroll 3
+      for (int v = 0; v < NV; ++v)
+        _mm_prefetch(reinterpret_cast<const char*>(P + (k + kPrefetchRows) * NR + W * v), _MM_HINT_T0);
+    }
 #pragma GCC unroll 3
     for (int v = 0; v < NV; ++v) w[v] = V::load(P + k * NR + W * v);
 #pragma GCC unroll 8
