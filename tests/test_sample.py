@@ -186,3 +186,28 @@ def test_streams_generated_together_are_the_streams_generated_alone():
     alone = [Streams(model, prime, 1).next(uniforms[:, s : s + 1], 0.9, None, 0.95)[:, 0] for s in range(4)]
     assert torch.equal(together, torch.stack(alone, dim=1))
     assert len({tuple(together[:, s].tolist()) for s in range(4)}) > 1  # the streams do differ
+
+
+@pytest.mark.parametrize("streams", [1, 3], ids=["one-stream", "three-streams"])
+@pytest.mark.parametrize("cfg", CELLS, ids=["gru-before", "gru-after", "lstm", "rnn"])
+def test_a_team_of_two_samples_what_the_torch_loop_samples(cfg, streams, monkeypatch):
+    """With a hidden size that splits over two threads, the compiled sampler draws, character after character,
+    what the torch loop draws from the model's logits with the same uniform numbers: with one stream every
+    thread draws it, with three the threads share the draws."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(3)
+        model = CharModel(ModelConfig(vocab_size=11, hidden_size=128, embed_size=5, **cfg)).eval()
+        prime = torch.tensor([1, 4, 2])
+        uniforms = torch.rand(40, streams, dtype=torch.float64)
+        fast = Streams(model, prime, streams)
+        if fast.compiled is None:
+            pytest.skip("no compiled sampler here (no compiler or no AVX2)")
+        drawn = fast.next(uniforms, 1.0, None, None)
+        monkeypatch.setattr(sample, "compiled_sampler", lambda model: None)
+        expected = Streams(model, prime, streams).next(uniforms, 1.0, None, None)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(drawn, expected)
+    assert len(set(drawn.flatten().tolist())) > 3  # a real draw, not one character over and over

@@ -116,6 +116,11 @@ class SamplerAt final : public SamplerBase {
   // requests advance in one batch. A stream's characters depend only on its own row (every product
   // computes each row with the same kernel and order whatever the other rows), so they are the same
   // in a batch of any size and make-up as alone.
+  //
+  // A character is the layers' phases, the read-out's, then the draw, with a barrier after each. With
+  // fewer streams than parts a split draw would leave a part idle, so instead every part draws every
+  // stream (the same logits and uniform numbers give the same characters) into its own copy of the
+  // streams' characters, at the start of the next character's first phase: one barrier fewer a character.
   at::Tensor run_each(at::Tensor last, at::Tensor state, at::Tensor uniforms, const std::vector<double>& temperature,
                       const std::vector<int64_t>& top_k, const std::vector<double>& top_p) override {
     TORCH_CHECK(state.is_contiguous() && state.scalar_type() == at::kFloat, "the state must be contiguous float32");
@@ -127,26 +132,35 @@ class SamplerAt final : public SamplerBase {
                 "one temperature, top_k and top_p per stream");
     at::Tensor ids = at::empty({chars, N}, last.options());
     begin(N, state);
-    std::vector<int64_t> cur(last.data_ptr<int64_t>(), last.data_ptr<int64_t>() + N);
+    const bool each_draws = N < parts_;
+    std::vector<std::vector<int64_t>> cur(each_draws ? parts_ : 1,
+                                          std::vector<int64_t>(last.data_ptr<int64_t>(), last.data_ptr<int64_t>() + N));
     const double* u = uniforms.data_ptr<double>();
     int64_t* out = ids.data_ptr<int64_t>();
-    const int phases = phases_per_char();
+    // part p draws streams [s0, s1) of character t from the logits (only part 0 writes them out when all draw)
+    auto draw_streams = [&](int p, int64_t t, int64_t s0, int64_t s1) {
+      auto& mine = cur[each_draws ? p : 0];
+      for (int64_t s = s0; s < s1; ++s) {
+        mine[s] = draw(logits_.data() + s * Vp_, V_, temperature[s], top_k[s], top_p[s], u[t * N + s], scratch_p_[p],
+                       scratch_order_[p]);
+        if (!each_draws || p == 0) out[t * N + s] = mine[s];
+      }
+    };
+    const int layers = layer_phases(), phases = layers + (each_draws ? 1 : 2);
     run_team(parts_, chars, phases, [](int) {}, [&](int p, int64_t t, int k) {
-      if (k < phases - 2) {
-        layer_phase(p, k, cur);
-      } else if (k == phases - 2) {
-        head_phase(p);
+      const bool flip = t % 2 == 1;
+      if (each_draws && k == 0 && t > 0) draw_streams(p, t - 1, 0, N);
+      if (k < layers) {
+        layer_phase(p, k, cur[each_draws ? p : 0], flip);
+      } else if (k == layers) {
+        head_phase(p, flip);
       } else {
         auto [s0, s1] = streams_of(p, N);
-        for (int64_t s = s0; s < s1; ++s) {
-          cur[s] = draw(logits_.data() + s * Vp_, V_, temperature[s], top_k[s], top_p[s], u[t * N + s], scratch_p_[p],
-                        scratch_order_[p]);
-          out[t * N + s] = cur[s];
-        }
-        if (p == 0) flip_ = !flip_;
+        draw_streams(p, t, s0, s1);
       }
     });
-    end(N, state);
+    if (each_draws && chars > 0) draw_streams(0, chars - 1, 0, N);
+    end(N, state, chars % 2 == 1);
     return ids;
   }
 
@@ -158,23 +172,20 @@ class SamplerAt final : public SamplerBase {
     const int64_t N = last.size(0);
     begin(N, state);
     std::vector<int64_t> cur(last.data_ptr<int64_t>(), last.data_ptr<int64_t>() + N);
-    const int phases = phases_per_char();
-    run_team(parts_, 1, phases - 1, [](int) {}, [&](int p, int64_t, int k) {
-      if (k < phases - 2) layer_phase(p, k, cur);
-      else head_phase(p);
+    const int layers = layer_phases();
+    run_team(parts_, 1, layers + 1, [](int) {}, [&](int p, int64_t, int k) {
+      if (k < layers) layer_phase(p, k, cur, false);
+      else head_phase(p, false);
     });
-    flip_ = !flip_;
-    end(N, state);
+    end(N, state, true);
     at::Tensor out = at::empty({N, V_}, head_w_.options());
     for (int64_t s = 0; s < N; ++s) std::copy_n(logits_.data() + s * Vp_, V_, out.data_ptr<float>() + s * V_);
     return out;
   }
 
  private:
-  int phases_per_char() const {
-    int per_layer = cell_ == Cell::GruBefore ? 2 : 1;
-    return static_cast<int>(L_) * per_layer + 2;  // the layers, the read-out, the draw
-  }
+  // The phases of a character's layers (the reset-before GRU has two per layer).
+  int layer_phases() const { return static_cast<int>(L_) * (cell_ == Cell::GruBefore ? 2 : 1); }
 
   std::pair<int64_t, int64_t> streams_of(int p, int64_t N) const { return {N * p / parts_, N * (p + 1) / parts_}; }
 
@@ -232,7 +243,6 @@ class SamplerAt final : public SamplerBase {
     logits_.assign(N * Vp_, 0);
     scratch_p_.assign(parts_, std::vector<double>(V_));
     scratch_order_.assign(parts_, std::vector<int64_t>(V_));
-    flip_ = false;
     const at::Tensor st = state.contiguous();
     const float* sp = st.data_ptr<float>();
     const int64_t W = st.size(2);
@@ -243,8 +253,9 @@ class SamplerAt final : public SamplerBase {
       }
   }
 
-  void end(int64_t N, at::Tensor& state) {
-    const int cur = flip_ ? 1 : 0;
+  // Copy the streams' state out: from the second buffer after an odd number of characters (`flipped`).
+  void end(int64_t N, at::Tensor& state, bool flipped) {
+    const int cur = flipped ? 1 : 0;
     float* sp = state.data_ptr<float>();
     const int64_t W = state.size(2);
     for (int64_t l = 0; l < L_; ++l)
@@ -254,14 +265,15 @@ class SamplerAt final : public SamplerBase {
       }
   }
 
-  // Layer phase k (the reset-before GRU has two per layer): part p's units of layer l, all streams.
-  void layer_phase(int p, int k, const std::vector<int64_t>& cur) {
+  // Layer phase k (the reset-before GRU has two per layer): part p's units of layer l, all streams. The
+  // state before the character is in the second of the two buffers when `flip` (odd characters), else the first.
+  void layer_phase(int p, int k, const std::vector<int64_t>& cur, bool flip) {
     const bool two = cell_ == Cell::GruBefore;
     const int64_t l = two ? k / 2 : k;
     const int sub = two ? k % 2 : 0;
     const int G = gates_of(cell_);
     auto [j0, j1] = slice_of(p, parts_, H_);
-    const int in = flip_ ? 1 : 0, out = 1 - in;
+    const int in = flip ? 1 : 0, out = 1 - in;
     const float* hp = h_[in].data() + l * N_ * H_;   // this layer's state before the character
     float* hn = h_[out].data() + l * N_ * H_;        // and after it
     const float* below = l > 0 ? h_[out].data() + (l - 1) * N_ * H_ : nullptr;  // the new state of the layer below
@@ -318,8 +330,8 @@ class SamplerAt final : public SamplerBase {
     }
   }
 
-  void head_phase(int p) {
-    const int out = flip_ ? 0 : 1;
+  void head_phase(int p, bool flip) {
+    const int out = flip ? 0 : 1;
     auto [v0, v1] = slice_of(p, parts_, Vp_);
     if (v1 <= v0) return;
     const float* top = h_[out].data() + (L_ - 1) * N_ * H_;
@@ -338,7 +350,6 @@ class SamplerAt final : public SamplerBase {
   std::vector<float> h_[2], c_[2], gate_, gi_, cand_, q_, logits_;
   std::vector<std::vector<double>> scratch_p_;
   std::vector<std::vector<int64_t>> scratch_order_;
-  bool flip_ = false;  // which of the two state buffers holds the state before the current character
 };
 
 // The sampler Python sees: one of SamplerAt's widths, chosen when it is made.
