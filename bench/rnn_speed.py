@@ -417,7 +417,7 @@ def main() -> None:
     names = with_kernels(names, kernels)
     if args.other_products:
         names = with_other_products(names, kernels[0])
-    head = header()
+    head = header("float32 and bfloat16 autocast" if args.bfloat16 else "float32")
     print("# " + ", ".join(f"{k} {v}" for k, v in head.items()))
     rates = matmul_rates()
     results = measure_shapes(names, args)

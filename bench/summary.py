@@ -40,12 +40,14 @@ class ResultFile:
         return cls(name, json.loads(text))
 
 
-def cpu_line(machine: dict) -> str:
-    """The CPU a run measured, as a table's caption names it: model, ISA level, dtype, default kernels, date."""
+def cpu_line(machine: dict, dtype: str | None = None) -> str:
+    """The CPU a run measured, as a table's caption names it: model, ISA level, dtype (the header's unless
+    given), default kernels, date."""
     cpuid = f" ({machine['cpuid']})" if machine.get("cpuid") else ""
     products = f", products {machine['products']}" if machine.get("products") else ""
+    dtype = dtype or machine["dtype"]
     return (
-        f"{machine['cpu']}{cpuid}, {machine['isa']}, {machine['dtype']}, kernels {machine['kernels']}{products}, "
+        f"{machine['cpu']}{cpuid}, {machine['isa']}, {dtype}, kernels {machine['kernels']}{products}, "
         f"torch {machine['torch']}, {machine['threads']} threads, {machine['date']}"
     )
 
@@ -244,7 +246,19 @@ SPEED: dict[str, Callable[[list[ResultFile]], str]] = {
 ONE_CPU = ("rnn_speed", "sample_speed", "sample_streams", "export_speed")
 
 
+def measured_dtype(data: dict) -> str:
+    """The dtypes a run's rows measured: its header's, and bfloat16 autocast where rows of cells under it are
+    there (rnn_speed --bfloat16 runs both, and its header named only float32)."""
+    dtype = data["machine"]["dtype"]
+    under_autocast = any(str(row.get("cell", "")).endswith(BF16) for row in data.get("rows", []))
+    return f"{dtype} and bfloat16 autocast" if under_autocast and "bfloat16" not in dtype else dtype
+
+
 def caption(files: list[ResultFile]) -> str:
     """The line under a table: the CPU of each file that names one, and the file."""
-    parts = [f"{cpu_line(f.data['machine'])}{ceiling_note(f.data)}: `{f.name}`" for f in files if "machine" in f.data]
+    parts = [
+        f"{cpu_line(f.data['machine'], measured_dtype(f.data))}{ceiling_note(f.data)}: `{f.name}`"
+        for f in files
+        if "machine" in f.data
+    ]
     return "CPU " + "; ".join(parts) if parts else ""

@@ -96,3 +96,16 @@ def test_the_caption_names_the_cpu_and_the_file(tmp_path: Path, monkeypatch: pyt
         tables.render("nope", ["r.json"])
     with pytest.raises(ValueError, match="one results file"):
         tables.render("export_speed", ["r.json", "r.json"])
+
+
+def test_a_caption_names_bfloat16_where_the_run_measured_cells_under_it():
+    machine = {"dtype": "float32"}
+    float_run = {"machine": machine, "rows": [{"cell": "ours GRU reset-after"}]}
+    mixed_run = {
+        "machine": machine,
+        "rows": [{"cell": "ours GRU reset-after"}, {"cell": "torch.nn.GRU" + summary.BF16}],
+    }
+    assert summary.measured_dtype(float_run) == "float32"
+    assert summary.measured_dtype(mixed_run) == "float32 and bfloat16 autocast"
+    labelled = {"machine": {"dtype": "float32 and bfloat16 autocast"}, "rows": mixed_run["rows"]}
+    assert summary.measured_dtype(labelled) == "float32 and bfloat16 autocast"
