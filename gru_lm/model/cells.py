@@ -229,15 +229,33 @@ class _Stack(nn.Module):
         """What a step hands to the next layer: the state itself (h of (h, c) for the LSTM)."""
         return state
 
-    def run_layer(self, k: int, x: Tensor, h):
+    def input_table(self, embedding: Tensor) -> Tensor:
+        """The first layer's input projection of every row of an embedding (V×G·H). A window over
+        embedding[ids] can look its T·B projections up in it instead of computing each: the same
+        products, V of them instead of T·B, which for a character alphabet is far fewer."""
+        w_ih, _, b_ih, _ = self.layer_weights(0)
+        return linear(embedding, w_ih, b_ih)
+
+    def initial_state(self, x: Tensor | None, first_gi: Tensor | None) -> Tensor:
+        """Zeros for every layer's state (L×B×H, B from whichever input forward has), in the weights' dtype."""
+        given = x if x is not None else first_gi
+        if given is None:
+            raise ValueError("the stack needs its input x or the first layer's input projections first_gi")
+        return self.layer_weights(0)[1].new_zeros(self.num_layers, given.shape[1], self.hidden_size)
+
+    def run_layer(self, k: int, x: Tensor | None, h, gi: Tensor | None = None):
         """Layer k over a whole window: x is T×B×I, h the layer's state (B×H, or (h, c) for the LSTM);
-        returns (out T×B×H, the final state)."""
+        returns (out T×B×H, the final state). gi, when given, is the layer's input projections (T×B×G·H,
+        looked up in input_table's table) and x is not read."""
         w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
         if self.weight_drop > 0 and self.training:
             # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per window, the
             # same for every step and stream, so the state's own path is what gets regularised
             w_hh = dropout(w_hh, self.weight_drop, training=True)
-        gi = linear(x, w_ih, b_ih)  # all T input projections in one matrix product
+        if gi is None:
+            if x is None:
+                raise ValueError("run_layer needs the layer's input x or its input projections gi")
+            gi = linear(x, w_ih, b_ih)  # all T input projections in one matrix product
         if self.fast:
             device = gi.device.type
             if torch.is_autocast_enabled(device):
@@ -250,22 +268,26 @@ class _Stack(nn.Module):
                     )
             return self.window(gi, _map(h, Tensor.contiguous), w_hh, b_hh)
         outs = []
-        for t in range(x.shape[0]):
+        for t in range(gi.shape[0]):
             h = self.step(gi[t], h, w_hh, b_hh)
             outs.append(self.output(h))
         return torch.stack(outs), h
 
-    def forward(self, x: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """x: T×B×I, h0: L×B×H (zeros when None) -> (out: T×B×H, h_n: L×B×H)."""
+    def forward(
+        self, x: Tensor | None, h0: Tensor | None = None, first_gi: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """x: T×B×I, h0: L×B×H (zeros when None) -> (out: T×B×H, h_n: L×B×H). With first_gi (the first
+        layer's input projections, T×B×G·H, from input_table) x may be None."""
         if h0 is None:
-            h0 = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
-        finals = []
-        for k in range(self.num_layers):
-            if k > 0 and self.dropout > 0 and self.training:
-                x = dropout(x, self.dropout, training=True)
-            x, h_k = self.run_layer(k, x, h0[k])
+            h0 = self.initial_state(x, first_gi)
+        out, h_first = self.run_layer(0, x, h0[0], first_gi)
+        finals = [h_first]
+        for k in range(1, self.num_layers):
+            if self.dropout > 0 and self.training:
+                out = dropout(out, self.dropout, training=True)
+            out, h_k = self.run_layer(k, out, h0[k])
             finals.append(h_k)
-        return x, torch.stack(finals)
+        return out, torch.stack(finals)
 
 
 class GRU(_Stack):
@@ -322,20 +344,22 @@ class LSTM(_Stack):
         return state[0]
 
     def forward(  # type: ignore[override]  # the state is (h, c), as torch.nn.LSTM's
-        self, x: Tensor, state: tuple[Tensor, Tensor] | None = None
+        self, x: Tensor | None, state: tuple[Tensor, Tensor] | None = None, first_gi: Tensor | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x: T×B×I, state (h0, c0), each L×B×H (zeros when None) -> (out T×B×H, (h_n, c_n))."""
+        """x: T×B×I, state (h0, c0), each L×B×H (zeros when None) -> (out T×B×H, (h_n, c_n)). With first_gi
+        (the first layer's input projections, from input_table) x may be None."""
         if state is None:
-            zeros = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
+            zeros = self.initial_state(x, first_gi)
             state = (zeros, zeros)
-        hs, cs = [], []
-        for k in range(self.num_layers):
-            if k > 0 and self.dropout > 0 and self.training:
-                x = dropout(x, self.dropout, training=True)
-            x, (h_k, c_k) = self.run_layer(k, x, (state[0][k], state[1][k]))
+        out, (h_k, c_k) = self.run_layer(0, x, (state[0][0], state[1][0]), first_gi)
+        hs, cs = [h_k], [c_k]
+        for k in range(1, self.num_layers):
+            if self.dropout > 0 and self.training:
+                out = dropout(out, self.dropout, training=True)
+            out, (h_k, c_k) = self.run_layer(k, out, (state[0][k], state[1][k]))
             hs.append(h_k)
             cs.append(c_k)
-        return x, (torch.stack(hs), torch.stack(cs))
+        return out, (torch.stack(hs), torch.stack(cs))
 
 
 def _map(state, fn):

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from gru_lm.model.cells import GRU, LSTM, RNN, dropout
 from gru_lm.model.readout import linear_cross_entropy
@@ -43,7 +44,7 @@ class CharModel(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
         if cfg.cell == "gru":
-            self.rnn: nn.Module = GRU(
+            self.rnn: GRU | LSTM | RNN = GRU(
                 cfg.embed_size,
                 cfg.hidden_size,
                 cfg.layers,
@@ -88,12 +89,22 @@ class CharModel(nn.Module):
 
     def _features(self, ids: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
         """What the read-out reads (the last layer's outputs after dropout, T×B×H) and the new state."""
+        x, first_gi = self._inputs(ids)
         if self.cfg.cell == "lstm":
-            out, (h_n, c_n) = self.rnn(self.embed(ids), None if h is None else h.chunk(2, dim=-1))
+            out, (h_n, c_n) = self.rnn(x, None if h is None else h.chunk(2, dim=-1), first_gi=first_gi)
             new = torch.cat([h_n, c_n], dim=-1)
         else:
-            out, new = self.rnn(self.embed(ids), h)
+            out, new = self.rnn(x, h, first_gi=first_gi)
         return dropout(out, self.cfg.dropout, self.training), new
+
+    def _inputs(self, ids: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """The stack's input: (the embedded ids, None), or, when the alphabet has fewer characters than the
+        window has positions, (None, the first layer's input projections looked up per position in a table
+        of the projected embedding): the same arithmetic per position, V products instead of T·B, and the
+        backward a sum of the positions' gradients per character (the sampler reads the same table)."""
+        if self.embed.num_embeddings < ids.numel():
+            return None, F.embedding(ids, self.rnn.input_table(self.embed.weight))
+        return self.embed(ids), None
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
