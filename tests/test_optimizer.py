@@ -1,5 +1,7 @@
 """The training optimiser: AdamW decaying only weight matrices, fused on CPU with the loop's arithmetic."""
 
+import copy
+
 import torch
 
 from gru_lm.model.char_model import CharModel, ModelConfig
@@ -51,6 +53,12 @@ def test_a_resumed_run_keeps_the_implementation_it_was_saved_with():
     for g in old.param_groups:
         g["fused"] = None  # as a checkpoint written before the optimiser was fused
     _steps(old_model, old, 1)
-    resumed = build_optimizer(_model(), settings)
-    resumed.load_state_dict(old.state_dict())
+    resumed_model = _model()
+    resumed_model.load_state_dict(old_model.state_dict())
+    resumed = build_optimizer(resumed_model, settings)
+    resumed.load_state_dict(copy.deepcopy(old.state_dict()))  # as read back from a checkpoint
     assert not any(g["fused"] for g in resumed.param_groups)
+    _steps(old_model, old, 2)  # the uninterrupted run and the resumed one take the same steps
+    _steps(resumed_model, resumed, 2)
+    for a, b in zip(old_model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)

@@ -17,7 +17,8 @@ def build_optimizer(model: torch.nn.Module, settings: Settings) -> torch.optim.O
     Fused on CPU and CUDA: the same update as the loop over parameters, in one pass each, which matters
     on a CPU where the loop's passes over a few million weights take a noticeable part of a step. A run
     resumed from a checkpoint keeps the implementation it was saved with (load_state_dict restores the
-    groups' options), so its steps go on exactly as before.
+    groups' options, `fused` among them), so its steps go on exactly as before; that holds on another
+    device too (a fused run resumed on Apple's MPS runs PyTorch's fused MPS update).
     """
     params = list(model.named_parameters())
     decay = [p for n, p in params if p.dim() >= 2 and not n.startswith("embed")]

@@ -26,10 +26,12 @@
 namespace gru_lm {
 
 // How far ahead along k a micro-kernel of few rows asks for its panel (rows of the panel: about 4.6 KB at
-// AVX-512). With one or two rows of A (the sampler's streams) a k costs a cycle or two of arithmetic and
-// three cache lines of weights, which come from L3 for a model larger than L2: the hardware prefetchers
-// alone fall behind that stream, and a software prefetch this far ahead keeps it flowing. With many rows
-// (a training batch) the arithmetic per line hides the fetch and a prefetch would only take load slots.
+// AVX-512). A block of at most V::rows / 2 rows (the sampler's one to four streams at AVX-512, or the rows a
+// batch leaves after its full blocks) costs a cycle or two of arithmetic per k against up to three cache
+// lines of weights, which come from L3 for a model larger than L2: the hardware prefetchers alone fall
+// behind that stream, and a software prefetch this far ahead keeps it flowing. A full block (a training
+// batch's rows) does enough arithmetic per line to hide the fetch, and a prefetch would only take load slots.
+// A prefetch is a hint: one past the end of the buffer fetches nothing that matters and never faults.
 constexpr int64_t kPrefetchRows = 24;
 
 // C[MR×·] = (ACC ? C : 0) + A[MR×K] · P[K×NV vectors]; A's rows lda apart, P a packed panel (NV vectors
@@ -51,7 +53,9 @@ inline void micro_kernel(int64_t K, const float* A, int64_t lda, const float* P,
     if constexpr (MR <= V::rows / 2) {  // few rows: the panel streams faster than the cache fetches it unasked
 #pragma GCC unroll 3
       for (int v = 0; v < NV; ++v)
-        _mm_prefetch(reinterpret_cast<const char*>(P + (k + kPrefetchRows) * NR + W * v), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(P + k * NR + W * v) +
+                                                   kPrefetchRows * NR * sizeof(float)),
+                     _MM_HINT_T0);
     }
 #pragma GCC unroll 3
     for (int v = 0; v < NV; ++v) w[v] = V::load(P + k * NR + W * v);

@@ -90,6 +90,7 @@ class SamplerBase {
                               const std::vector<double>& temperature, const std::vector<int64_t>& top_k,
                               const std::vector<double>& top_p) = 0;
   virtual at::Tensor logits(at::Tensor last, at::Tensor state) = 0;
+  virtual int parts() const = 0;
 };
 
 // The weights of a trained model for stepping, and the states of N streams, with products at the width of V.
@@ -118,9 +119,10 @@ class SamplerAt final : public SamplerBase {
   // in a batch of any size and make-up as alone.
   //
   // A character is the layers' phases, the read-out's, then the draw, with a barrier after each. With
-  // fewer streams than parts a split draw would leave a part idle, so instead every part draws every
-  // stream (the same logits and uniform numbers give the same characters) into its own copy of the
+  // one stream and a team, a split draw would leave every part but one idle, so instead every part draws
+  // the stream (the same logits and uniform number give the same character) into its own copy of the
   // streams' characters, at the start of the next character's first phase: one barrier fewer a character.
+  // (With a few streams over many parts each part would draw them all, which costs more than the barrier.)
   at::Tensor run_each(at::Tensor last, at::Tensor state, at::Tensor uniforms, const std::vector<double>& temperature,
                       const std::vector<int64_t>& top_k, const std::vector<double>& top_p) override {
     TORCH_CHECK(state.is_contiguous() && state.scalar_type() == at::kFloat, "the state must be contiguous float32");
@@ -132,7 +134,7 @@ class SamplerAt final : public SamplerBase {
                 "one temperature, top_k and top_p per stream");
     at::Tensor ids = at::empty({chars, N}, last.options());
     begin(N, state);
-    const bool each_draws = N < parts_;
+    const bool each_draws = N == 1 && parts_ > 1;
     std::vector<std::vector<int64_t>> cur(each_draws ? parts_ : 1,
                                           std::vector<int64_t>(last.data_ptr<int64_t>(), last.data_ptr<int64_t>() + N));
     const double* u = uniforms.data_ptr<double>();
@@ -166,6 +168,8 @@ class SamplerAt final : public SamplerBase {
 
   // The logits after reading `last` from `state` (N streams), without drawing: what the tests compare
   // with the model's forward. The state is updated as by one character of run().
+  int parts() const override { return parts_; }
+
   at::Tensor logits(at::Tensor last, at::Tensor state) override {
     TORCH_CHECK(state.is_contiguous() && state.scalar_type() == at::kFloat, "the state must be contiguous float32");
     last = last.contiguous();
@@ -384,6 +388,9 @@ class Sampler {
   // The logits after reading `last` from `state`, without drawing (the state is updated).
   at::Tensor logits(at::Tensor last, at::Tensor state) { return impl_->logits(last, state); }
 
+  // How many parts (threads of the team) share each character's work.
+  int parts() const { return impl_->parts(); }
+
  private:
   std::unique_ptr<SamplerBase> impl_;
 };
@@ -394,7 +401,8 @@ void bind_sampler(pybind11::module& m) {
                           std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor, at::Tensor>())
       .def("run", &Sampler::run)
       .def("run_each", &Sampler::run_each)
-      .def("logits", &Sampler::logits);
+      .def("logits", &Sampler::logits)
+      .def("parts", &Sampler::parts);
 }
 
 }  // namespace gru_lm
