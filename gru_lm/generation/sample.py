@@ -85,8 +85,7 @@ class Stepper:
         rnn = model.rnn
         self.cell, self.reset_after = model.cfg.cell, getattr(rnn, "reset_after", False)
         self.layers = [rnn.layer_weights(k) for k in range(rnn.num_layers)]
-        w_ih, _, b_ih, _ = self.layers[0]
-        self.table = F.linear(model.embed.weight, w_ih, b_ih)
+        self.table = rnn.input_table(model.embed.weight)
         self.head_w, self.head_b = model.head.weight, model.head.bias
 
     def __call__(self, ids: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -174,10 +173,9 @@ def compiled_sampler(model):
     zeros = torch.zeros(rnn.gates * H)
     w_ih, w_hh, b_ih, b_hh = ([lw[i] if lw[i] is not None else zeros for lw in layers] for i in range(4))
     with torch.no_grad():
-        table = F.linear(model.embed.weight, w_ih[0], b_ih[0])
         return k.Sampler(
             kind,
-            table,
+            rnn.input_table(model.embed.weight),
             [w.detach() for w in w_ih],
             [w.detach() for w in w_hh],
             [b.detach() for b in b_ih],

@@ -166,10 +166,10 @@ class SamplerAt final : public SamplerBase {
     return ids;
   }
 
-  // The logits after reading `last` from `state` (N streams), without drawing: what the tests compare
-  // with the model's forward. The state is updated as by one character of run().
   int parts() const override { return parts_; }
 
+  // The logits after reading `last` from `state` (N streams), without drawing: what the tests compare
+  // with the model's forward. The state is updated as by one character of run().
   at::Tensor logits(at::Tensor last, at::Tensor state) override {
     TORCH_CHECK(state.is_contiguous() && state.scalar_type() == at::kFloat, "the state must be contiguous float32");
     last = last.contiguous();
