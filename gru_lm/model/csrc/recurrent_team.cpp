@@ -56,15 +56,15 @@ void pack_backward(P& packed, const float* W, int64_t H, int64_t row0, int64_t r
   packed.pack(rows, {{j0, j1 - j0}}, [&](int64_t k, int64_t n) { return W[(row0 + k) * H + n]; });
 }
 
-// Rows row0.. of dW (rows of them) = Σ over the window's T·B rows of dA[:, col0:col0+rows]ᵀ · prev, for
-// dA (T×B×width) and prev (T·B × H, its first T·B rows): the recurrent weight gradient of a window, one
-// large product that the BLAS does well (it is not on the step-by-step path). With bfloat16 operands its
-// operands are rounded to bfloat16 too, as the BLAS path's are.
-void weight_gradient_into(Tensor& dW, int64_t row0, const Tensor& dA, int64_t col0, int64_t rows, const Tensor& prev,
-                          bool bfloat16_operands) {
+// Rows row0.. of dW (as many as dA has columns) = Σ over the window's T·B rows of dAᵀ · prev, for dA
+// (T×B×width, contiguous: the library reads its transpose in place) and prev (T·B × H, its first T·B
+// rows): the recurrent weight gradient of a window, one large product that the BLAS does well (it is
+// not on the step-by-step path). With bfloat16 operands its operands are rounded to bfloat16 too, as
+// the BLAS path's are.
+void weight_gradient_into(Tensor& dW, int64_t row0, const Tensor& dA, const Tensor& prev, bool bfloat16_operands) {
   const int64_t TB = dA.size(0) * dA.size(1), H = dW.size(1);
-  Tensor into = dW.narrow(0, row0, rows);
-  const Tensor a = dA.view({TB, -1}).narrow(1, col0, rows).t(), b = prev.view({-1, H}).narrow(0, 0, TB);
+  Tensor into = dW.narrow(0, row0, dA.size(2));
+  const Tensor a = dA.view({TB, -1}).t(), b = prev.view({-1, H}).narrow(0, 0, TB);
   if (bfloat16_operands)
     into.copy_(at::mm(a.to(at::kBFloat16), b.to(at::kBFloat16)));
   else
@@ -73,7 +73,7 @@ void weight_gradient_into(Tensor& dW, int64_t row0, const Tensor& dA, int64_t co
 
 Tensor weight_gradient(const Tensor& dA, const Tensor& prev, int64_t H, bool bfloat16_operands) {
   Tensor dW = at::empty({dA.size(2), H}, dA.options());
-  weight_gradient_into(dW, 0, dA, 0, dA.size(2), prev, bfloat16_operands);
+  weight_gradient_into(dW, 0, dA, prev, bfloat16_operands);
   return dW;
 }
 
@@ -205,17 +205,19 @@ std::vector<Tensor> gru_before_backward_on(const Tensor& d_out_in, const Tensor&
                                         bool has_bias) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = RZ.size(0), B = RZ.size(1), H = N.size(2);
-  // darz is read by every part at the start of the next step, which writes its own: two of them,
-  // alternating by step. dq holds this part's own units only.
+  // darz (the gradients of r and z) and dan (of the candidate) are read by every part in the step after
+  // the one that writes them; each is kept for the whole window, step by step, so that the weight
+  // gradient multiplies them in place (a product of a column slice of dA would copy the slice first).
+  // dq holds this part's own units only.
   Tensor dA = at::empty({T, B, 3 * H}, RZ.options());
-  Tensor dan = at::empty({B, H}, RZ.options()), dq = at::empty({B, H}, RZ.options());
-  Tensor darz = at::empty({2, B, 2 * H}, RZ.options()), dh = d_hT.contiguous().clone();
-  float *da = dA.data_ptr<float>(), *dn = dan.data_ptr<float>(), *dqp = dq.data_ptr<float>();
-  float* dhp = dh.data_ptr<float>();
+  Tensor dan = at::empty({T, B, H}, RZ.options()), dq = at::empty({B, H}, RZ.options());
+  Tensor darz = at::empty({T, B, 2 * H}, RZ.options()), dh = d_hT.contiguous().clone();
+  float *da = dA.data_ptr<float>(), *dqp = dq.data_ptr<float>(), *dhp = dh.data_ptr<float>();
   const float *rz = RZ.data_ptr<float>(), *n = N.data_ptr<float>(), *o = out.data_ptr<float>();
   const float *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
-  float* const drz0 = darz.data_ptr<float>();
-  auto drz = [&](int64_t s) { return drz0 + (s % 2) * B * 2 * H; };
+  float *const drz0 = darz.data_ptr<float>(), *const dn0 = dan.data_ptr<float>();
+  auto drz = [&](int64_t t) { return drz0 + t * B * 2 * H; };
+  auto dn = [&](int64_t t) { return dn0 + t * B * H; };
   const int parts = team_size(H, kMinUnitsPerPart);
   std::vector<Packed<V>> packed_n(parts), packed_rz(parts);
   run_team(
@@ -230,25 +232,25 @@ std::vector<Tensor> gru_before_backward_on(const Tensor& d_out_in, const Tensor&
         auto [j0, j1] = slice_of(p, parts, H);
         if (phase == 0) {
           // dh += [da_r, da_z] W_rz of step t + 1 for this part's units
-          if (s > 0) packed_rz[p].template multiply<true>(B, drz(s - 1), 2 * H, dhp, H);
+          if (s > 0) packed_rz[p].template multiply<true>(B, drz(t + 1), 2 * H, dhp, H);
           if (s == T) return;
           for (int64_t b = 0; b < B; ++b) {  // da_n, da_z of this part's units; dh becomes dh ⊙ z
             const int64_t o1 = (t * B + b) * H;
             gru_before_bwd_row1(H, j0, j1, dout + o1, dhp + b * H, rz + 2 * o1, n + o1, o + o1, da + 3 * o1,
-                                dn + b * H, drz(s) + b * 2 * H, dhp + b * H);
+                                dn(t) + b * H, drz(t) + b * 2 * H, dhp + b * H);
           }
         } else if (s < T) {  // dq = da_n W_hn for this part's units, then da_r and dh += dq ⊙ r
-          packed_n[p].template multiply<false>(B, dn, H, dqp, H);
+          packed_n[p].template multiply<false>(B, dn(t), H, dqp, H);
           for (int64_t b = 0; b < B; ++b) {
             const int64_t o1 = (t * B + b) * H;
-            gru_before_bwd_row2(H, j0, j1, dqp + b * H, rz + 2 * o1, o + o1, da + 3 * o1, drz(s) + b * 2 * H,
+            gru_before_bwd_row2(H, j0, j1, dqp + b * H, rz + 2 * o1, o + o1, da + 3 * o1, drz(t) + b * 2 * H,
                                 dhp + b * H);
           }
         }
       });
   Tensor dW = at::empty({3 * H, H}, RZ.options());
-  weight_gradient_into(dW, 0, dA, 0, 2 * H, out, bf16_products<V>);
-  weight_gradient_into(dW, 2 * H, dA, 2 * H, H, Q, bf16_products<V>);
+  weight_gradient_into(dW, 0, darz, out, bf16_products<V>);
+  weight_gradient_into(dW, 2 * H, dan, Q, bf16_products<V>);
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
   return {dA, dh, dW, db};
 }
