@@ -401,11 +401,13 @@ std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, T
   const at::ScalarType operand = operand_type(bfloat16_operands, RZ);
   const RecurrentProduct w_rz(w_hh.narrow(0, 0, 2 * H).t(), B, bfloat16_operands, /*mkl=*/false);
   const RecurrentProduct w_n(w_hh.narrow(0, 2 * H, H).t(), B, bfloat16_operands, /*mkl=*/false);
+  // the gradients of r and z (darz) and of the candidate (dan) are kept for the whole window, so that the
+  // weight gradient multiplies them in place rather than column slices of dA (which oneDNN would copy)
   Tensor dA = at::empty({T, B, 3 * H}, RZ.options());
-  Tensor dan = at::empty({B, H}, RZ.options());
+  Tensor dan_window = at::empty({T, B, H}, RZ.options());
   Tensor dq = at::empty({B, H}, RZ.options());
   Tensor dhz = at::empty({B, H}, RZ.options());
-  Tensor darz = at::empty({B, 2 * H}, RZ.options());
+  Tensor darz_window = at::empty({T, B, 2 * H}, RZ.options());
   Tensor dh = d_hT.contiguous().clone();
   // with bfloat16 operands: bfloat16 copies of the two products' operands
   Tensor dan_bf16 = bf16_buffer(bfloat16_operands, B, H, RZ);
@@ -420,6 +422,7 @@ std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, T
       const scalar_t* dout = d_out[t].data_ptr<scalar_t>();
       scalar_t* dhp = dh.data_ptr<scalar_t>();
       scalar_t* da = dA[t].data_ptr<scalar_t>();
+      const Tensor dan = dan_window[t], darz = darz_window[t];
       scalar_t* dn = dan.data_ptr<scalar_t>();
       scalar_t* dz = dhz.data_ptr<scalar_t>();
       scalar_t* drz = darz.data_ptr<scalar_t>();
@@ -442,9 +445,8 @@ std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, T
     }
   });
   Tensor h_prev = out.narrow(0, 0, T).reshape({T * B, H});
-  Tensor flat = dA.view({T * B, 3 * H});
-  Tensor dW = at::cat({mm_as(flat.narrow(1, 0, 2 * H).t(), h_prev, operand),
-                       mm_as(flat.narrow(1, 2 * H, H).t(), Q.view({T * B, H}), operand)});
+  Tensor dW = at::cat({mm_as(darz_window.view({T * B, 2 * H}).t(), h_prev, operand),
+                       mm_as(dan_window.view({T * B, H}).t(), Q.view({T * B, H}), operand)});
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
   return {dA, dh, dW, db};
 }
