@@ -60,7 +60,11 @@ def test_mm_matches_torch(library, kind, accumulate):
 
 def test_addmm_broadcasts_the_bias(library):
     bias, a, b = torch.randn(23), torch.randn(37, 29), torch.randn(29, 23)
-    _close(products.addmm(bias, a, b), bias.double() + a.double() @ b.double())
+    exact = bias.double() + a.double() @ b.double()
+    _close(products.addmm(bias, a, b), exact)
+    out = torch.randn(37, 23)  # what out held before is overwritten, not added to
+    assert products.addmm(bias, a, b, out=out) is out
+    _close(out, exact)
 
 
 def test_mm_refuses_an_out_of_the_wrong_shape(library):

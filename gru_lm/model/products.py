@@ -41,13 +41,14 @@ def mm(a: Tensor, b: Tensor, out: Tensor | None = None, accumulate: bool = False
 
 
 def addmm(bias: Tensor, a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
-    """bias + a @ b with the bias broadcast over rows, as torch.addmm."""
+    """bias + a @ b with the bias broadcast over rows, as torch.addmm.
+
+    The product is written first and the bias added to it after, while the product's rows are still in
+    cache: seeding out with the bias and accumulating into it would write a fresh (cold) out once more and
+    have the product read it back."""
     if _module_for(bias, a, b) is None:
         return torch.addmm(bias, a, b, out=out)
-    if out is None:
-        out = a.new_empty(a.shape[0], b.shape[1])
-    out.copy_(bias.expand_as(out))
-    return mm(a, b, out=out, accumulate=True)
+    return mm(a, b, out=out).add_(bias)
 
 
 class _Linear(torch.autograd.Function):
