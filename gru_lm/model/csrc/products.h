@@ -24,7 +24,8 @@ const char* float_products();
 // out = a @ b, or out += a @ b with accumulate; float32 through float_products(), other dtypes through
 // at::mm. out is a's rows × b's columns and must not overlap a or b. a and b may be any strided views:
 // oneDNN reads a contiguous matrix or its transpose in place and copies any other view (a column slice)
-// once before the product, which is small beside the product itself.
+// before the product, which for a product as thin as a window's weight gradient costs about as much as
+// the product itself; the kernels hand it whole matrices there.
 void mm_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate = false);
 
 // a @ b as a new tensor, through mm_into.

@@ -205,10 +205,10 @@ std::vector<Tensor> gru_before_backward_on(const Tensor& d_out_in, const Tensor&
                                         bool has_bias) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = RZ.size(0), B = RZ.size(1), H = N.size(2);
-  // darz (the gradients of r and z) and dan (of the candidate) are read by every part in the step after
-  // the one that writes them; each is kept for the whole window, step by step, so that the weight
-  // gradient multiplies them in place (a product of a column slice of dA would copy the slice first).
-  // dq holds this part's own units only.
+  // darz (the gradients of r and z) and dan (of the candidate) are written by each part for its own units
+  // and read by every part after the next barrier; each is kept for the whole window, step by step, so
+  // that the weight gradient multiplies them in place (a product of a column slice of dA would copy the
+  // slice first). dq holds this part's own units only.
   Tensor dA = at::empty({T, B, 3 * H}, RZ.options());
   Tensor dan = at::empty({T, B, H}, RZ.options()), dq = at::empty({B, H}, RZ.options());
   Tensor darz = at::empty({T, B, 2 * H}, RZ.options()), dh = d_hT.contiguous().clone();
