@@ -280,14 +280,21 @@ class _Stack(nn.Module):
         layer's input projections, T×B×G·H, from input_table) x may be None."""
         if h0 is None:
             h0 = self.initial_state(x, first_gi)
-        out, h_first = self.run_layer(0, x, h0[0], first_gi)
-        finals = [h_first]
+        out, finals = self.run_layers(x, [h0[k] for k in range(self.num_layers)], first_gi)
+        return out, torch.stack(finals)
+
+    def run_layers(self, x: Tensor | None, states: list, first_gi: Tensor | None) -> tuple[Tensor, list]:
+        """Every layer over the window, each reading the one below (after dropout, when training): states
+        holds each layer's state (B×H, or (h, c) for the LSTM); returns (the top layer's out, the final
+        state of each layer). The first layer reads first_gi, when given, instead of x."""
+        out, final = self.run_layer(0, x, states[0], first_gi)
+        finals = [final]
         for k in range(1, self.num_layers):
             if self.dropout > 0 and self.training:
                 out = dropout(out, self.dropout, training=True)
-            out, h_k = self.run_layer(k, out, h0[k])
-            finals.append(h_k)
-        return out, torch.stack(finals)
+            out, final = self.run_layer(k, out, states[k])
+            finals.append(final)
+        return out, finals
 
 
 class GRU(_Stack):
@@ -351,15 +358,8 @@ class LSTM(_Stack):
         if state is None:
             zeros = self.initial_state(x, first_gi)
             state = (zeros, zeros)
-        out, (h_k, c_k) = self.run_layer(0, x, (state[0][0], state[1][0]), first_gi)
-        hs, cs = [h_k], [c_k]
-        for k in range(1, self.num_layers):
-            if self.dropout > 0 and self.training:
-                out = dropout(out, self.dropout, training=True)
-            out, (h_k, c_k) = self.run_layer(k, out, (state[0][k], state[1][k]))
-            hs.append(h_k)
-            cs.append(c_k)
-        return out, (torch.stack(hs), torch.stack(cs))
+        out, finals = self.run_layers(x, [(state[0][k], state[1][k]) for k in range(self.num_layers)], first_gi)
+        return out, (torch.stack([h for h, _ in finals]), torch.stack([c for _, c in finals]))
 
 
 def _map(state, fn):
