@@ -9,11 +9,14 @@
     python bench/rnn_speed.py --bfloat16          # also the cells under bfloat16 autocast (train --dtype bfloat16)
     python bench/rnn_speed.py --kernels blas  # our cells on these window kernels only (default: every compiled
                                               # path this CPU has, side by side: avx512, avx2, blas)
+    python bench/rnn_speed.py --plain-step    # the textbook step around the cells (see below)
     python bench/rnn_speed.py --other-products    # also our cells with their products through the other
                                                   # library (MKL or oneDNN, GRU_LM_PRODUCTS)
 
-Each measurement is a char-LM training step (embedding 64 -> recurrent stack -> linear read-out over 65
-characters -> cross-entropy -> backward -> Adam), timed over --seconds after a warm-up, cells
+Each measurement is a char-LM training step as `gru-lm train` runs it (embedding 64 -> recurrent stack ->
+its fused read-out over 65 characters and cross-entropy -> backward -> gradient clipping -> its fused AdamW;
+--plain-step: nn.Linear, F.cross_entropy and torch.optim.Adam's loop, the step of the earlier results
+files), the same around every cell, timed over --seconds after a warm-up, cells
 interleaved round by round so that a noisy neighbour hits all of them alike. Ratios are against
 torch.nn.GRU measured in the same run on the same shapes. Each row also gives the fraction of the
 machine's arithmetic ceiling it reached: a char-LM step costs 6·(G·H·(I+H) per layer + H·V) floating-point
@@ -39,7 +42,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,8 +53,12 @@ from gru_lm.machine.cpu import cpu_family_model, cpu_model, isa_level
 from gru_lm.machine.memory import keep_freed_memory
 from gru_lm.model.cells import GRU, LSTM, RNN
 from gru_lm.model.kernels import available, available_bfloat16, backend, compiled, forcing, products
+from gru_lm.model.readout import linear_cross_entropy
+from gru_lm.training.optimizer import build_optimizer
+from gru_lm.training.settings import Settings
 
 V, E = 65, 64
+TRAIN_SETTINGS = Settings()  # gru-lm train's defaults: its learning rate, weight decay and clipping
 CELLS = {
     "torch.nn.GRU": lambda H, L: nn.GRU(E, H, L),
     "ours GRU reset-after": lambda H, L: GRU(E, H, L, reset_after=True),
@@ -112,17 +119,25 @@ def ours(name: str) -> bool:
 
 
 class Step:
-    """One training step of a char LM around a recurrent module, with its state carried (TBPTT)."""
+    """One training step of a char LM around a recurrent module, with its state carried (TBPTT).
 
-    def __init__(self, name: str, H: int, L: int, B: int, T: int, seed: int = 0) -> None:
+    Every cell gets the same embedding, read-out and optimiser, so only the recurrent module differs. step
+    "train" is gru-lm train's step (train_step: the fused read-out and its loss, clipping, the fused AdamW that
+    build_optimizer makes); "plain" is the textbook one the earlier results files measured (nn.Linear,
+    F.cross_entropy over its logits, torch.optim.Adam's loop, no clipping)."""
+
+    def __init__(self, name: str, H: int, L: int, B: int, T: int, seed: int = 0, step: str = "train") -> None:
         torch.manual_seed(seed)
         name, self.kernels = on_kernels(name)
         self.rnn = CELLS[name](H, L)
         self.amp = name.endswith(BF16)
         self.lstm = isinstance(self.rnn, (nn.LSTM, LSTM))
         self.emb, self.head = nn.Embedding(V, E), nn.Linear(H, V)
-        params = [*self.emb.parameters(), *self.rnn.parameters(), *self.head.parameters()]
-        self.opt = torch.optim.Adam(params, 3e-3)
+        self.plain = step == "plain"
+        self.clip = TRAIN_SETTINGS.grad_clip
+        net = nn.ModuleDict({"embed": self.emb, "rnn": self.rnn, "head": self.head})
+        self.params = list(net.parameters())
+        self.opt = torch.optim.Adam(self.params, 3e-3) if self.plain else build_optimizer(net, TRAIN_SETTINGS)
         self.x, self.y = torch.randint(0, V, (T, B)), torch.randint(0, V, (T, B))
         z = torch.zeros(L, B, H)
         self.h = (z, z.clone()) if self.lstm else z
@@ -137,12 +152,19 @@ class Step:
                 os.environ.pop(variable, None)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
             out, h = self.rnn(self.emb(self.x), self.h)
-            logits = self.head(out)
-        loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), self.y.flatten())
+            loss = self.loss(out)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if not self.plain:  # as train_step: clip, which needs the norm anyway
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         self.opt.step()
         self.h = tuple(t.detach().float() for t in h) if self.lstm else h.detach().float()
+
+    def loss(self, out: Tensor) -> Tensor:
+        if self.plain:
+            logits = self.head(out)
+            return nn.functional.cross_entropy(logits.float().flatten(0, 1), self.y.flatten())
+        return linear_cross_entropy(out.flatten(0, 1), self.head.weight, self.head.bias, self.y.flatten())
 
 
 def gates_of(name: str) -> int:
@@ -191,12 +213,13 @@ def matmul_rate(seconds: float = 1.0) -> float:
     return max(matmul_rates(seconds).values())
 
 
-def header(dtype: str = "float32") -> dict:
+def header(dtype: str = "float32", step: str = "train") -> dict:
     return {
         "cpu": cpu_model(),
         "cpuid": cpu_family_model(),
         "isa": isa_level(),
         "dtype": dtype,
+        "step": step,
         "kernels": backend(),
         "products": products(),
         "torch": torch.__version__,
@@ -205,10 +228,10 @@ def header(dtype: str = "float32") -> dict:
     }
 
 
-def throughput(names: list[str], shape: tuple, seconds: float, rounds: int = 3) -> dict[str, float]:
+def throughput(names: list[str], shape: tuple, seconds: float, step: str, rounds: int = 3) -> dict[str, float]:
     """Characters per second of each cell, best of `rounds` interleaved rounds of `seconds`/rounds each."""
     H, L, B, T = shape
-    steps = {n: Step(n, H, L, B, T) for n in names}
+    steps = {n: Step(n, H, L, B, T, step=step) for n in names}
     for s in steps.values():
         s()
         s()
@@ -223,7 +246,7 @@ def throughput(names: list[str], shape: tuple, seconds: float, rounds: int = 3) 
     return best
 
 
-def peak_memory(name: str, shape: tuple) -> float:
+def peak_memory(name: str, shape: tuple, step: str) -> float:
     """Growth of peak resident memory (MiB) over three training steps, measured in a fresh process.
 
     It reads VmHWM (this process's peak RSS) from /proc: ru_maxrss would carry the parent's peak
@@ -234,7 +257,7 @@ def peak_memory(name: str, shape: tuple) -> float:
         "from bench.rnn_speed import Step, keep_freed_memory\n"
         "hwm = lambda: int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])\n"
         "keep_freed_memory()\n"
-        f"s = Step({name!r}, *{tuple(shape)!r})\n"
+        f"s = Step({name!r}, *{tuple(shape)!r}, step={step!r})\n"
         "before = hwm()\n"
         "for _ in range(3): s()\n"
         "print(json.dumps((hwm() - before) / 1024))\n"
@@ -340,6 +363,15 @@ def parse_args() -> argparse.Namespace:
         help="also our float32 cells on the first kernel path with their products outside the recurrent loop "
         "through the other library (GRU_LM_PRODUCTS: MKL where oneDNN is the default, and the reverse)",
     )
+    ap.add_argument(
+        "--plain-step",
+        dest="step",
+        action="store_const",
+        const="plain",
+        default="train",
+        help="time the cells in the textbook step (nn.Linear, F.cross_entropy, torch.optim.Adam's loop, no clipping) "
+        "instead of gru-lm train's (its fused read-out, clipping and fused AdamW)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc settings as they are")
     ap.add_argument("--json", type=Path, default=None, help="write the results here too")
@@ -357,8 +389,8 @@ def measure_shapes(names: list[str], args: argparse.Namespace) -> list[dict]:
     print("|---|---|---|---|---|---|---|" + ("---|" if spread else "") + ("---|---|" if args.memory else ""))
     results = []
     for shape in GRIDS[args.grid]:
-        runs = [throughput(names, shape, args.seconds) for _ in range(args.repeat)]
-        mem = {n: peak_memory(n, shape) for n in names} if args.memory else {}
+        runs = [throughput(names, shape, args.seconds, args.step) for _ in range(args.repeat)]
+        mem = {n: peak_memory(n, shape, args.step) for n in names} if args.memory else {}
         for n in names:
             ratios = sorted(r[n] / r["torch.nn.GRU"] for r in runs)
             speed = sorted(r[n] for r in runs)[len(runs) // 2]
@@ -417,7 +449,7 @@ def main() -> None:
     names = with_kernels(names, kernels)
     if args.other_products:
         names = with_other_products(names, kernels[0])
-    head = header("float32 and bfloat16 autocast" if args.bfloat16 else "float32")
+    head = header("float32 and bfloat16 autocast" if args.bfloat16 else "float32", args.step)
     print("# " + ", ".join(f"{k} {v}" for k, v in head.items()))
     rates = matmul_rates()
     results = measure_shapes(names, args)

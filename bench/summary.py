@@ -62,6 +62,18 @@ def ceiling_note(data: dict) -> str:
     return f", ceiling {data['matmul_flops'] / 1e9:.0f} GFLOP/s ({each})"
 
 
+#: The training step around the cells an rnn_speed run timed, as its caption names it (runs without the
+#: header's "step" timed the plain one).
+STEP_NAMES = {"train": "gru-lm train's step", "plain": "plain step (nn.Linear, F.cross_entropy, Adam's loop)"}
+
+
+def step_note(data: dict) -> str:
+    """The step an rnn_speed run timed around its cells, for a file whose rows are its cells at their shapes."""
+    if not any("cell" in row and "window" in row for row in data.get("rows", [])):
+        return ""
+    return ", " + STEP_NAMES[data["machine"].get("step", "plain")]
+
+
 def thousands(rate: float) -> str:
     """One short form of a rate for every table: 12.3k below a hundred thousand, 123k from there."""
     return f"{rate / 1e3:.1f}k" if rate < 1e5 else f"{rate / 1e3:.0f}k"
@@ -257,7 +269,7 @@ def measured_dtype(data: dict) -> str:
 def caption(files: list[ResultFile]) -> str:
     """The line under a table: the CPU of each file that names one, and the file."""
     parts = [
-        f"{cpu_line(f.data['machine'], measured_dtype(f.data))}{ceiling_note(f.data)}: `{f.name}`"
+        f"{cpu_line(f.data['machine'], measured_dtype(f.data))}{ceiling_note(f.data)}{step_note(f.data)}: `{f.name}`"
         for f in files
         if "machine" in f.data
     ]

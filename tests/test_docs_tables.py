@@ -109,3 +109,10 @@ def test_a_caption_names_bfloat16_where_the_run_measured_cells_under_it():
     assert summary.measured_dtype(mixed_run) == "float32 and bfloat16 autocast"
     labelled = {"machine": {"dtype": "float32 and bfloat16 autocast"}, "rows": mixed_run["rows"]}
     assert summary.measured_dtype(labelled) == "float32 and bfloat16 autocast"
+
+
+def test_a_training_caption_names_the_step_the_run_timed_around_its_cells():
+    cells = [{"cell": "torch.nn.GRU", "hidden": 256, "layers": 1, "batch": 32, "window": 64}]
+    assert summary.step_note({"machine": machine(step="train"), "rows": cells}) == ", gru-lm train's step"
+    assert "plain step" in summary.step_note({"machine": machine(), "rows": cells})  # files from before the key
+    assert summary.step_note({"machine": machine(), "rows": [{"command": "gru-lm sample", "chars_per_s": 1.0}]}) == ""
