@@ -7,7 +7,7 @@ import torch
 from bench.rnn_speed import TRAIN_SETTINGS, Step
 
 
-def test_the_train_and_plain_steps_compute_the_same_loss_and_differ_in_optimiser_and_clipping():
+def test_the_train_and_plain_steps_compute_the_same_loss_with_their_own_optimisers():
     train, plain = Step("ours GRU reset-after", 8, 1, 3, 5), Step("ours GRU reset-after", 8, 1, 3, 5, step="plain")
     out = train.rnn(train.emb(train.x), train.h)[0]
     assert torch.allclose(train.loss(out), plain.loss(out), rtol=1e-6)  # the fused read-out is F.cross_entropy's
