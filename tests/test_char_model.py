@@ -3,8 +3,9 @@ the alphabet is smaller than the window: the same outputs, state and gradients a
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from gru_lm.model.char_model import CharModel, ModelConfig
+from gru_lm.model.char_model import CharModel, ModelConfig, look_up
 
 CELLS = [
     {"cell": "gru", "layers": 2},
@@ -59,3 +60,19 @@ def test_a_window_shorter_than_the_alphabet_projects_each_position(monkeypatch):
     assert not calls
     model(torch.randint(0, 50, (16, 4)))  # 64 positions
     assert len(calls) == 1
+
+
+def test_look_up_is_f_embedding_forward_and_backward_and_sums_bfloat16_gradients_in_float32():
+    torch.manual_seed(0)
+    table = torch.randn(7, 5, requires_grad=True)
+    ids = torch.randint(0, 7, (6, 4))
+    grad = torch.randn(6, 4, 5)
+    rows = look_up(table, ids)
+    assert torch.equal(rows, F.embedding(ids, table))
+    (ours,) = torch.autograd.grad(rows, table, grad)
+    (theirs,) = torch.autograd.grad(F.embedding(ids, table), table, grad)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    low = table.detach().bfloat16().requires_grad_()
+    (summed,) = torch.autograd.grad(look_up(low, ids), low, grad.bfloat16())
+    exact = torch.zeros(7, 5).index_add_(0, ids.view(-1), grad.bfloat16().float().view(-1, 5))
+    assert summed.dtype == torch.bfloat16 and torch.equal(summed, exact.bfloat16())

@@ -89,7 +89,7 @@ class CharModel(nn.Module):
 
     def _features(self, ids: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
         """What the read-out reads (the last layer's outputs after dropout, T×B×H) and the new state."""
-        x, first_gi = self._inputs(ids)
+        x, first_gi = stack_inputs(self.embed, self.rnn, ids)
         if self.cfg.cell == "lstm":
             out, (h_n, c_n) = self.rnn(x, None if h is None else h.chunk(2, dim=-1), first_gi=first_gi)
             new = torch.cat([h_n, c_n], dim=-1)
@@ -97,14 +97,44 @@ class CharModel(nn.Module):
             out, new = self.rnn(x, h, first_gi=first_gi)
         return dropout(out, self.cfg.dropout, self.training), new
 
-    def _inputs(self, ids: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """The stack's input: (the embedded ids, None), or, when the alphabet has fewer characters than the
-        window has positions, (None, the first layer's input projections looked up per position in a table
-        of the projected embedding): the same arithmetic per position, V products instead of T·B, and the
-        backward a sum of the positions' gradients per character (the sampler reads the same table)."""
-        if self.embed.num_embeddings < ids.numel():
-            return None, F.embedding(ids, self.rnn.input_table(self.embed.weight))
-        return self.embed(ids), None
-
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def stack_inputs(embed: nn.Embedding, rnn: nn.Module, ids: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """What a recurrent stack reads for ids (T×B): (the embedded ids, None), or, when the stack has an
+    input_table (our cells) and the alphabet has fewer characters than the window has positions, (None, the
+    first layer's input projections looked up per position in a table of the projected embedding): the same
+    arithmetic per position, V products instead of T·B, and the backward a sum of the positions' gradients
+    per character (the sampler reads the same table)."""
+    table = getattr(rnn, "input_table", None)
+    if table is not None and embed.num_embeddings < ids.numel():
+        return None, look_up(table(embed.weight), ids)
+    return embed(ids), None
+
+
+def look_up(table: Tensor, ids: Tensor) -> Tensor:
+    """table[ids] (ids of any shape, rows of table appended), as F.embedding computes it; its backward sums the
+    positions' gradient rows into the table's rows with one index_add_, a single pass over them in the order
+    given, where F.embedding's backward first sorts the T·B ids, and sums in float32 at least."""
+    if not (torch.is_grad_enabled() and table.requires_grad):
+        return F.embedding(ids, table)
+    rows: Tensor = _LookUp.apply(table, ids)
+    return rows
+
+
+class _LookUp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, table: Tensor, ids: Tensor) -> Tensor:
+        ctx.save_for_backward(ids)
+        ctx.rows = table.shape[0]
+        return table.index_select(0, ids.reshape(-1)).view(*ids.shape, table.shape[1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        (ids,) = ctx.saved_tensors
+        flat = grad.reshape(-1, grad.shape[-1])
+        wide = torch.promote_types(flat.dtype, torch.float32)  # float32 sums for bfloat16 too
+        summed = flat.new_zeros(ctx.rows, flat.shape[1], dtype=wide)
+        return summed.index_add_(0, ids.reshape(-1), flat.to(wide)).to(grad.dtype), None
