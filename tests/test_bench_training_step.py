@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.rnn_speed import TRAIN_SETTINGS, Step
+from bench.rnn_speed import TRAIN_SETTINGS, E, Step, V, flops_per_char, work_flops_per_char
 
 
 def test_the_train_and_plain_steps_compute_the_same_loss_with_their_own_optimisers():
@@ -31,3 +31,24 @@ def test_a_train_step_clips_the_gradient_updates_the_weights_and_carries_the_sta
     assert all(not torch.equal(a, p) for a, p in zip(before, train.params))
     h, c = train.h
     assert h.abs().sum() > 0 and c.abs().sum() > 0 and not h.requires_grad
+
+
+def test_the_train_step_feeds_our_cells_the_first_layers_projections_from_the_models_table():
+    ours, theirs = Step("ours GRU reset-before", 8, 2, 10, 8), Step("torch.nn.GRU", 8, 2, 10, 8)  # 80 positions > 65
+    x, first_gi = ours.inputs()
+    assert x is None and first_gi is not None and first_gi.shape == (8, 10, 3 * 8)
+    embedded = ours.emb(ours.x)
+    assert torch.allclose(ours.rnn(None, ours.h, first_gi=first_gi)[0], ours.rnn(embedded, ours.h)[0], atol=1e-6)
+    x, first_gi = theirs.inputs()
+    assert first_gi is None and torch.equal(x, theirs.emb(theirs.x))
+    plain = Step("ours GRU reset-before", 8, 2, 10, 8, step="plain")
+    assert plain.inputs()[1] is None  # the textbook step embeds, as the earlier results files measured
+
+
+def test_the_work_done_leaves_out_only_the_first_layer_projections_our_cells_look_up():
+    counted = flops_per_char("ours LSTM", 256, 2)
+    skipped = 6 * 4 * 256 * E * (1 - V / (32 * 64))
+    assert work_flops_per_char("ours LSTM", 256, 2, 32, 64, "train") == counted - skipped
+    assert work_flops_per_char("ours LSTM", 256, 2, 32, 64, "plain") == counted
+    assert work_flops_per_char("torch.nn.LSTM", 256, 2, 32, 64, "train") == flops_per_char("torch.nn.LSTM", 256, 2)
+    assert work_flops_per_char("ours LSTM", 256, 2, 1, 64, "train") == counted  # 64 positions: no table
