@@ -55,7 +55,7 @@ from bench.summary import rnn_speed as rnn_speed_summary
 from gru_lm.machine.cpu import cpu_family_model, cpu_model, isa_level
 from gru_lm.machine.memory import keep_freed_memory
 from gru_lm.model.cells import GRU, LSTM, RNN
-from gru_lm.model.char_model import stack_inputs
+from gru_lm.model.char_model import stack_inputs, table_pays
 from gru_lm.model.kernels import available, available_bfloat16, backend, compiled, forcing, products
 from gru_lm.model.readout import linear_cross_entropy
 from gru_lm.training.optimizer import build_optimizer
@@ -192,7 +192,7 @@ def flops_per_char(name: str, H: int, L: int) -> float:
 def work_flops_per_char(name: str, H: int, L: int, B: int, T: int, step: str) -> float:
     """The operations a step of this cell does per character: flops_per_char, less the first layer's input
     projections where our cells look them up in the model's table (stack_inputs: V rows a window, not T·B)."""
-    looked_up = step == "train" and ours(name) and V < T * B
+    looked_up = step == "train" and ours(name) and table_pays(V, T * B)
     saved = 6.0 * gates_of(name) * H * E * (1 - V / (T * B)) if looked_up else 0.0
     return flops_per_char(name, H, L) - saved
 

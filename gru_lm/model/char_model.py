@@ -108,9 +108,15 @@ def stack_inputs(embed: nn.Embedding, rnn: nn.Module, ids: Tensor) -> tuple[Tens
     arithmetic per position, V products instead of T·B, and the backward a sum of the positions' gradients
     per character (the sampler reads the same table)."""
     table = getattr(rnn, "input_table", None)
-    if table is not None and embed.num_embeddings < ids.numel():
+    if table is not None and table_pays(embed.num_embeddings, ids.numel()):
         return None, look_up(table(embed.weight), ids)
     return embed(ids), None
+
+
+def table_pays(vocab_size: int, positions: int) -> bool:
+    """Whether a window of `positions` ids reads its first layer's projections from the table: when projecting
+    the alphabet's vocab_size rows is fewer products than projecting every position."""
+    return vocab_size < positions
 
 
 def look_up(table: Tensor, ids: Tensor) -> Tensor:
