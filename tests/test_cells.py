@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from gru_lm.model import window
-from gru_lm.model.cells import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, gru_step, lstm_step
+from gru_lm.model.cells import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, TableRows, gru_step, lstm_step
 from gru_lm.model.kernels import compiled
 
 torch.manual_seed(0)
@@ -432,6 +432,81 @@ def test_fast_path_equals_the_reference_loop(kind, bias, backend, shape, monkeyp
     torch.testing.assert_close(xs[0].grad, xs[1].grad, atol=1e-5, rtol=1e-4)
     for a, b in zip(*(h if kind == "lstm" else (h,) for h in hs)):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4)
+
+
+def _table_and_ids(m, V: int, T: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A first-layer input table for m (V rows of its projected embedding) and a window's ids that use every row."""
+    table = m.input_table(torch.randn(V, 6)).detach().requires_grad_(True)
+    ids = torch.randint(0, V, (T, B))
+    ids.view(-1)[:V] = torch.arange(V)
+    return table, ids
+
+
+def _run_and_backward(m, first_gi, h0, w) -> tuple[torch.Tensor, torch.Tensor]:
+    out, hn = m(None, h0, first_gi=first_gi)
+    final = torch.cat(hn) if isinstance(hn, tuple) else hn
+    ((out.float() * w).sum() + (final * final).sum()).backward()
+    return out, final
+
+
+@pytest.mark.parametrize(("backend", "shape"), _BACKEND_SHAPES)
+@pytest.mark.parametrize("kind", list(_MAKERS))
+def test_a_window_reading_the_table_by_id_equals_one_given_its_rows(kind, backend, shape, monkeypatch):
+    """TableRows (the table and the ids) in place of the rows table[ids]: the team kernels read the table in place,
+    the BLAS path and the Python loops look the rows up; the same outputs, and the table's gradient is the sum of
+    its rows' gradients."""
+    _use_backend(backend, monkeypatch)
+    T, B, H = shape
+    torch.manual_seed(3)
+    m = _MAKERS[kind](True, H)
+    table, ids = _table_and_ids(m, 7, T, B)
+    h0, w = _state(m, B, H), torch.randn(T, B, H)
+    by_id = _run_and_backward(m, TableRows(table, ids), h0, w)
+    grads = [table.grad.clone()] + [p.grad for p in m.parameters()]  # (the first layer's w_ih and b_ih: None)
+    m.zero_grad(set_to_none=True)
+    rows = table.detach()[ids].requires_grad_(True)
+    given = _run_and_backward(m, rows, h0, w)
+    torch.testing.assert_close(by_id, given, atol=1e-6, rtol=1e-5)
+    summed = torch.zeros_like(table).index_add_(0, ids.view(-1), rows.grad.view(-1, table.shape[1]))
+    torch.testing.assert_close(grads[0], summed, atol=1e-5, rtol=1e-5)
+    for mine, theirs in zip(grads[1:], (p.grad for p in m.parameters())):
+        assert (mine is None) == (theirs is None)
+        if mine is not None:
+            torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["avx512", "blas"])
+@pytest.mark.parametrize("kind", list(_MAKERS))
+def test_a_bfloat16_window_reading_the_table_by_id_equals_one_given_its_rows(kind, path, monkeypatch):
+    """Under bfloat16 autocast too (the bfloat16 team kernels where the CPU has them, and the BLAS path)."""
+    if compiled() is None:
+        pytest.skip("no compiler here: the compiled kernels could not be built")
+    monkeypatch.setenv("GRU_LM_KERNELS", path)
+    T, B, H = 9, 5, 40
+    torch.manual_seed(4)
+    m = _MAKERS[kind](True, H)
+    table, ids = _table_and_ids(m, 7, T, B)
+    h0, w = _state(m, B, H), torch.randn(T, B, H)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        by_id = _run_and_backward(m, TableRows(table, ids), h0, w)
+        grad = table.grad.clone()
+        rows = table.detach()[ids].requires_grad_(True)
+        given = _run_and_backward(m, rows, h0, w)
+    torch.testing.assert_close(by_id, given, atol=1e-6, rtol=1e-5)
+    summed = torch.zeros_like(table).index_add_(0, ids.view(-1), rows.grad.view(-1, table.shape[1]))
+    torch.testing.assert_close(grad, summed, atol=1e-5, rtol=1e-5)
+
+
+def test_an_id_outside_the_table_is_refused_before_any_row_is_read():
+    if compiled() is None:
+        pytest.skip("no compiler here: the compiled kernels could not be built")
+    m = GRU(6, 16, 1)
+    table = m.input_table(torch.randn(7, 6)).detach()
+    for bad in (7, -1):
+        ids = torch.zeros(4, 3, dtype=torch.long)
+        ids[2, 1] = bad
+        with pytest.raises(RuntimeError, match="not a row of the 7-row input table"):
+            m(None, torch.zeros(1, 3, 16), first_gi=TableRows(table, ids))
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")

@@ -35,6 +35,7 @@ By default they run the window through window.py (the same equations with a hand
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -175,6 +176,25 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     return x * keep_mask(x, p)
 
 
+@dataclass(frozen=True)
+class TableRows:
+    """A window's first-layer input projections as a table and ids: the projection of every character
+    (V×G·H, input_table) and the window's characters (T×B). What a model hands its stack in place of the
+    T·B rows themselves: the windows read the table by id (window.py), the reference loop looks the rows up."""
+
+    table: Tensor
+    ids: Tensor
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The shape of the rows it stands for, T×B×G·H."""
+        return (self.ids.shape[0], self.ids.shape[1], self.table.shape[1])
+
+    def rows(self) -> Tensor:
+        """The rows themselves, table[ids] (differentiable with respect to the table)."""
+        return F.embedding(self.ids, self.table)
+
+
 class _Stack(nn.Module):
     """Stacked recurrent layers, time-major, with parameters named as torch.nn.GRU/RNN."""
 
@@ -220,8 +240,17 @@ class _Stack(nn.Module):
         """One step from the layer's state (B×H; (h, c) for the LSTM) to the next."""
         raise NotImplementedError
 
-    def window(self, gi: Tensor, state, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False):
-        """The whole window (window.py): returns (out T×B×H, the final state)."""
+    def window(
+        self,
+        gi: Tensor,
+        state,
+        w_hh: Tensor,
+        b_hh: Tensor | None,
+        bfloat16_operands: bool = False,
+        ids: Tensor | None = None,
+    ):
+        """The whole window (window.py): returns (out T×B×H, the final state). With ids, gi is a table of
+        input projections that the window reads by id."""
         raise NotImplementedError
 
     @staticmethod
@@ -236,17 +265,17 @@ class _Stack(nn.Module):
         w_ih, _, b_ih, _ = self.layer_weights(0)
         return linear(embedding, w_ih, b_ih)
 
-    def initial_state(self, x: Tensor | None, first_gi: Tensor | None) -> Tensor:
+    def initial_state(self, x: Tensor | None, first_gi: Tensor | TableRows | None) -> Tensor:
         """Zeros for every layer's state (L×B×H, B from whichever input forward has), in the weights' dtype."""
         given = x if x is not None else first_gi
         if given is None:
             raise ValueError("the stack needs its input x or the first layer's input projections first_gi")
         return self.layer_weights(0)[1].new_zeros(self.num_layers, given.shape[1], self.hidden_size)
 
-    def run_layer(self, k: int, x: Tensor | None, h, gi: Tensor | None = None):
+    def run_layer(self, k: int, x: Tensor | None, h, gi: Tensor | TableRows | None = None):
         """Layer k over a whole window: x is T×B×I, h the layer's state (B×H, or (h, c) for the LSTM);
         returns (out T×B×H, the final state). gi, when given, is the layer's input projections (T×B×G·H,
-        looked up in input_table's table) and x is not read."""
+        or a TableRows of input_table's table and the window's ids) and x is not read."""
         w_ih, w_hh, b_ih, b_hh = self.layer_weights(k)
         if self.weight_drop > 0 and self.training:
             # DropConnect on the recurrent weights (AWD-LSTM's weight drop): one mask per window, the
@@ -256,17 +285,21 @@ class _Stack(nn.Module):
             if x is None:
                 raise ValueError("run_layer needs the layer's input x or its input projections gi")
             gi = linear(x, w_ih, b_ih)  # all T input projections in one matrix product
-        if self.fast:
-            device = gi.device.type
-            if torch.is_autocast_enabled(device):
-                # mixed precision: the window's matrix products take bfloat16 operands, while its
-                # states, gates and hand-derived backward stay float32 arithmetic
-                bfloat16_operands = torch.get_autocast_dtype(device) == torch.bfloat16
-                with torch.autocast(device, enabled=False):
-                    return self.window(
-                        gi.float(), _map(h, lambda t: t.float().contiguous()), w_hh, b_hh, bfloat16_operands
-                    )
-            return self.window(gi, _map(h, Tensor.contiguous), w_hh, b_hh)
+        if not self.fast:
+            return self._loop(gi.rows() if isinstance(gi, TableRows) else gi, h, w_hh, b_hh)
+        gi, ids = (gi.table, gi.ids) if isinstance(gi, TableRows) else (gi, None)
+        device = gi.device.type
+        if torch.is_autocast_enabled(device):
+            # mixed precision: the window's matrix products take bfloat16 operands, while its
+            # states, gates and hand-derived backward stay float32 arithmetic
+            bfloat16_operands = torch.get_autocast_dtype(device) == torch.bfloat16
+            with torch.autocast(device, enabled=False):
+                state = _map(h, lambda t: t.float().contiguous())
+                return self.window(gi.float(), state, w_hh, b_hh, bfloat16_operands, ids)
+        return self.window(gi, _map(h, Tensor.contiguous), w_hh, b_hh, ids=ids)
+
+    def _loop(self, gi: Tensor, h, w_hh: Tensor, b_hh: Tensor | None):
+        """The reference: step by step under autograd (fast=False)."""
         outs = []
         for t in range(gi.shape[0]):
             h = self.step(gi[t], h, w_hh, b_hh)
@@ -274,16 +307,16 @@ class _Stack(nn.Module):
         return torch.stack(outs), h
 
     def forward(
-        self, x: Tensor | None, h0: Tensor | None = None, first_gi: Tensor | None = None
+        self, x: Tensor | None, h0: Tensor | None = None, first_gi: Tensor | TableRows | None = None
     ) -> tuple[Tensor, Tensor]:
         """x: T×B×I, h0: L×B×H (zeros when None) -> (out: T×B×H, h_n: L×B×H). With first_gi (the first
-        layer's input projections, T×B×G·H, from input_table) x may be None."""
+        layer's input projections: T×B×G·H, or a TableRows of input_table's table and the ids) x may be None."""
         if h0 is None:
             h0 = self.initial_state(x, first_gi)
         out, finals = self.run_layers(x, [h0[k] for k in range(self.num_layers)], first_gi)
         return out, torch.stack(finals)
 
-    def run_layers(self, x: Tensor | None, states: list, first_gi: Tensor | None) -> tuple[Tensor, list]:
+    def run_layers(self, x: Tensor | None, states: list, first_gi: Tensor | TableRows | None) -> tuple[Tensor, list]:
         """Every layer over the window, each reading the one below (after dropout, when training): states
         holds each layer's state (B×H, or (h, c) for the LSTM); returns (the top layer's out, the final
         state of each layer). The first layer reads first_gi, when given, instead of x."""
@@ -320,9 +353,15 @@ class GRU(_Stack):
         return gru_step(gi, h, w_hh, b_hh, self.reset_after)
 
     def window(
-        self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False
+        self,
+        gi: Tensor,
+        h: Tensor,
+        w_hh: Tensor,
+        b_hh: Tensor | None,
+        bfloat16_operands: bool = False,
+        ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        return gru_window(gi, h, w_hh, b_hh, self.reset_after, bfloat16_operands)
+        return gru_window(gi, h, w_hh, b_hh, self.reset_after, bfloat16_operands, ids)
 
 
 class LSTM(_Stack):
@@ -342,8 +381,9 @@ class LSTM(_Stack):
         w_hh: Tensor,
         b_hh: Tensor | None,
         bfloat16_operands: bool = False,
+        ids: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        out, h, c = lstm_window(gi, state[0], state[1], w_hh, b_hh, bfloat16_operands)
+        out, h, c = lstm_window(gi, state[0], state[1], w_hh, b_hh, bfloat16_operands, ids)
         return out, (h, c)
 
     @staticmethod
@@ -351,7 +391,10 @@ class LSTM(_Stack):
         return state[0]
 
     def forward(  # type: ignore[override]  # the state is (h, c), as torch.nn.LSTM's
-        self, x: Tensor | None, state: tuple[Tensor, Tensor] | None = None, first_gi: Tensor | None = None
+        self,
+        x: Tensor | None,
+        state: tuple[Tensor, Tensor] | None = None,
+        first_gi: Tensor | TableRows | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x: T×B×I, state (h0, c0), each L×B×H (zeros when None) -> (out T×B×H, (h_n, c_n)). With first_gi
         (the first layer's input projections, from input_table) x may be None."""
@@ -376,6 +419,12 @@ class RNN(_Stack):
         return rnn_step(gi, h, w_hh, b_hh)
 
     def window(
-        self, gi: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False
+        self,
+        gi: Tensor,
+        h: Tensor,
+        w_hh: Tensor,
+        b_hh: Tensor | None,
+        bfloat16_operands: bool = False,
+        ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        return rnn_window(gi, h, w_hh, b_hh, bfloat16_operands)
+        return rnn_window(gi, h, w_hh, b_hh, bfloat16_operands, ids)

@@ -11,9 +11,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from gru_lm.model.cells import GRU, LSTM, RNN, dropout
+from gru_lm.model.cells import GRU, LSTM, RNN, TableRows, dropout
 from gru_lm.model.readout import linear_cross_entropy
 
 
@@ -101,15 +100,16 @@ class CharModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def stack_inputs(embed: nn.Embedding, rnn: nn.Module, ids: Tensor) -> tuple[Tensor | None, Tensor | None]:
+def stack_inputs(embed: nn.Embedding, rnn: nn.Module, ids: Tensor) -> tuple[Tensor | None, TableRows | None]:
     """What a recurrent stack reads for ids (T×B): (the embedded ids, None), or, when the stack has an
     input_table (our cells) and the alphabet has fewer characters than the window has positions, (None, the
-    first layer's input projections looked up per position in a table of the projected embedding): the same
-    arithmetic per position, V products instead of T·B, and the backward a sum of the positions' gradients
-    per character (the sampler reads the same table)."""
+    table of the projected embedding with the ids): the first layer's input projection of each position is
+    its character's row of the table, so a window costs V products instead of T·B, the windows read the rows
+    in place, and the table's gradient is the sum of its positions' gradients (the sampler reads the same
+    table)."""
     table = getattr(rnn, "input_table", None)
     if table is not None and table_pays(embed.num_embeddings, ids.numel()):
-        return None, look_up(table(embed.weight), ids)
+        return None, TableRows(table(embed.weight), ids)
     return embed(ids), None
 
 
@@ -117,30 +117,3 @@ def table_pays(vocab_size: int, positions: int) -> bool:
     """Whether a window of `positions` ids reads its first layer's projections from the table: when projecting
     the alphabet's vocab_size rows is fewer products than projecting every position."""
     return vocab_size < positions
-
-
-def look_up(table: Tensor, ids: Tensor) -> Tensor:
-    """table[ids] (ids of any shape, rows of table appended), as F.embedding computes it; its backward sums the
-    positions' gradient rows into the table's rows with one index_add_, a single pass over them in the order
-    given, where F.embedding's backward first sorts the T·B ids, and sums in float32 at least."""
-    if not (torch.is_grad_enabled() and table.requires_grad):
-        return F.embedding(ids, table)
-    rows: Tensor = _LookUp.apply(table, ids)
-    return rows
-
-
-class _LookUp(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, table: Tensor, ids: Tensor) -> Tensor:
-        ctx.save_for_backward(ids)
-        ctx.rows = table.shape[0]
-        return table.index_select(0, ids.reshape(-1)).view(*ids.shape, table.shape[1])
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        (ids,) = ctx.saved_tensors
-        flat = grad.reshape(-1, grad.shape[-1])
-        wide = torch.promote_types(flat.dtype, torch.float32)  # float32 sums for bfloat16 too
-        summed = flat.new_zeros(ctx.rows, flat.shape[1], dtype=wide)
-        return summed.index_add_(0, ids.reshape(-1), flat.to(wide)).to(grad.dtype), None

@@ -9,7 +9,8 @@ Why it is faster than letting autograd record the step-by-step loop of cells.py:
 - the recurrent weight gradient is one (T·B × G·H)ᵀ(T·B × H) matrix product over the window instead
   of T small ones.
 
-Shapes: gi is the input projection x W_ihᵀ + b_ih of all T steps (T×B×G·H), h0 is B×H, w_hh is
+Shapes: gi is the input projection x W_ihᵀ + b_ih of all T steps (T×B×G·H), or, with ids (T×B), a
+table of V such rows that the window reads by id (rows_of; the first layer's input_table), h0 is B×H, w_hh is
 G·H×H and b_hh G·H (or None). Buffers: out is (T+1)×B×H with out[0] = h0, so out[:-1] are the
 previous states. The reference loop in cells.py stays the definition; tests hold this file to it.
 """
@@ -48,6 +49,12 @@ def _addmm(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return c + _mm(a, b) if a.dtype != b.dtype else torch.addmm(c, a, b)
 
 
+def rows_of(gi: Tensor, ids: Tensor | None) -> Tensor:
+    """The window's input projections T×B×G·H: gi itself, or, given ids (T×B), the rows of the table gi
+    (V×G·H) that they pick. The compiled team kernels read the table in place instead (csrc/input_rows.h)."""
+    return gi if ids is None else gi[ids]
+
+
 def _states(gi: Tensor, h0: Tensor) -> Tensor:
     out = gi.new_empty(gi.shape[0] + 1, *h0.shape)
     out[0] = h0
@@ -57,8 +64,16 @@ def _states(gi: Tensor, h0: Tensor) -> Tensor:
 # ---- GRU, reset after the product (torch.nn.GRU): n = tanh(x_n + r ⊙ (h W_hnᵀ + b_hn)) ----
 
 
-def gru_after_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False):
+def gru_after_forward(
+    gi: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    bfloat16_operands: bool = False,
+    ids: Tensor | None = None,
+):
     """Returns out, G = [r, z, h W_hnᵀ + b_hn] and N = n for every step."""
+    gi = rows_of(gi, ids)
     T, B, H3 = gi.shape
     H = H3 // 3
     w_t = _operands(
@@ -107,8 +122,16 @@ def gru_after_backward(
 # ---- GRU, reset before the product (Dive into Deep Learning's): n = tanh(x_n + (r ⊙ h) W_hnᵀ + b_hn) ----
 
 
-def gru_before_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False):
+def gru_before_forward(
+    gi: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    bfloat16_operands: bool = False,
+    ids: Tensor | None = None,
+):
     """Returns out, RZ = [r, z], Q = r ⊙ h and N = n for every step."""
+    gi = rows_of(gi, ids)
     T, B, H3 = gi.shape
     H = H3 // 3
     w_rz_t, w_n_t = (_operands(w.t().contiguous(), bfloat16_operands) for w in (w_hh[: 2 * H], w_hh[2 * H :]))
@@ -156,9 +179,16 @@ def gru_before_backward(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias: bool, bfloat
 
 
 def lstm_forward(
-    gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False
+    gi: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    bfloat16_operands: bool = False,
+    ids: Tensor | None = None,
 ):
     """Returns out and C ((T+1)×B×H each, out[0] = h0, C[0] = c0) and G = [i, f, g, o] for every step."""
+    gi = rows_of(gi, ids)
     T, B, H4 = gi.shape
     H = H4 // 4
     w_t = _operands(w_hh.t().contiguous(), bfloat16_operands)
@@ -209,7 +239,15 @@ def lstm_backward(
 # ---- plain RNN: h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh) ----
 
 
-def rnn_forward(gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False) -> Tensor:
+def rnn_forward(
+    gi: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    bfloat16_operands: bool = False,
+    ids: Tensor | None = None,
+) -> Tensor:
+    gi = rows_of(gi, ids)
     a = gi + b_hh if b_hh is not None else gi
     w_t = _operands(w_hh.t().contiguous(), bfloat16_operands)
     out = _states(gi, h0)
@@ -243,49 +281,67 @@ def _impl(name: str, t: Tensor):
 class GRUWindow(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool, bfloat16_operands: bool
+        ctx,
+        gi: Tensor,
+        h0: Tensor,
+        w_hh: Tensor,
+        b_hh: Tensor | None,
+        reset_after: bool,
+        bfloat16_operands: bool,
+        ids: Tensor | None,
     ):
         kind = "gru_after" if reset_after else "gru_before"
-        saved = _impl(kind + "_forward", gi)(gi, h0.contiguous(), w_hh, b_hh, bfloat16_operands)
-        ctx.save_for_backward(w_hh, *saved)
-        ctx.kind, ctx.has_bias, ctx.bfloat16_operands = kind, b_hh is not None, bfloat16_operands
+        saved = _impl(kind + "_forward", gi)(gi, h0.contiguous(), w_hh, b_hh, bfloat16_operands, ids)
+        ctx.save_for_backward(w_hh, ids, *saved)
+        ctx.kind, ctx.has_bias, ctx.bfloat16_operands, ctx.rows = kind, b_hh is not None, bfloat16_operands, len(gi)
         out = saved[0]
         return out[1:], out[-1].clone()
 
     @staticmethod
     def backward(ctx, d_out: Tensor, d_hT: Tensor):
-        w_hh, *saved = ctx.saved_tensors
+        w_hh, ids, *saved = ctx.saved_tensors
         d_gi, d_h0, d_w, d_b = _impl(ctx.kind + "_backward", w_hh)(
             d_out, d_hT, *saved, w_hh, ctx.has_bias, ctx.bfloat16_operands
         )
-        return d_gi, d_h0, d_w, d_b, None, None
+        return _input_gradient(d_gi, ids, ctx.rows), d_h0, d_w, d_b, None, None, None
 
 
 class RNNWindow(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool):
-        out = _impl("rnn_forward", gi)(gi, h0.contiguous(), w_hh, b_hh, bfloat16_operands)
-        ctx.save_for_backward(w_hh, out)
-        ctx.has_bias, ctx.bfloat16_operands = b_hh is not None, bfloat16_operands
+    def forward(ctx, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool, ids):
+        out = _impl("rnn_forward", gi)(gi, h0.contiguous(), w_hh, b_hh, bfloat16_operands, ids)
+        ctx.save_for_backward(w_hh, ids, out)
+        ctx.has_bias, ctx.bfloat16_operands, ctx.rows = b_hh is not None, bfloat16_operands, len(gi)
         return out[1:], out[-1].clone()
 
     @staticmethod
     def backward(ctx, d_out: Tensor, d_hT: Tensor):
-        w_hh, out = ctx.saved_tensors
-        return (*_impl("rnn_backward", w_hh)(d_out, d_hT, out, w_hh, ctx.has_bias, ctx.bfloat16_operands), None)
+        w_hh, ids, out = ctx.saved_tensors
+        d_gi, d_h0, d_w, d_b = _impl("rnn_backward", w_hh)(d_out, d_hT, out, w_hh, ctx.has_bias, ctx.bfloat16_operands)
+        return _input_gradient(d_gi, ids, ctx.rows), d_h0, d_w, d_b, None, None
 
 
 class LSTMWindow(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool):
-        out, C, G = _impl("lstm_forward", gi)(gi, h0.contiguous(), c0.contiguous(), w_hh, b_hh, bfloat16_operands)
-        ctx.save_for_backward(w_hh, out, C, G)
-        ctx.has_bias, ctx.bfloat16_operands = b_hh is not None, bfloat16_operands
+    def forward(
+        ctx,
+        gi: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        w_hh: Tensor,
+        b_hh: Tensor | None,
+        bfloat16_operands: bool,
+        ids: Tensor | None,
+    ):
+        forward = _impl("lstm_forward", gi)
+        out, C, G = forward(gi, h0.contiguous(), c0.contiguous(), w_hh, b_hh, bfloat16_operands, ids)
+        ctx.save_for_backward(w_hh, ids, out, C, G)
+        ctx.has_bias, ctx.bfloat16_operands, ctx.rows = b_hh is not None, bfloat16_operands, len(gi)
         return out[1:], out[-1].clone(), C[-1].clone()
 
     @staticmethod
     def backward(ctx, d_out: Tensor, d_hT: Tensor, d_cT: Tensor):
-        w_hh, out, C, G = ctx.saved_tensors
+        w_hh, ids, out, C, G = ctx.saved_tensors
         d_gi, d_h0, d_c0, d_w, d_b = _impl("lstm_backward", w_hh)(
             d_out.contiguous(),
             d_hT.contiguous(),
@@ -297,24 +353,59 @@ class LSTMWindow(torch.autograd.Function):
             ctx.has_bias,
             ctx.bfloat16_operands,
         )
-        return d_gi, d_h0, d_c0, d_w, d_b, None
+        return _input_gradient(d_gi, ids, ctx.rows), d_h0, d_c0, d_w, d_b, None, None
+
+
+def _input_gradient(d_gi: Tensor, ids: Tensor | None, rows: int) -> Tensor:
+    """The gradient of what the window read: d_gi itself, or, when it read a table's rows by ids, d_gi's
+    rows summed into the table's rows."""
+    return d_gi if ids is None else sum_rows_by_id(d_gi, ids, rows)
+
+
+def sum_rows_by_id(grad: Tensor, ids: Tensor, rows: int) -> Tensor:
+    """The backward of table[ids] for a table of `rows` rows: each of grad's rows (one per id, in ids' order)
+    added into its id's row, with one index_add_ (a single pass in the order given, where F.embedding's
+    backward first sorts the ids), summed in float32 at least and returned in grad's dtype."""
+    flat = grad.reshape(-1, grad.shape[-1])
+    wide = torch.promote_types(flat.dtype, torch.float32)  # float32 sums for bfloat16 too
+    summed = flat.new_zeros(rows, flat.shape[1], dtype=wide)
+    return summed.index_add_(0, ids.reshape(-1), flat.to(wide)).to(grad.dtype)
 
 
 def lstm_window(
-    gi: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False
+    gi: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    bfloat16_operands: bool = False,
+    ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(out T×B×H, h_T, c_T) of an LSTM layer over a window."""
-    return LSTMWindow.apply(gi, h0, c0, w_hh, b_hh, bfloat16_operands)
+    """(out T×B×H, h_T, c_T) of an LSTM layer over a window. With ids (T×B), gi is the table (V×4H) whose
+    rows the window reads (rows_of), and the gradient of gi is the table's."""
+    return LSTMWindow.apply(gi, h0, c0, w_hh, b_hh, bfloat16_operands, ids)
 
 
 def gru_window(
-    gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_after: bool, bfloat16_operands: bool = False
+    gi: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    reset_after: bool,
+    bfloat16_operands: bool = False,
+    ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """bfloat16_operands: bfloat16 operands for the matrix products (mixed precision), float32 everywhere else."""
-    return GRUWindow.apply(gi, h0, w_hh, b_hh, reset_after, bfloat16_operands)
+    """bfloat16_operands: bfloat16 operands for the matrix products (mixed precision), float32 everywhere else.
+    ids: as lstm_window's."""
+    return GRUWindow.apply(gi, h0, w_hh, b_hh, reset_after, bfloat16_operands, ids)
 
 
 def rnn_window(
-    gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, bfloat16_operands: bool = False
+    gi: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    bfloat16_operands: bool = False,
+    ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    return RNNWindow.apply(gi, h0, w_hh, b_hh, bfloat16_operands)
+    return RNNWindow.apply(gi, h0, w_hh, b_hh, bfloat16_operands, ids)

@@ -23,6 +23,7 @@
 #include "bias.h"
 #include "dispatch.h"
 #include "elementwise.h"
+#include "input_rows.h"
 
 #if GRU_LM_HAVE_AVX2
 #include "packed_gemm.h"
@@ -91,16 +92,19 @@ constexpr bool bf16_products<Avx512Bf16> = true;
 
 template <class V>
 std::vector<Tensor> gru_after_forward_on(const Tensor& gi_in, const Tensor& h0, const Tensor& w_hh,
-                                      const c10::optional<Tensor>& b_hh) {
-  const Tensor gi = gi_in.contiguous(), w = w_hh.contiguous();
-  const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
+                                      const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& ids) {
+  const int64_t H = h0.size(1);
+  const InputRows x(gi_in, ids, 3 * H);
+  const Tensor& gi = x.tensor();
+  const Tensor w = w_hh.contiguous();
+  const int64_t T = x.steps(), B = x.batch();
   const Tensor bias_t = bias_or_zeros(b_hh, 3 * H, gi);
   const float* bias = bias_t.data_ptr<float>();
   Tensor out = at::empty({T + 1, B, H}, gi.options()), G = at::empty({T, B, 3 * H}, gi.options());
   Tensor N = at::empty({T, B, H}, gi.options());
   out[0].copy_(h0);
   float *o = out.data_ptr<float>(), *g = G.data_ptr<float>(), *n = N.data_ptr<float>();
-  const float *x = gi.data_ptr<float>(), *W = w.data_ptr<float>();
+  const float* W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
   std::vector<Packed<V>> packed(parts);
   run_team(
@@ -115,7 +119,7 @@ std::vector<Tensor> gru_after_forward_on(const Tensor& gi_in, const Tensor& h0, 
         const float* hp = o + t * B * H;
         packed[p].template multiply<false>(B, hp, H, gt, 3 * H);
         for (int64_t b = 0; b < B; ++b)
-          gru_after_fwd_row(H, j0, j1, x + (t * B + b) * 3 * H, bias, gt + b * 3 * H, hp + b * H,
+          gru_after_fwd_row(H, j0, j1, x.row(t * B + b), bias, gt + b * 3 * H, hp + b * H,
                             n + (t * B + b) * H, o + ((t + 1) * B + b) * H);
       });
   return {out, G, N};
@@ -160,16 +164,19 @@ std::vector<Tensor> gru_after_backward_on(const Tensor& d_out_in, const Tensor& 
 
 template <class V>
 std::vector<Tensor> gru_before_forward_on(const Tensor& gi_in, const Tensor& h0, const Tensor& w_hh,
-                                       const c10::optional<Tensor>& b_hh) {
-  const Tensor gi = gi_in.contiguous(), w = w_hh.contiguous();
-  const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
+                                       const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& ids) {
+  const int64_t H = h0.size(1);
+  const InputRows x(gi_in, ids, 3 * H);
+  const Tensor& gi = x.tensor();
+  const Tensor w = w_hh.contiguous();
+  const int64_t T = x.steps(), B = x.batch();
   const Tensor bias_t = bias_or_zeros(b_hh, 3 * H, gi);
   const float* bias = bias_t.data_ptr<float>();
   Tensor out = at::empty({T + 1, B, H}, gi.options()), RZ = at::empty({T, B, 2 * H}, gi.options());
   Tensor Q = at::empty({T, B, H}, gi.options()), N = at::empty({T, B, H}, gi.options());
   out[0].copy_(h0);
   float *o = out.data_ptr<float>(), *rz = RZ.data_ptr<float>(), *q = Q.data_ptr<float>(), *n = N.data_ptr<float>();
-  const float *x = gi.data_ptr<float>(), *W = w.data_ptr<float>();
+  const float* W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
   std::vector<Packed<V>> packed_rz(parts), packed_n(parts);
   run_team(
@@ -186,13 +193,13 @@ std::vector<Tensor> gru_before_forward_on(const Tensor& gi_in, const Tensor& h0,
           float* rzt = rz + t * B * 2 * H;
           packed_rz[p].template multiply<false>(B, hp, H, rzt, 2 * H);
           for (int64_t b = 0; b < B; ++b)
-            gru_before_gates_row(H, j0, j1, x + (t * B + b) * 3 * H, bias, rzt + b * 2 * H, hp + b * H,
+            gru_before_gates_row(H, j0, j1, x.row(t * B + b), bias, rzt + b * 2 * H, hp + b * H,
                                  q + (t * B + b) * H);
         } else {  // the candidate from q of all units, and the new state of this part's units
           float* nt = n + t * B * H;
           packed_n[p].template multiply<false>(B, q + t * B * H, H, nt, H);
           for (int64_t b = 0; b < B; ++b)
-            gru_before_state_row(H, j0, j1, x + (t * B + b) * 3 * H + 2 * H, bias + 2 * H,
+            gru_before_state_row(H, j0, j1, x.row(t * B + b) + 2 * H, bias + 2 * H,
                                  rz + (t * B + b) * 2 * H + H, nt + b * H, hp + b * H, o + ((t + 1) * B + b) * H);
         }
       });
@@ -259,9 +266,12 @@ std::vector<Tensor> gru_before_backward_on(const Tensor& d_out_in, const Tensor&
 
 template <class V>
 std::vector<Tensor> lstm_forward_on(const Tensor& gi_in, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-                                 const c10::optional<Tensor>& b_hh) {
-  const Tensor gi = gi_in.contiguous(), w = w_hh.contiguous();
-  const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
+                                 const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& ids) {
+  const int64_t H = h0.size(1);
+  const InputRows x(gi_in, ids, 4 * H);
+  const Tensor& gi = x.tensor();
+  const Tensor w = w_hh.contiguous();
+  const int64_t T = x.steps(), B = x.batch();
   const Tensor bias_t = bias_or_zeros(b_hh, 4 * H, gi);
   const float* bias = bias_t.data_ptr<float>();
   Tensor out = at::empty({T + 1, B, H}, gi.options()), C = at::empty({T + 1, B, H}, gi.options());
@@ -269,7 +279,7 @@ std::vector<Tensor> lstm_forward_on(const Tensor& gi_in, const Tensor& h0, const
   out[0].copy_(h0);
   C[0].copy_(c0);
   float *o = out.data_ptr<float>(), *c = C.data_ptr<float>(), *g = G.data_ptr<float>();
-  const float *x = gi.data_ptr<float>(), *W = w.data_ptr<float>();
+  const float* W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
   std::vector<Packed<V>> packed(parts);
   run_team(
@@ -284,7 +294,7 @@ std::vector<Tensor> lstm_forward_on(const Tensor& gi_in, const Tensor& h0, const
         packed[p].template multiply<false>(B, o + t * B * H, H, gt, 4 * H);
         for (int64_t b = 0; b < B; ++b) {
           const int64_t o1 = (t * B + b) * H;
-          lstm_fwd_row(H, j0, j1, x + (t * B + b) * 4 * H, bias, gt + b * 4 * H, c + o1, c + o1 + B * H,
+          lstm_fwd_row(H, j0, j1, x.row(t * B + b), bias, gt + b * 4 * H, c + o1, c + o1 + B * H,
                        o + o1 + B * H);
         }
       });
@@ -328,9 +338,10 @@ std::vector<Tensor> lstm_backward_on(const Tensor& d_out_in, const Tensor& d_hT,
 // ---- plain RNN ------------------------------------------------------------------------------------
 
 template <class V>
-Tensor rnn_forward_on(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, const c10::optional<Tensor>& b_hh) {
-  const Tensor a = (b_hh.has_value() ? gi + *b_hh : gi).contiguous(), w = w_hh.contiguous();
-  const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
+Tensor rnn_forward_on(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, const c10::optional<Tensor>& b_hh,
+                      const c10::optional<Tensor>& ids) {
+  const Tensor a = rows_of(b_hh.has_value() ? gi + *b_hh : gi, ids).contiguous(), w = w_hh.contiguous();
+  const int64_t T = a.size(0), B = a.size(1), H = h0.size(1);
   Tensor out = at::empty({T + 1, B, H}, gi.options());
   out[0].copy_(h0);
   float* o = out.data_ptr<float>();
@@ -399,8 +410,8 @@ decltype(auto) at_width(TeamIsa isa, const F& f) {
 }  // namespace
 
 std::vector<Tensor> gru_after_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
-                                      const c10::optional<Tensor>& b_hh) {
-  return at_width(isa, [&](auto v) { return gru_after_forward_on<decltype(v)>(gi, h0, w_hh, b_hh); });
+                                      const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& ids) {
+  return at_width(isa, [&](auto v) { return gru_after_forward_on<decltype(v)>(gi, h0, w_hh, b_hh, ids); });
 }
 
 std::vector<Tensor> gru_after_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
@@ -411,8 +422,8 @@ std::vector<Tensor> gru_after_backward(TeamIsa isa, const Tensor& d_out, const T
 }
 
 std::vector<Tensor> gru_before_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
-                                       const c10::optional<Tensor>& b_hh) {
-  return at_width(isa, [&](auto v) { return gru_before_forward_on<decltype(v)>(gi, h0, w_hh, b_hh); });
+                                       const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& ids) {
+  return at_width(isa, [&](auto v) { return gru_before_forward_on<decltype(v)>(gi, h0, w_hh, b_hh, ids); });
 }
 
 std::vector<Tensor> gru_before_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
@@ -424,8 +435,9 @@ std::vector<Tensor> gru_before_backward(TeamIsa isa, const Tensor& d_out, const 
 }
 
 std::vector<Tensor> lstm_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& c0,
-                                 const Tensor& w_hh, const c10::optional<Tensor>& b_hh) {
-  return at_width(isa, [&](auto v) { return lstm_forward_on<decltype(v)>(gi, h0, c0, w_hh, b_hh); });
+                                 const Tensor& w_hh, const c10::optional<Tensor>& b_hh,
+                                 const c10::optional<Tensor>& ids) {
+  return at_width(isa, [&](auto v) { return lstm_forward_on<decltype(v)>(gi, h0, c0, w_hh, b_hh, ids); });
 }
 
 std::vector<Tensor> lstm_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& d_cT,
@@ -437,8 +449,8 @@ std::vector<Tensor> lstm_backward(TeamIsa isa, const Tensor& d_out, const Tensor
 }
 
 Tensor rnn_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
-                   const c10::optional<Tensor>& b_hh) {
-  return at_width(isa, [&](auto v) { return rnn_forward_on<decltype(v)>(gi, h0, w_hh, b_hh); });
+                   const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& ids) {
+  return at_width(isa, [&](auto v) { return rnn_forward_on<decltype(v)>(gi, h0, w_hh, b_hh, ids); });
 }
 
 std::vector<Tensor> rnn_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,

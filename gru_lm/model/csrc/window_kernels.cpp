@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "bias.h"
+#include "input_rows.h"
 #include "dispatch.h"
 #include "dropout.h"
 #include "elementwise.h"
@@ -252,17 +253,18 @@ Tensor mm_as(const Tensor& a, const Tensor& b, at::ScalarType operand) {
 // ---- the entry points ---------------------------------------------------------------------------------
 //
 // Arguments and results as gru_lm/model/window.py passes and reads them; bfloat16_operands is the last
-// argument of each.
+// argument of each, but for the forwards, which take ids after it: with ids, gi is the V×G·H table the
+// window's rows are looked up in (input_rows.h), and T×B comes from ids.
 
 // GRU, reset after the product: n = tanh(x_n + r ⊙ (h W_hnᵀ + b_hn)).
 // Returns out (T+1)×B×H (out[0] = h0), G T×B×3H = [r, z, h W_hnᵀ + b_hn], N T×B×H = n.
 std::vector<Tensor> gru_after_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt,
-                                      bool bfloat16_operands) {
+                                      bool bfloat16_operands, c10::optional<Tensor> ids) {
 #if GRU_LM_HAVE_AVX2
   if (const TeamIsa isa = team_isa(gi, h0.size(1), bfloat16_operands); isa != TeamIsa::none)
-    return team::gru_after_forward(isa, gi, h0, w_hh, b_opt);
+    return team::gru_after_forward(isa, gi, h0, w_hh, b_opt, ids);
 #endif
-  gi = gi.contiguous();
+  gi = rows_of(gi, ids).contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
   Tensor bias = bias_or_zeros(b_opt, 3 * H, gi);
   Tensor out = at::empty({T + 1, B, H}, gi.options());
@@ -339,12 +341,12 @@ std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Te
 // GRU, reset before the product (Dive into Deep Learning's form): n = tanh(x_n + (r ⊙ h) W_hnᵀ + b_hn).
 // Returns out (T+1)×B×H, RZ T×B×2H = [r, z], Q T×B×H = r ⊙ h, N T×B×H = n.
 std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt,
-                                       bool bfloat16_operands) {
+                                       bool bfloat16_operands, c10::optional<Tensor> ids) {
 #if GRU_LM_HAVE_AVX2
   if (const TeamIsa isa = team_isa(gi, h0.size(1), bfloat16_operands); isa != TeamIsa::none)
-    return team::gru_before_forward(isa, gi, h0, w_hh, b_opt);
+    return team::gru_before_forward(isa, gi, h0, w_hh, b_opt, ids);
 #endif
-  gi = gi.contiguous();
+  gi = rows_of(gi, ids).contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
   Tensor bias = bias_or_zeros(b_opt, 3 * H, gi);
   const RecurrentProduct w_rz(w_hh.narrow(0, 0, 2 * H), B, bfloat16_operands, /*mkl=*/false);
@@ -453,13 +455,14 @@ std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, T
 
 // Plain RNN: h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh). Returns out (T+1)×B×H.
 // With bfloat16 operands its products convert their operands whole (RecurrentProduct::into).
-Tensor rnn_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt, bool bfloat16_operands) {
+Tensor rnn_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_opt, bool bfloat16_operands,
+                   c10::optional<Tensor> ids) {
 #if GRU_LM_HAVE_AVX2
   if (const TeamIsa isa = team_isa(gi, h0.size(1), bfloat16_operands); isa != TeamIsa::none)
-    return team::rnn_forward(isa, gi, h0, w_hh, b_opt);
+    return team::rnn_forward(isa, gi, h0, w_hh, b_opt, ids);
 #endif
-  Tensor a = b_opt.has_value() ? (gi + *b_opt).contiguous() : gi.contiguous();
-  const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
+  Tensor a = rows_of(b_opt.has_value() ? gi + *b_opt : gi, ids).contiguous();
+  const int64_t T = a.size(0), B = a.size(1), H = h0.size(1);
   Tensor out = at::empty({T + 1, B, H}, gi.options());
   out[0].copy_(h0);
   const RecurrentProduct w(w_hh, B, bfloat16_operands);
@@ -505,12 +508,12 @@ std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w
 // LSTM (gates i, f, g, o): returns out and C, (T+1)×B×H each (out[0] = h0, C[0] = c0), and G T×B×4H, the
 // activated gates.
 std::vector<Tensor> lstm_forward(Tensor gi, Tensor h0, Tensor c0, Tensor w_hh, c10::optional<Tensor> b_opt,
-                                 bool bfloat16_operands) {
+                                 bool bfloat16_operands, c10::optional<Tensor> ids) {
 #if GRU_LM_HAVE_AVX2
   if (const TeamIsa isa = team_isa(gi, h0.size(1), bfloat16_operands); isa != TeamIsa::none)
-    return team::lstm_forward(isa, gi, h0, c0, w_hh, b_opt);
+    return team::lstm_forward(isa, gi, h0, c0, w_hh, b_opt, ids);
 #endif
-  gi = gi.contiguous();
+  gi = rows_of(gi, ids).contiguous();
   const int64_t T = gi.size(0), B = gi.size(1), H = h0.size(1);
   Tensor bias = bias_or_zeros(b_opt, 4 * H, gi);
   Tensor out = at::empty({T + 1, B, H}, gi.options()), C = at::empty({T + 1, B, H}, gi.options());
