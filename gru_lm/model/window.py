@@ -98,6 +98,8 @@ def gru_after_backward(
     w_hh: Tensor,
     has_bias: bool,
     bfloat16_operands: bool = False,
+    ids: Tensor | None = None,
+    table_rows: int = 0,
 ):
     T, B, H = N.shape
     w = _operands(w_hh, bfloat16_operands)
@@ -116,7 +118,7 @@ def gru_after_backward(
     d_w = _mm(flat.t(), _operands(h_prev.reshape(T * B, H), bfloat16_operands))
     d_b = flat.sum(0) if has_bias else None
     torch.mul(dH, c_n, out=dG[..., 2 * H :])  # d_gi = [da_r, da_z, da_n]: dG's n part, reused once read
-    return dG, dh, d_w, d_b
+    return table_gradient_of(dG, ids, table_rows), dh, d_w, d_b
 
 
 # ---- GRU, reset before the product (Dive into Deep Learning's): n = tanh(x_n + (r ⊙ h) W_hnᵀ + b_hn) ----
@@ -146,7 +148,9 @@ def gru_before_forward(
     return out, RZ, Q, N
 
 
-def gru_before_backward(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias: bool, bfloat16_operands: bool = False):
+def gru_before_backward(
+    d_out, d_hT, out, RZ, Q, N, w_hh, has_bias: bool, bfloat16_operands: bool = False, ids=None, table_rows: int = 0
+):
     T, B, H = N.shape
     r, z = RZ[..., :H], RZ[..., H:]
     w_rz, w_n = _operands(w_hh[: 2 * H], bfloat16_operands), _operands(w_hh[2 * H :], bfloat16_operands)
@@ -172,7 +176,7 @@ def gru_before_backward(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias: bool, bfloat
         ]
     )
     d_b = flat.sum(0) if has_bias else None
-    return dA, dh, d_w, d_b
+    return table_gradient_of(dA, ids, table_rows), dh, d_w, d_b
 
 
 # ---- LSTM: [i, f, g, o] = act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh), c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c') ----
@@ -214,6 +218,8 @@ def lstm_backward(
     w_hh: Tensor,
     has_bias: bool,
     bfloat16_operands: bool = False,
+    ids: Tensor | None = None,
+    table_rows: int = 0,
 ):
     T, B, H = d_out.shape
     w = _operands(w_hh, bfloat16_operands)
@@ -233,7 +239,7 @@ def lstm_backward(
         dh = _mm(dG[t], w)
     flat = dG.view(T * B, 4 * H)
     d_w = _mm(flat.t(), _operands(out[:-1].reshape(T * B, H), bfloat16_operands))
-    return dG, dh, dc, d_w, flat.sum(0) if has_bias else None
+    return table_gradient_of(dG, ids, table_rows), dh, dc, d_w, flat.sum(0) if has_bias else None
 
 
 # ---- plain RNN: h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh) ----
@@ -257,7 +263,14 @@ def rnn_forward(
 
 
 def rnn_backward(
-    d_out: Tensor, d_hT: Tensor, out: Tensor, w_hh: Tensor, has_bias: bool, bfloat16_operands: bool = False
+    d_out: Tensor,
+    d_hT: Tensor,
+    out: Tensor,
+    w_hh: Tensor,
+    has_bias: bool,
+    bfloat16_operands: bool = False,
+    ids: Tensor | None = None,
+    table_rows: int = 0,
 ):
     T, B, H = d_out.shape
     w = _operands(w_hh, bfloat16_operands)
@@ -268,7 +281,7 @@ def rnn_backward(
         dh = _mm(torch.mul(d_out[t] + dh, c[t], out=dA[t]), w)
     flat = dA.view(T * B, H)
     d_w = _mm(flat.t(), _operands(out[:-1].reshape(T * B, H), bfloat16_operands))
-    return dA, dh, d_w, flat.sum(0) if has_bias else None
+    return table_gradient_of(dA, ids, table_rows), dh, d_w, flat.sum(0) if has_bias else None
 
 
 def _impl(name: str, t: Tensor):
@@ -301,9 +314,9 @@ class GRUWindow(torch.autograd.Function):
     def backward(ctx, d_out: Tensor, d_hT: Tensor):
         w_hh, ids, *saved = ctx.saved_tensors
         d_gi, d_h0, d_w, d_b = _impl(ctx.kind + "_backward", w_hh)(
-            d_out, d_hT, *saved, w_hh, ctx.has_bias, ctx.bfloat16_operands
+            d_out, d_hT, *saved, w_hh, ctx.has_bias, ctx.bfloat16_operands, ids, ctx.rows
         )
-        return _input_gradient(d_gi, ids, ctx.rows), d_h0, d_w, d_b, None, None, None
+        return d_gi, d_h0, d_w, d_b, None, None, None
 
 
 class RNNWindow(torch.autograd.Function):
@@ -317,8 +330,9 @@ class RNNWindow(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out: Tensor, d_hT: Tensor):
         w_hh, ids, out = ctx.saved_tensors
-        d_gi, d_h0, d_w, d_b = _impl("rnn_backward", w_hh)(d_out, d_hT, out, w_hh, ctx.has_bias, ctx.bfloat16_operands)
-        return _input_gradient(d_gi, ids, ctx.rows), d_h0, d_w, d_b, None, None
+        backward = _impl("rnn_backward", w_hh)
+        d_gi, d_h0, d_w, d_b = backward(d_out, d_hT, out, w_hh, ctx.has_bias, ctx.bfloat16_operands, ids, ctx.rows)
+        return d_gi, d_h0, d_w, d_b, None, None
 
 
 class LSTMWindow(torch.autograd.Function):
@@ -352,14 +366,16 @@ class LSTMWindow(torch.autograd.Function):
             w_hh,
             ctx.has_bias,
             ctx.bfloat16_operands,
+            ids,
+            ctx.rows,
         )
-        return _input_gradient(d_gi, ids, ctx.rows), d_h0, d_c0, d_w, d_b, None, None
+        return d_gi, d_h0, d_c0, d_w, d_b, None, None
 
 
-def _input_gradient(d_gi: Tensor, ids: Tensor | None, rows: int) -> Tensor:
-    """The gradient of what the window read: d_gi itself, or, when it read a table's rows by ids, d_gi's
-    rows summed into the table's rows."""
-    return d_gi if ids is None else sum_rows_by_id(d_gi, ids, rows)
+def table_gradient_of(d_gi: Tensor, ids: Tensor | None, table_rows: int) -> Tensor:
+    """The gradient of what a window read: d_gi itself, or, where it read a table's rows by ids, d_gi's rows
+    summed into the table's rows (the compiled team kernels sum them as they go, csrc/input_rows.h)."""
+    return d_gi if ids is None else sum_rows_by_id(d_gi, ids, table_rows)
 
 
 def sum_rows_by_id(grad: Tensor, ids: Tensor, rows: int) -> Tensor:

@@ -4,7 +4,9 @@
 //     character, cells.py's input_table) and ids (T×B, int64) says which row each position reads.
 // The team path reads the table in place (row i = t·B + b of the window is row ids[i] of the table), so
 // the window never materialises its T·B rows; the BLAS path and the RNN, which adds its bias to every
-// row anyway, look the rows up once with rows_of.
+// row anyway, look the rows up once with rows_of. A window that read a table returns the table's gradient
+// (V×width) in place of its rows' (T×B×width): the team path sums it as it goes (TableGradient), the BLAS
+// path from its rows' gradient (table_gradient_of).
 #pragma once
 
 #include <torch/extension.h>
@@ -58,6 +60,47 @@ class InputRows {
   const float* base_ = nullptr;
   const int64_t* id_ = nullptr;
   int64_t width_ = 0, steps_ = 0, batch_ = 0;
+};
+
+// The gradient of what a window read: d_gi itself (T×B×width), or, where it read a `rows`-row table by ids,
+// d_gi's rows summed into the table's rows.
+inline at::Tensor table_gradient_of(const at::Tensor& d_gi, const c10::optional<at::Tensor>& ids, int64_t rows) {
+  if (!ids.has_value()) return d_gi;
+  const at::Tensor flat = d_gi.reshape({-1, d_gi.size(-1)});
+  return at::zeros({rows, flat.size(1)}, flat.options()).index_add_(0, ids->reshape(-1), flat);
+}
+
+// The gradient of a window's input table (float32), summed position by position in the team backward's
+// element-wise passes: each part adds the columns of its own units only, so no two parts write the same
+// element and no pass over the window's T·B rows is left for after the loop. Without ids it holds nothing.
+class TableGradient {
+ public:
+  TableGradient(const c10::optional<at::Tensor>& ids, int64_t rows, int64_t width, const at::Tensor& like) {
+    if (!ids.has_value()) return;
+    ids_ = checked_ids(*ids, rows);
+    grad_ = at::zeros({rows, width}, like.options());
+    id_ = ids_.data_ptr<int64_t>();
+    base_ = grad_.data_ptr<float>();
+    width_ = width;
+  }
+
+  bool wanted() const { return id_ != nullptr; }
+
+  // Add v[j] for the units [j0, j1) to columns col0 + j of the row of position i's id.
+  void add(int64_t i, int64_t col0, const float* v, int64_t j0, int64_t j1) const {
+    float* into = base_ + id_[i] * width_ + col0;
+#pragma GCC ivdep
+    for (int64_t j = j0; j < j1; ++j) into[j] += v[j];
+  }
+
+  // The table's gradient where there is one, else d_gi.
+  at::Tensor or_rows(const at::Tensor& d_gi) const { return wanted() ? grad_ : d_gi; }
+
+ private:
+  at::Tensor ids_, grad_;
+  const int64_t* id_ = nullptr;
+  float* base_ = nullptr;
+  int64_t width_ = 0;
 };
 
 }  // namespace gru_lm

@@ -127,9 +127,11 @@ std::vector<Tensor> gru_after_forward_on(const Tensor& gi_in, const Tensor& h0, 
 
 template <class V>
 std::vector<Tensor> gru_after_backward_on(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out, const Tensor& G,
-                                       const Tensor& N, const Tensor& w_hh, bool has_bias) {
+                                       const Tensor& N, const Tensor& w_hh, bool has_bias,
+                                       const c10::optional<Tensor>& ids, int64_t table_rows) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = N.size(2);
+  const TableGradient d_table(ids, table_rows, 3 * H, G);
   Tensor dG = at::empty({T, B, 3 * H}, G.options()), dAN = at::empty({T, B, H}, G.options());
   Tensor dh = d_hT.contiguous().clone();
   float *dg = dG.data_ptr<float>(), *dan = dAN.data_ptr<float>(), *dhp = dh.data_ptr<float>();
@@ -152,10 +154,16 @@ std::vector<Tensor> gru_after_backward_on(const Tensor& d_out_in, const Tensor& 
         for (int64_t b = 0; b < B; ++b) {  // the gate gradients of this part's units; dh becomes dh ⊙ z
           const int64_t o1 = (t * B + b) * H, o3 = (t * B + b) * 3 * H;
           gru_after_bwd_row(H, j0, j1, dout + o1, dhp + b * H, g + o3, n + o1, o + o1, dg + o3, dan + o1, dhp + b * H);
+          if (d_table.wanted()) {  // d_gi = [da_r, da_z, da_n]
+            d_table.add(t * B + b, 0, dg + o3, j0, j1);
+            d_table.add(t * B + b, H, dg + o3 + H, j0, j1);
+            d_table.add(t * B + b, 2 * H, dan + o1, j0, j1);
+          }
         }
       });
   Tensor dW = weight_gradient(dG, out, H, bf16_products<V>);
   Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
+  if (d_table.wanted()) return {d_table.or_rows(dG), dh, dW, db};
   dG.narrow(2, 2 * H, H).copy_(dAN);  // now d_gi = [da_r, da_z, da_n]
   return {dG, dh, dW, db};
 }
@@ -209,9 +217,10 @@ std::vector<Tensor> gru_before_forward_on(const Tensor& gi_in, const Tensor& h0,
 template <class V>
 std::vector<Tensor> gru_before_backward_on(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out,
                                         const Tensor& RZ, const Tensor& Q, const Tensor& N, const Tensor& w_hh,
-                                        bool has_bias) {
+                                        bool has_bias, const c10::optional<Tensor>& ids, int64_t table_rows) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = RZ.size(0), B = RZ.size(1), H = N.size(2);
+  const TableGradient d_table(ids, table_rows, 3 * H, RZ);
   // darz (the gradients of r and z) and dan (of the candidate) are written by each part for its own units
   // and read by every part after the next barrier; each is kept for the whole window, step by step, so
   // that the weight gradient multiplies them in place (a product of a column slice of dA would copy the
@@ -252,6 +261,8 @@ std::vector<Tensor> gru_before_backward_on(const Tensor& d_out_in, const Tensor&
             const int64_t o1 = (t * B + b) * H;
             gru_before_bwd_row2(H, j0, j1, dqp + b * H, rz + 2 * o1, o + o1, da + 3 * o1, drz(t) + b * 2 * H,
                                 dhp + b * H);
+            if (d_table.wanted())  // this position's row of dA is whole now
+              for (int gate = 0; gate < 3; ++gate) d_table.add(t * B + b, gate * H, da + 3 * o1 + gate * H, j0, j1);
           }
         }
       });
@@ -259,7 +270,7 @@ std::vector<Tensor> gru_before_backward_on(const Tensor& d_out_in, const Tensor&
   weight_gradient_into(dW, 0, darz, out, bf16_products<V>);
   weight_gradient_into(dW, 2 * H, dan, Q, bf16_products<V>);
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
-  return {dA, dh, dW, db};
+  return {d_table.or_rows(dA), dh, dW, db};
 }
 
 // ---- LSTM ---------------------------------------------------------------------------------------------
@@ -303,9 +314,11 @@ std::vector<Tensor> lstm_forward_on(const Tensor& gi_in, const Tensor& h0, const
 
 template <class V>
 std::vector<Tensor> lstm_backward_on(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& d_cT, const Tensor& out,
-                                  const Tensor& C, const Tensor& G, const Tensor& w_hh, bool has_bias) {
+                                  const Tensor& C, const Tensor& G, const Tensor& w_hh, bool has_bias,
+                                  const c10::optional<Tensor>& ids, int64_t table_rows) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = out.size(2);
+  const TableGradient d_table(ids, table_rows, 4 * H, G);
   Tensor dG = at::empty({T, B, 4 * H}, G.options());
   Tensor dh = d_hT.contiguous().clone(), dc = d_cT.contiguous().clone();
   float *dg = dG.data_ptr<float>(), *dhp = dh.data_ptr<float>(), *dcp = dc.data_ptr<float>();
@@ -326,13 +339,16 @@ std::vector<Tensor> lstm_backward_on(const Tensor& d_out_in, const Tensor& d_hT,
         if (s == T) return;
         for (int64_t b = 0; b < B; ++b) {  // the gate gradients of this part's units, and dc carried to t - 1
           const int64_t o1 = (t * B + b) * H;
+          float* dgb = dg + (t * B + b) * 4 * H;
           lstm_bwd_row(H, j0, j1, dout + o1, dhp + b * H, dcp + b * H, g + (t * B + b) * 4 * H, c + o1,
-                       c + o1 + B * H, dg + (t * B + b) * 4 * H);
+                       c + o1 + B * H, dgb);
+          if (d_table.wanted())
+            for (int gate = 0; gate < 4; ++gate) d_table.add(t * B + b, gate * H, dgb + gate * H, j0, j1);
         }
       });
   Tensor dW = weight_gradient(dG, out, H, bf16_products<V>);
   Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
-  return {dG, dh, dc, dW, db};
+  return {d_table.or_rows(dG), dh, dc, dW, db};
 }
 
 // ---- plain RNN ------------------------------------------------------------------------------------
@@ -365,9 +381,10 @@ Tensor rnn_forward_on(const Tensor& gi, const Tensor& h0, const Tensor& w_hh, co
 
 template <class V>
 std::vector<Tensor> rnn_backward_on(const Tensor& d_out_in, const Tensor& d_hT, const Tensor& out, const Tensor& w_hh,
-                                 bool has_bias) {
+                                 bool has_bias, const c10::optional<Tensor>& ids, int64_t table_rows) {
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = out.size(0) - 1, B = out.size(1), H = out.size(2);
+  const TableGradient d_table(ids, table_rows, H, out);
   Tensor dA = at::empty({T, B, H}, out.options()), dh = d_hT.contiguous().clone();
   float *da = dA.data_ptr<float>(), *dhp = dh.data_ptr<float>();
   const float *o = out.data_ptr<float>(), *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
@@ -384,12 +401,14 @@ std::vector<Tensor> rnn_backward_on(const Tensor& d_out_in, const Tensor& d_hT, 
         auto [j0, j1] = slice_of(p, parts, H);
         if (s > 0) packed[p].template multiply<false>(B, da + (t + 1) * B * H, H, dhp, H);  // dh = dA[t + 1] W_hh
         if (s == T) return;
-        for (int64_t b = 0; b < B; ++b)
+        for (int64_t b = 0; b < B; ++b) {
           rnn_bwd_row(j0, j1, dout + (t * B + b) * H, dhp + b * H, o + ((t + 1) * B + b) * H, da + (t * B + b) * H);
+          if (d_table.wanted()) d_table.add(t * B + b, 0, da + (t * B + b) * H, j0, j1);
+        }
       });
   Tensor dW = weight_gradient(dA, out, H, bf16_products<V>);
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
-  return {dA, dh, dW, db};
+  return {d_table.or_rows(dA), dh, dW, db};
 }
 
 // ---- the entry points: each recurrence at the width `isa` names ------------------------------------
@@ -415,9 +434,9 @@ std::vector<Tensor> gru_after_forward(TeamIsa isa, const Tensor& gi, const Tenso
 }
 
 std::vector<Tensor> gru_after_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
-                                       const Tensor& G, const Tensor& N, const Tensor& w_hh, bool has_bias) {
+                                       const Tensor& G, const Tensor& N, const Tensor& w_hh, bool has_bias, const c10::optional<Tensor>& ids, int64_t table_rows) {
   return at_width(isa, [&](auto v) {
-    return gru_after_backward_on<decltype(v)>(d_out, d_hT, out, G, N, w_hh, has_bias);
+    return gru_after_backward_on<decltype(v)>(d_out, d_hT, out, G, N, w_hh, has_bias, ids, table_rows);
   });
 }
 
@@ -428,9 +447,9 @@ std::vector<Tensor> gru_before_forward(TeamIsa isa, const Tensor& gi, const Tens
 
 std::vector<Tensor> gru_before_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
                                         const Tensor& RZ, const Tensor& Q, const Tensor& N, const Tensor& w_hh,
-                                        bool has_bias) {
+                                        bool has_bias, const c10::optional<Tensor>& ids, int64_t table_rows) {
   return at_width(isa, [&](auto v) {
-    return gru_before_backward_on<decltype(v)>(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias);
+    return gru_before_backward_on<decltype(v)>(d_out, d_hT, out, RZ, Q, N, w_hh, has_bias, ids, table_rows);
   });
 }
 
@@ -442,9 +461,9 @@ std::vector<Tensor> lstm_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0
 
 std::vector<Tensor> lstm_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& d_cT,
                                   const Tensor& out, const Tensor& C, const Tensor& G, const Tensor& w_hh,
-                                  bool has_bias) {
+                                  bool has_bias, const c10::optional<Tensor>& ids, int64_t table_rows) {
   return at_width(isa, [&](auto v) {
-    return lstm_backward_on<decltype(v)>(d_out, d_hT, d_cT, out, C, G, w_hh, has_bias);
+    return lstm_backward_on<decltype(v)>(d_out, d_hT, d_cT, out, C, G, w_hh, has_bias, ids, table_rows);
   });
 }
 
@@ -454,8 +473,10 @@ Tensor rnn_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor
 }
 
 std::vector<Tensor> rnn_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
-                                 const Tensor& w_hh, bool has_bias) {
-  return at_width(isa, [&](auto v) { return rnn_backward_on<decltype(v)>(d_out, d_hT, out, w_hh, has_bias); });
+                                 const Tensor& w_hh, bool has_bias, const c10::optional<Tensor>& ids, int64_t table_rows) {
+  return at_width(isa, [&](auto v) {
+    return rnn_backward_on<decltype(v)>(d_out, d_hT, out, w_hh, has_bias, ids, table_rows);
+  });
 }
 
 }  // namespace gru_lm::team

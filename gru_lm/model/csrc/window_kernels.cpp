@@ -253,8 +253,9 @@ Tensor mm_as(const Tensor& a, const Tensor& b, at::ScalarType operand) {
 // ---- the entry points ---------------------------------------------------------------------------------
 //
 // Arguments and results as gru_lm/model/window.py passes and reads them; bfloat16_operands is the last
-// argument of each, but for the forwards, which take ids after it: with ids, gi is the V×G·H table the
-// window's rows are looked up in (input_rows.h), and T×B comes from ids.
+// argument of each, but that ids follow it: with ids, the forward's gi is the V×G·H table the window's rows
+// are looked up in (input_rows.h), and T×B comes from ids; the backward, given the same ids and the table's
+// rows, returns the table's gradient where it returns d_gi.
 
 // GRU, reset after the product: n = tanh(x_n + r ⊙ (h W_hnᵀ + b_hn)).
 // Returns out (T+1)×B×H (out[0] = h0), G T×B×3H = [r, z, h W_hnᵀ + b_hn], N T×B×H = n.
@@ -299,10 +300,11 @@ std::vector<Tensor> gru_after_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::op
 // d_gi differs from dG only in its n part (da_n instead of d(h W_hnᵀ + b_hn) = da_n ⊙ r): that part is
 // kept aside (T×B×H) and written over dG once the weight gradients are taken, so no second T×B×3H buffer.
 std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor G, Tensor N, Tensor w_hh,
-                                       bool has_bias, bool bfloat16_operands) {
+                                       bool has_bias, bool bfloat16_operands, c10::optional<Tensor> ids,
+                                       int64_t table_rows) {
 #if GRU_LM_HAVE_AVX2
   if (const TeamIsa isa = team_isa(G, N.size(2), bfloat16_operands); isa != TeamIsa::none)
-    return team::gru_after_backward(isa, d_out, d_hT, out, G, N, w_hh, has_bias);
+    return team::gru_after_backward(isa, d_out, d_hT, out, G, N, w_hh, has_bias, ids, table_rows);
 #endif
   d_out = d_out.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = N.size(2);
@@ -335,7 +337,7 @@ std::vector<Tensor> gru_after_backward(Tensor d_out, Tensor d_hT, Tensor out, Te
   Tensor dW = mm_as(dG.view({T * B, 3 * H}).t(), out.narrow(0, 0, T).reshape({T * B, H}), operand);
   Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
   dG.narrow(2, 2 * H, H).copy_(dAN);  // now d_gi = [da_r, da_z, da_n]
-  return {dG, dh, dW, db};
+  return {table_gradient_of(dG, ids, table_rows), dh, dW, db};
 }
 
 // GRU, reset before the product (Dive into Deep Learning's form): n = tanh(x_n + (r ⊙ h) W_hnᵀ + b_hn).
@@ -393,10 +395,11 @@ std::vector<Tensor> gru_before_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::o
 
 // Returns d_gi T×B×3H = [da_r, da_z, da_n], d_h0, d_w_hh, d_b_hh.
 std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor RZ, Tensor Q, Tensor N,
-                                        Tensor w_hh, bool has_bias, bool bfloat16_operands) {
+                                        Tensor w_hh, bool has_bias, bool bfloat16_operands,
+                                        c10::optional<Tensor> ids, int64_t table_rows) {
 #if GRU_LM_HAVE_AVX2
   if (const TeamIsa isa = team_isa(RZ, N.size(2), bfloat16_operands); isa != TeamIsa::none)
-    return team::gru_before_backward(isa, d_out, d_hT, out, RZ, Q, N, w_hh, has_bias);
+    return team::gru_before_backward(isa, d_out, d_hT, out, RZ, Q, N, w_hh, has_bias, ids, table_rows);
 #endif
   d_out = d_out.contiguous();
   const int64_t T = RZ.size(0), B = RZ.size(1), H = N.size(2);
@@ -450,7 +453,7 @@ std::vector<Tensor> gru_before_backward(Tensor d_out, Tensor d_hT, Tensor out, T
   Tensor dW = at::cat({mm_as(darz_window.view({T * B, 2 * H}).t(), h_prev, operand),
                        mm_as(dan_window.view({T * B, H}).t(), Q.view({T * B, H}), operand)});
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
-  return {dA, dh, dW, db};
+  return {table_gradient_of(dA, ids, table_rows), dh, dW, db};
 }
 
 // Plain RNN: h' = tanh(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh). Returns out (T+1)×B×H.
@@ -479,10 +482,10 @@ Tensor rnn_forward(Tensor gi, Tensor h0, Tensor w_hh, c10::optional<Tensor> b_op
 }
 
 std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w_hh, bool has_bias,
-                                 bool bfloat16_operands) {
+                                 bool bfloat16_operands, c10::optional<Tensor> ids, int64_t table_rows) {
 #if GRU_LM_HAVE_AVX2
   if (const TeamIsa isa = team_isa(out, out.size(2), bfloat16_operands); isa != TeamIsa::none)
-    return team::rnn_backward(isa, d_out, d_hT, out, w_hh, has_bias);
+    return team::rnn_backward(isa, d_out, d_hT, out, w_hh, has_bias, ids, table_rows);
 #endif
   d_out = d_out.contiguous();
   const int64_t T = out.size(0) - 1, B = out.size(1), H = out.size(2);
@@ -502,7 +505,7 @@ std::vector<Tensor> rnn_backward(Tensor d_out, Tensor d_hT, Tensor out, Tensor w
   });
   Tensor dW = mm_as(dA.view({T * B, H}).t(), out.narrow(0, 0, T).reshape({T * B, H}), operand);
   Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
-  return {dA, dh, dW, db};
+  return {table_gradient_of(dA, ids, table_rows), dh, dW, db};
 }
 
 // LSTM (gates i, f, g, o): returns out and C, (T+1)×B×H each (out[0] = h0, C[0] = c0), and G T×B×4H, the
@@ -546,10 +549,11 @@ std::vector<Tensor> lstm_forward(Tensor gi, Tensor h0, Tensor c0, Tensor w_hh, c
 
 // Returns d_gi T×B×4H, d_h0, d_c0, d_w_hh 4H×H, d_b_hh 4H (undefined without bias).
 std::vector<Tensor> lstm_backward(Tensor d_out, Tensor d_hT, Tensor d_cT, Tensor out, Tensor C, Tensor G, Tensor w_hh,
-                                  bool has_bias, bool bfloat16_operands) {
+                                  bool has_bias, bool bfloat16_operands, c10::optional<Tensor> ids,
+                                  int64_t table_rows) {
 #if GRU_LM_HAVE_AVX2
   if (const TeamIsa isa = team_isa(G, out.size(2), bfloat16_operands); isa != TeamIsa::none)
-    return team::lstm_backward(isa, d_out, d_hT, d_cT, out, C, G, w_hh, has_bias);
+    return team::lstm_backward(isa, d_out, d_hT, d_cT, out, C, G, w_hh, has_bias, ids, table_rows);
 #endif
   d_out = d_out.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = out.size(2);
@@ -578,7 +582,7 @@ std::vector<Tensor> lstm_backward(Tensor d_out, Tensor d_hT, Tensor d_cT, Tensor
   });
   Tensor dW = mm_as(dG.view({T * B, 4 * H}).t(), out.narrow(0, 0, T).reshape({T * B, H}), operand);
   Tensor db = has_bias ? dG.sum({0, 1}) : Tensor();
-  return {dG, dh, dc, dW, db};
+  return {table_gradient_of(dG, ids, table_rows), dh, dc, dW, db};
 }
 
 }  // namespace gru_lm
