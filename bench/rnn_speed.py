@@ -54,7 +54,7 @@ from bench.summary import BF16, ResultFile, on_kernels
 from bench.summary import rnn_speed as rnn_speed_summary
 from gru_lm.machine.cpu import cpu_family_model, cpu_model, isa_level
 from gru_lm.machine.memory import keep_freed_memory
-from gru_lm.model.cells import GRU, LSTM, RNN
+from gru_lm.model.cells import GRU, LSTM, RNN, TableRows
 from gru_lm.model.char_model import stack_inputs, table_pays
 from gru_lm.model.kernels import available, available_bfloat16, backend, compiled, forcing, products
 from gru_lm.model.readout import linear_cross_entropy
@@ -165,7 +165,7 @@ class Step:
         self.opt.step()
         self.h = tuple(t.detach().float() for t in h) if self.lstm else h.detach().float()
 
-    def inputs(self) -> tuple[Tensor | None, Tensor | None]:
+    def inputs(self) -> tuple[Tensor | None, TableRows | None]:
         """The stack's input: the embedded ids (the plain step), or what gru-lm train's model feeds it
         (stack_inputs: our cells look their first layer's input projections up in a per-character table)."""
         if self.plain:
