@@ -73,11 +73,12 @@ inline at::Tensor table_gradient_of(const at::Tensor& d_gi, const c10::optional<
 // The gradient of a window's input table (float32), summed position by position in the team backward's
 // element-wise passes: each part adds the columns of its own units only, so no two parts write the same
 // element and no pass over the window's T·B rows is left for after the loop. Without ids it holds nothing.
+// The ids are the ones the forward read the table with, which InputRows checked there.
 class TableGradient {
  public:
   TableGradient(const c10::optional<at::Tensor>& ids, int64_t rows, int64_t width, const at::Tensor& like) {
     if (!ids.has_value()) return;
-    ids_ = checked_ids(*ids, rows);
+    ids_ = ids->contiguous();
     grad_ = at::zeros({rows, width}, like.options());
     id_ = ids_.data_ptr<int64_t>();
     base_ = grad_.data_ptr<float>();

@@ -434,7 +434,8 @@ std::vector<Tensor> gru_after_forward(TeamIsa isa, const Tensor& gi, const Tenso
 }
 
 std::vector<Tensor> gru_after_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
-                                       const Tensor& G, const Tensor& N, const Tensor& w_hh, bool has_bias, const c10::optional<Tensor>& ids, int64_t table_rows) {
+                                       const Tensor& G, const Tensor& N, const Tensor& w_hh, bool has_bias,
+                                       const c10::optional<Tensor>& ids, int64_t table_rows) {
   return at_width(isa, [&](auto v) {
     return gru_after_backward_on<decltype(v)>(d_out, d_hT, out, G, N, w_hh, has_bias, ids, table_rows);
   });
@@ -473,7 +474,8 @@ Tensor rnn_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor
 }
 
 std::vector<Tensor> rnn_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
-                                 const Tensor& w_hh, bool has_bias, const c10::optional<Tensor>& ids, int64_t table_rows) {
+                                 const Tensor& w_hh, bool has_bias, const c10::optional<Tensor>& ids,
+                                 int64_t table_rows) {
   return at_width(isa, [&](auto v) {
     return rnn_backward_on<decltype(v)>(d_out, d_hT, out, w_hh, has_bias, ids, table_rows);
   });

@@ -20,7 +20,8 @@ using at::Tensor;
 std::vector<Tensor> gru_after_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
                                       const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& ids);
 std::vector<Tensor> gru_after_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
-                                       const Tensor& G, const Tensor& N, const Tensor& w_hh, bool has_bias, const c10::optional<Tensor>& ids, int64_t table_rows);
+                                       const Tensor& G, const Tensor& N, const Tensor& w_hh, bool has_bias,
+                                       const c10::optional<Tensor>& ids, int64_t table_rows);
 std::vector<Tensor> gru_before_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
                                        const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& ids);
 std::vector<Tensor> gru_before_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
@@ -35,7 +36,8 @@ std::vector<Tensor> lstm_backward(TeamIsa isa, const Tensor& d_out, const Tensor
 Tensor rnn_forward(TeamIsa isa, const Tensor& gi, const Tensor& h0, const Tensor& w_hh,
                    const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& ids);
 std::vector<Tensor> rnn_backward(TeamIsa isa, const Tensor& d_out, const Tensor& d_hT, const Tensor& out,
-                                 const Tensor& w_hh, bool has_bias, const c10::optional<Tensor>& ids, int64_t table_rows);
+                                 const Tensor& w_hh, bool has_bias, const c10::optional<Tensor>& ids,
+                                 int64_t table_rows);
 
 }  // namespace gru_lm::team
 #endif  // GRU_LM_HAVE_AVX2
