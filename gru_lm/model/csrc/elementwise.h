@@ -90,6 +90,19 @@ void gru_before_state_row(int64_t /*H*/, int64_t j0, int64_t j1, const T* xn, co
   }
 }
 
+// da (d_gi's row, [da_r, da_z, da_n]) from darz and dan: da_r only when `r`, else da_z and da_n. A null da
+// is a row nobody reads: a window that read a table needs only darz and dan.
+template <typename T>
+void copy_gate_gradients(int64_t H, int64_t j0, int64_t j1, const T* darz, const T* dan, T* da, bool r) {
+  if (da == nullptr) return;
+  if (r) {
+    std::copy(darz + j0, darz + j1, da + j0);
+    return;
+  }
+  std::copy(darz + H + j0, darz + H + j1, da + H + j0);
+  std::copy(dan + j0, dan + j1, da + 2 * H + j0);
+}
+
 template <typename T>
 void gru_before_bwd_row1(int64_t H, int64_t j0, int64_t j1, const T* dout, const T* dhp, const T* rz, const T* n,
                          const T* hp, T* da, T* dan, T* darz, T* dhz) {
@@ -97,27 +110,23 @@ void gru_before_bwd_row1(int64_t H, int64_t j0, int64_t j1, const T* dout, const
   for (int64_t j = j0; j < j1; ++j) {
     T d = dout[j] + dhp[j];
     T z = rz[H + j], c = n[j];
-    T a_n = d * (1 - z) * (1 - c * c);
-    T a_z = d * (hp[j] - c) * z * (1 - z);
-    dan[j] = a_n;
-    da[2 * H + j] = a_n;
-    da[H + j] = a_z;
-    darz[H + j] = a_z;
+    dan[j] = d * (1 - z) * (1 - c * c);
+    darz[H + j] = d * (hp[j] - c) * z * (1 - z);
     dhz[j] = d * z;
   }
+  copy_gate_gradients(H, j0, j1, darz, dan, da, false);
 }
 
 template <typename T>
-void gru_before_bwd_row2(int64_t /*H*/, int64_t j0, int64_t j1, const T* dq, const T* rz, const T* hp, T* da, T* darz,
+void gru_before_bwd_row2(int64_t H, int64_t j0, int64_t j1, const T* dq, const T* rz, const T* hp, T* da, T* darz,
                          T* dhz) {
 #pragma GCC ivdep
   for (int64_t j = j0; j < j1; ++j) {
     T r = rz[j];
-    T a_r = dq[j] * hp[j] * r * (1 - r);
-    da[j] = a_r;
-    darz[j] = a_r;
+    darz[j] = dq[j] * hp[j] * r * (1 - r);
     dhz[j] += dq[j] * r;
   }
+  copy_gate_gradients(H, j0, j1, darz, static_cast<const T*>(nullptr), da, true);
 }
 
 // LSTM: g holds the product h W_hhᵀ of the four gates on entry and the activated gates [i, f, g, o] on exit.

@@ -132,9 +132,14 @@ std::vector<Tensor> gru_after_backward_on(const Tensor& d_out_in, const Tensor& 
   const Tensor d_out = d_out_in.contiguous(), w = w_hh.contiguous();
   const int64_t T = G.size(0), B = G.size(1), H = N.size(2);
   const TableGradient d_table(ids, table_rows, 3 * H, G);
-  Tensor dG = at::empty({T, B, 3 * H}, G.options()), dAN = at::empty({T, B, H}, G.options());
+  // dG holds [da_r, da_z, da_n ⊙ r], what the weight gradient multiplies; d_gi's n part is da_n itself,
+  // kept for the whole window where d_gi is returned, and for one step (B rows, reused) where the
+  // element-wise pass sums it into a table.
+  Tensor dG = at::empty({T, B, 3 * H}, G.options());
+  Tensor dAN = d_table.wanted() ? at::empty({1, B, H}, G.options()) : at::empty({T, B, H}, G.options());
   Tensor dh = d_hT.contiguous().clone();
   float *dg = dG.data_ptr<float>(), *dan = dAN.data_ptr<float>(), *dhp = dh.data_ptr<float>();
+  const int64_t dan_steps = dAN.size(0);  // position (t, b)'s da_n is row ((t % dan_steps) · B + b)
   const float *g = G.data_ptr<float>(), *n = N.data_ptr<float>(), *o = out.data_ptr<float>();
   const float *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
@@ -153,11 +158,12 @@ std::vector<Tensor> gru_after_backward_on(const Tensor& d_out_in, const Tensor& 
         if (s == T) return;
         for (int64_t b = 0; b < B; ++b) {  // the gate gradients of this part's units; dh becomes dh ⊙ z
           const int64_t o1 = (t * B + b) * H, o3 = (t * B + b) * 3 * H;
-          gru_after_bwd_row(H, j0, j1, dout + o1, dhp + b * H, g + o3, n + o1, o + o1, dg + o3, dan + o1, dhp + b * H);
+          float* dan_row = dan + ((t % dan_steps) * B + b) * H;
+          gru_after_bwd_row(H, j0, j1, dout + o1, dhp + b * H, g + o3, n + o1, o + o1, dg + o3, dan_row, dhp + b * H);
           if (d_table.wanted()) {  // d_gi = [da_r, da_z, da_n]
             d_table.add(t * B + b, 0, dg + o3, j0, j1);
             d_table.add(t * B + b, H, dg + o3 + H, j0, j1);
-            d_table.add(t * B + b, 2 * H, dan + o1, j0, j1);
+            d_table.add(t * B + b, 2 * H, dan_row, j0, j1);
           }
         }
       });
@@ -224,11 +230,13 @@ std::vector<Tensor> gru_before_backward_on(const Tensor& d_out_in, const Tensor&
   // darz (the gradients of r and z) and dan (of the candidate) are written by each part for its own units
   // and read by every part after the next barrier; each is kept for the whole window, step by step, so
   // that the weight gradient multiplies them in place (a product of a column slice of dA would copy the
-  // slice first). dq holds this part's own units only.
-  Tensor dA = at::empty({T, B, 3 * H}, RZ.options());
+  // slice first). dA, the same gradients in d_gi's layout, is written only where d_gi is returned: a
+  // window that read a table sums darz and dan into it. dq holds this part's own units only.
+  Tensor dA = d_table.wanted() ? Tensor() : at::empty({T, B, 3 * H}, RZ.options());
   Tensor dan = at::empty({T, B, H}, RZ.options()), dq = at::empty({B, H}, RZ.options());
   Tensor darz = at::empty({T, B, 2 * H}, RZ.options()), dh = d_hT.contiguous().clone();
-  float *da = dA.data_ptr<float>(), *dqp = dq.data_ptr<float>(), *dhp = dh.data_ptr<float>();
+  float *da = dA.defined() ? dA.data_ptr<float>() : nullptr, *dqp = dq.data_ptr<float>(), *dhp = dh.data_ptr<float>();
+  auto da_row = [&](int64_t i) { return da ? da + 3 * i * H : nullptr; };  // position i's row of dA
   const float *rz = RZ.data_ptr<float>(), *n = N.data_ptr<float>(), *o = out.data_ptr<float>();
   const float *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
   float *const drz0 = darz.data_ptr<float>(), *const dn0 = dan.data_ptr<float>();
@@ -252,24 +260,27 @@ std::vector<Tensor> gru_before_backward_on(const Tensor& d_out_in, const Tensor&
           if (s == T) return;
           for (int64_t b = 0; b < B; ++b) {  // da_n, da_z of this part's units; dh becomes dh ⊙ z
             const int64_t o1 = (t * B + b) * H;
-            gru_before_bwd_row1(H, j0, j1, dout + o1, dhp + b * H, rz + 2 * o1, n + o1, o + o1, da + 3 * o1,
+            gru_before_bwd_row1(H, j0, j1, dout + o1, dhp + b * H, rz + 2 * o1, n + o1, o + o1, da_row(t * B + b),
                                 dn(t) + b * H, drz(t) + b * 2 * H, dhp + b * H);
           }
         } else if (s < T) {  // dq = da_n W_hn for this part's units, then da_r and dh += dq ⊙ r
           packed_n[p].template multiply<false>(B, dn(t), H, dqp, H);
           for (int64_t b = 0; b < B; ++b) {
             const int64_t o1 = (t * B + b) * H;
-            gru_before_bwd_row2(H, j0, j1, dqp + b * H, rz + 2 * o1, o + o1, da + 3 * o1, drz(t) + b * 2 * H,
+            gru_before_bwd_row2(H, j0, j1, dqp + b * H, rz + 2 * o1, o + o1, da_row(t * B + b), drz(t) + b * 2 * H,
                                 dhp + b * H);
-            if (d_table.wanted())  // this position's row of dA is whole now
-              for (int gate = 0; gate < 3; ++gate) d_table.add(t * B + b, gate * H, da + 3 * o1 + gate * H, j0, j1);
+            if (d_table.wanted()) {  // this position's gate gradients are whole now
+              d_table.add(t * B + b, 0, drz(t) + b * 2 * H, j0, j1);
+              d_table.add(t * B + b, H, drz(t) + b * 2 * H + H, j0, j1);
+              d_table.add(t * B + b, 2 * H, dn(t) + b * H, j0, j1);
+            }
           }
         }
       });
   Tensor dW = at::empty({3 * H, H}, RZ.options());
   weight_gradient_into(dW, 0, darz, out, bf16_products<V>);
   weight_gradient_into(dW, 2 * H, dan, Q, bf16_products<V>);
-  Tensor db = has_bias ? dA.sum({0, 1}) : Tensor();
+  Tensor db = has_bias ? at::cat({darz.sum({0, 1}), dan.sum({0, 1})}) : Tensor();
   return {d_table.or_rows(dA), dh, dW, db};
 }
 
