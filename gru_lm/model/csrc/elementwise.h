@@ -90,19 +90,8 @@ void gru_before_state_row(int64_t /*H*/, int64_t j0, int64_t j1, const T* xn, co
   }
 }
 
-// da (d_gi's row, [da_r, da_z, da_n]) from darz and dan: da_r only when `r`, else da_z and da_n. A null da
-// is a row nobody reads: a window that read a table needs only darz and dan.
-template <typename T>
-void copy_gate_gradients(int64_t H, int64_t j0, int64_t j1, const T* darz, const T* dan, T* da, bool r) {
-  if (da == nullptr) return;
-  if (r) {
-    std::copy(darz + j0, darz + j1, da + j0);
-    return;
-  }
-  std::copy(darz + H + j0, darz + H + j1, da + H + j0);
-  std::copy(dan + j0, dan + j1, da + 2 * H + j0);
-}
-
+// da is the position's row of d_gi ([da_r, da_z, da_n]), or null where nobody reads it (a window that read a
+// table needs only darz and dan): each pass copies the gradients it computed into it.
 template <typename T>
 void gru_before_bwd_row1(int64_t H, int64_t j0, int64_t j1, const T* dout, const T* dhp, const T* rz, const T* n,
                          const T* hp, T* da, T* dan, T* darz, T* dhz) {
@@ -114,11 +103,13 @@ void gru_before_bwd_row1(int64_t H, int64_t j0, int64_t j1, const T* dout, const
     darz[H + j] = d * (hp[j] - c) * z * (1 - z);
     dhz[j] = d * z;
   }
-  copy_gate_gradients(H, j0, j1, darz, dan, da, false);
+  if (da == nullptr) return;
+  std::copy(darz + H + j0, darz + H + j1, da + H + j0);
+  std::copy(dan + j0, dan + j1, da + 2 * H + j0);
 }
 
 template <typename T>
-void gru_before_bwd_row2(int64_t H, int64_t j0, int64_t j1, const T* dq, const T* rz, const T* hp, T* da, T* darz,
+void gru_before_bwd_row2(int64_t /*H*/, int64_t j0, int64_t j1, const T* dq, const T* rz, const T* hp, T* da, T* darz,
                          T* dhz) {
 #pragma GCC ivdep
   for (int64_t j = j0; j < j1; ++j) {
@@ -126,7 +117,7 @@ void gru_before_bwd_row2(int64_t H, int64_t j0, int64_t j1, const T* dq, const T
     darz[j] = dq[j] * hp[j] * r * (1 - r);
     dhz[j] += dq[j] * r;
   }
-  copy_gate_gradients(H, j0, j1, darz, static_cast<const T*>(nullptr), da, true);
+  if (da != nullptr) std::copy(darz + j0, darz + j1, da + j0);
 }
 
 // LSTM: g holds the product h W_hhᵀ of the four gates on entry and the activated gates [i, f, g, o] on exit.

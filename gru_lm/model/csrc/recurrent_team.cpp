@@ -136,10 +136,10 @@ std::vector<Tensor> gru_after_backward_on(const Tensor& d_out_in, const Tensor& 
   // kept for the whole window where d_gi is returned, and for one step (B rows, reused) where the
   // element-wise pass sums it into a table.
   Tensor dG = at::empty({T, B, 3 * H}, G.options());
-  Tensor dAN = d_table.wanted() ? at::empty({1, B, H}, G.options()) : at::empty({T, B, H}, G.options());
+  Tensor dAN = at::empty({d_table.wanted() ? 1 : T, B, H}, G.options());
   Tensor dh = d_hT.contiguous().clone();
   float *dg = dG.data_ptr<float>(), *dan = dAN.data_ptr<float>(), *dhp = dh.data_ptr<float>();
-  const int64_t dan_steps = dAN.size(0);  // position (t, b)'s da_n is row ((t % dan_steps) · B + b)
+  auto dan_row = [&](int64_t t, int64_t b) { return dan + ((d_table.wanted() ? 0 : t) * B + b) * H; };
   const float *g = G.data_ptr<float>(), *n = N.data_ptr<float>(), *o = out.data_ptr<float>();
   const float *dout = d_out.data_ptr<float>(), *W = w.data_ptr<float>();
   const int parts = team_size(H, kMinUnitsPerPart);
@@ -158,12 +158,12 @@ std::vector<Tensor> gru_after_backward_on(const Tensor& d_out_in, const Tensor& 
         if (s == T) return;
         for (int64_t b = 0; b < B; ++b) {  // the gate gradients of this part's units; dh becomes dh ⊙ z
           const int64_t o1 = (t * B + b) * H, o3 = (t * B + b) * 3 * H;
-          float* dan_row = dan + ((t % dan_steps) * B + b) * H;
-          gru_after_bwd_row(H, j0, j1, dout + o1, dhp + b * H, g + o3, n + o1, o + o1, dg + o3, dan_row, dhp + b * H);
+          gru_after_bwd_row(H, j0, j1, dout + o1, dhp + b * H, g + o3, n + o1, o + o1, dg + o3, dan_row(t, b),
+                            dhp + b * H);
           if (d_table.wanted()) {  // d_gi = [da_r, da_z, da_n]
             d_table.add(t * B + b, 0, dg + o3, j0, j1);
             d_table.add(t * B + b, H, dg + o3 + H, j0, j1);
-            d_table.add(t * B + b, 2 * H, dan_row, j0, j1);
+            d_table.add(t * B + b, 2 * H, dan_row(t, b), j0, j1);
           }
         }
       });
